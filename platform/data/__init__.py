@@ -1,0 +1,1 @@
+"""Datasets, benchmark splits, readers and the leakage-safe training filters."""
