@@ -1,0 +1,255 @@
+"""The ``zeroseg`` command line.
+
+Every command has ``--help``; errors a user can cause print one line (``zeroseg: error: ...``)
+and exit with status 2 (``--debug`` shows the traceback). Heavy libraries are imported inside
+the command that needs them, so ``zeroseg data list`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from zeroseg.platform.errors import ZerosegError
+
+log = logging.getLogger("zeroseg")
+
+EXIT_USER_ERROR = 2
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from zeroseg.platform.data.synthetic.generate import SIZES, generate
+    from zeroseg.platform.progress import progress_bar
+
+    spec = SIZES.get(args.size)
+    total = (spec.train + spec.val) if spec is not None else 0
+    with progress_bar(f"synth {args.size}", total, enabled=not args.quiet) as advance:
+        summary = generate(args.size, args.seed, args.out, workers=args.workers,
+                           overwrite=args.overwrite, progress=advance)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"wrote synthetic benchmark '{args.size}' (seed {args.seed}) to {args.out}")
+        for key, value in summary.items():
+            print(f"  {key}: {value}")
+    return 0
+
+
+def cmd_data_list(args: argparse.Namespace) -> int:
+    from zeroseg.platform.data.registry import split_table
+
+    rows = split_table()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    columns = ["name", "dataset", "tasks", "protocol", "classes", "seen", "unseen", "val_unseen"]
+    cells = [[_cell(row[c]) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+    print(f"\n{len(rows)} splits. Sources: `zeroseg data list --json` (field 'source').")
+    return 0
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def cmd_data_filter(args: argparse.Namespace) -> int:
+    from zeroseg.platform.data.layout import CocoLayout
+    from zeroseg.platform.data.leakage import filter_training
+
+    split = resolve_split(args.gt, args.benchmark)
+    layout = CocoLayout(Path(args.gt), args.split)
+    result = filter_training(layout, split, protocol=args.protocol, validation=args.validation,
+                             out_dir=Path(args.out) if args.out else None)
+    report = result.to_dict()
+    report.pop("kept_image_ids", None)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# embeddings
+# ---------------------------------------------------------------------------------------------
+def cmd_embed(args: argparse.Namespace) -> int:
+    from zeroseg.platform.embeddings import embed_command
+
+    config: dict[str, object] = {"provider": args.provider}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ZerosegError(f"--set {item!r}: expected KEY=VALUE")
+        config[key] = _parse_value(value)
+    split = resolve_split(args.gt, args.benchmark)
+    summary = embed_command(split, config, cache_dir=args.cache_dir, out_path=args.out)
+    print(json.dumps(summary, indent=2) if not isinstance(summary, str) else summary)
+    return 0
+
+
+def _parse_value(text: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+# ---------------------------------------------------------------------------------------------
+def cmd_eval(args: argparse.Namespace) -> int:
+    from zeroseg.platform import evaluation
+    from zeroseg.platform.data.layout import CocoLayout
+
+    split = resolve_split(args.gt, args.benchmark)
+    layout = CocoLayout(Path(args.gt), args.split)
+    pred = Path(args.pred)
+    if args.task == "semantic":
+        result = evaluation.evaluate_semantic(layout, split, pred, args.setting)
+    elif args.task == "panoptic":
+        result = evaluation.evaluate_panoptic(layout, split, pred, args.setting,
+                                              workers=args.workers)
+    else:
+        result = evaluation.evaluate_instance(layout, split, pred, args.setting)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        print(result.format_table())
+    return 0
+
+
+def resolve_split(gt: str | None, benchmark: str | None):  # -> Split
+    """The split to use: ``--benchmark NAME`` from the registry, else the dataset's classes.json."""
+    if benchmark:
+        from zeroseg.platform.data.registry import get_split
+
+        return get_split(benchmark)
+    if gt:
+        from zeroseg.platform.data.layout import CocoLayout
+        from zeroseg.platform.data.synthetic.generate import load_classes_json
+
+        path = CocoLayout(Path(gt), "train").classes_json
+        if path.is_file():
+            return load_classes_json(path)
+        raise ZerosegError(
+            f"{path}: no classes.json in the dataset; pass --benchmark NAME (see `zeroseg data list`)"
+        )
+    raise ZerosegError("--benchmark: required when no dataset folder (--gt) is given")
+
+
+# ---------------------------------------------------------------------------------------------
+# parser
+# ---------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zeroseg",
+        description="Zero-shot segmentation experiment platform: data, splits, embeddings, "
+                    "training, evaluation (seen / unseen / harmonic mean).",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    # data ----------------------------------------------------------------------------------
+    data = sub.add_parser("data", help="datasets and benchmark splits",
+                          description="Generate the synthetic benchmark, list splits, filter "
+                                      "training sets.")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+
+    synth = data_sub.add_parser(
+        "synth", help="generate the synthetic benchmark in COCO formats",
+        description="Write the synthetic zero-shot benchmark (images, instances/panoptic/"
+                    "captions json, panoptic and semantic PNGs, classes.json) to OUT. The same "
+                    "seed gives byte-identical files.")
+    synth.add_argument("--size", required=True, choices=["tiny", "small", "medium", "large"])
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    synth.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    synth.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    synth.add_argument("--json", action="store_true", help="print the summary as JSON")
+    synth.add_argument("--quiet", action="store_true", help="no progress bar")
+    synth.set_defaults(func=cmd_data_synth)
+
+    lst = data_sub.add_parser("list", help="print every benchmark split",
+                              description="Every registered split with its class counts, "
+                                          "tasks and training protocol.")
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(func=cmd_data_list)
+
+    flt = data_sub.add_parser(
+        "filter", help="apply a protocol's leakage filter to a training split",
+        description="Drop training images with unseen classes (or count the unseen pixels set to "
+                    "ignore), write the filtered json files, and print the counts.")
+    flt.add_argument("--gt", required=True, help="dataset root (COCO layout)")
+    flt.add_argument("--split", default="train", help="dataset split name (default: train)")
+    flt.add_argument("--benchmark", help="registry split (default: the dataset's classes.json)")
+    flt.add_argument("--protocol", choices=["drop-images", "ignore-pixels"], default=None)
+    flt.add_argument("--validation", action="store_true",
+                     help="also keep the held-out seen (validation) classes out of training")
+    flt.add_argument("--out", help="folder for the filtered json files")
+    flt.set_defaults(func=cmd_data_filter)
+
+    # embed ---------------------------------------------------------------------------------
+    emb = sub.add_parser(
+        "embed", help="compute (and cache) class embeddings for a split",
+        description="Class embeddings from attributes, word2vec, the authors' vector files or "
+                    "CLIP, cached on disk by the hash of their inputs.")
+    emb.add_argument("--provider", required=True, choices=["attributes", "word2vec", "file", "clip"])
+    emb.add_argument("--benchmark", help="registry split name (see `zeroseg data list`)")
+    emb.add_argument("--gt", help="dataset root whose classes.json defines the split")
+    emb.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="provider option, e.g. --set dim=64 --set path=vectors.bin")
+    emb.add_argument("--cache-dir", default=".zeroseg/cache/embeddings")
+    emb.add_argument("--out", help="also write the matrix to this .npy file")
+    emb.set_defaults(func=cmd_embed)
+
+    # eval ----------------------------------------------------------------------------------
+    ev = sub.add_parser(
+        "eval", help="evaluate predictions: seen / unseen / HM",
+        description="Evaluate a prediction folder (semantic or panoptic PNGs + json) or a COCO "
+                    "results json (instance) against a COCO-layout dataset.")
+    ev.add_argument("task", choices=["semantic", "panoptic", "instance"])
+    ev.add_argument("--gt", required=True, help="dataset root (COCO layout)")
+    ev.add_argument("--split", required=True, help="dataset split, e.g. val")
+    ev.add_argument("--pred", required=True, help="prediction folder or results json")
+    ev.add_argument("--setting", choices=["gzsl", "zsl"], default="gzsl")
+    ev.add_argument("--benchmark", help="registry split (default: the dataset's classes.json)")
+    ev.add_argument("--workers", type=int, default=None, help="processes for panoptic")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from zeroseg.platform.compat import ensure_torchvision
+
+    ensure_torchvision()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except ZerosegError as exc:
+        if args.debug:
+            raise
+        print(f"zeroseg: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("zeroseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

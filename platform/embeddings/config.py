@@ -1,0 +1,183 @@
+"""Typed, validated provider configs.
+
+Each embedding provider declares its options as a frozen dataclass deriving from
+:class:`ProviderConfig`. :func:`parse_provider_config` turns a plain mapping (from YAML, JSON or
+the CLI) into that dataclass and rejects what does not fit with a one-line :class:`ConfigError`:
+
+- an unknown key names the key and lists the known keys;
+- a value of the wrong type names the key, the expected type and what was given;
+- a missing required key names the key and what it should hold.
+
+Field metadata understood here:
+
+``doc``      one-line description, used in error messages for missing keys;
+``choices``  allowed values of a string field;
+``minimum``  smallest allowed value of a number field;
+``in_key``   ``False`` for options that do not change the vectors (device, batch size); they
+             are left out of the cache key so e.g. a CPU run can reuse a GPU run's cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import PurePath
+from typing import Any, ClassVar
+
+from zeroseg.platform.errors import ConfigError
+
+_MISSING = dataclasses.MISSING
+
+
+@dataclasses.dataclass(frozen=True)
+class ProviderConfig:
+    """Base class of every provider's options (a frozen dataclass)."""
+
+    #: set by the provider registry; used as the prefix of error messages
+    provider_name: ClassVar[str] = "embeddings"
+
+    def check(self) -> None:
+        """Cross-field checks; raise :class:`ConfigError`. Single fields are checked by type."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """All options as JSON-compatible values (tuples become lists)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def key_dict(self) -> dict[str, Any]:
+        """The options that can change the produced vectors (part of the cache key)."""
+        return {
+            f.name: _plain(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.metadata.get("in_key", True)
+        }
+
+
+def option(default: Any = _MISSING, *, doc: str = "", choices: tuple[str, ...] | None = None,
+           minimum: float | None = None, in_key: bool = True) -> Any:
+    """A dataclass field with the metadata :func:`parse_provider_config` understands."""
+    metadata = {"doc": doc, "choices": choices, "minimum": minimum, "in_key": in_key}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("use a tuple or None as the default of a container option")
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def parse_provider_config(cls: type[ProviderConfig], data: Mapping[str, Any],
+                          where: str) -> ProviderConfig:
+    """Build ``cls`` from ``data``; ``where`` prefixes messages (e.g. ``embeddings.word2vec``)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of options, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    known = ", ".join(sorted(fields))
+    for key in data:
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown key {key!r} (known keys: {known})")
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name in data:
+            values[name] = _coerce(data[name], hints[name], f"{where}.{name}", f.metadata)
+        elif f.default is _MISSING and f.default_factory is _MISSING:
+            doc = f.metadata.get("doc") or "a value"
+            raise ConfigError(f"{where}.{name}: required key is missing (expected {doc})")
+    config = cls(**values)
+    config.check()
+    return config
+
+
+# -- type checking ----------------------------------------------------------------------------
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        k, v = typing.get_args(tp)
+        return f"a mapping of {_type_name(k)} to {_type_name(v)}"
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(
+        tp, getattr(tp, "__name__", str(tp)))
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def _coerce(value: Any, tp: Any, where: str, metadata: Mapping[str, Any]) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors: list[ConfigError] = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where, metadata)
+            except ConfigError as exc:
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {_describe(value)}")
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {_describe(value)}")
+        return tuple(_coerce(v, item_tp, f"{where}[{i}]", {}) for i, v in enumerate(value))
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {_describe(value)}")
+        out = {}
+        for k, v in value.items():
+            out[_coerce(k, key_tp, f"{where} key", {})] = _coerce(v, val_tp, f"{where}[{k!r}]", {})
+        return types.MappingProxyType(dict(sorted(out.items())))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {_describe(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {_describe(value)}")
+        _check_minimum(value, where, metadata)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {_describe(value)}")
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{where}: expected a finite number, got {value}")
+        _check_minimum(value, where, metadata)
+        return value
+    if tp is str:
+        if isinstance(value, PurePath):
+            value = str(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {_describe(value)}")
+        choices = metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}")
+        return value
+    raise TypeError(f"unsupported option type {tp!r} at {where}")  # programming error
+
+
+def _check_minimum(value: float, where: str, metadata: Mapping[str, Any]) -> None:
+    minimum = metadata.get("minimum")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{where}: expected a value >= {minimum}, got {value}")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
