@@ -231,9 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from zeroseg.platform.compat import ensure_torchvision
+    from zeroseg.platform.compat import install_import_hook
 
-    ensure_torchvision()
+    install_import_hook()  # torchvision works in every command, applied at its first import
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

@@ -122,3 +122,22 @@ def test_ray_runtime_env_names_the_hook():
     assert env["env_vars"] == {"A": "1"}
     module, _, name = WORKER_SETUP_HOOK.rpartition(".")
     assert getattr(__import__(module, fromlist=[name]), name) is ensure_torchvision
+
+
+@pytest.mark.skipif(not BROKEN, reason="torchvision's extension loads on this machine")
+def test_cli_import_hook_applies_the_layer_lazily_at_first_torchvision_import():
+    proc = run_python("""
+        import sys
+        from zeroseg.platform.compat import install_import_hook
+        install_import_hook()
+        assert "torch" not in sys.modules  # nothing heavy until torchvision is wanted
+        import torch
+        import torchvision.ops
+        from zeroseg.platform.compat import torchvision_ops as t
+        assert t._state == "shim"
+        assert torchvision.ops.nms(torch.tensor([[0., 0, 2, 2], [0, 0, 2, 2.1]]),
+                                   torch.tensor([0.5, 0.6]), 0.5).tolist() == [1]
+        print("OK")
+    """)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("OK")

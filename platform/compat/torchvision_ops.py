@@ -37,9 +37,10 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ ABSENT = "absent"  # torchvision is not installed
 
 _lock = threading.Lock()
 _state: str | None = None
-_library: torch.library.Library | None = None  # kept alive: dropping it unregisters the ops
+_library: Any = None  # the torch.library.Library, kept alive: dropping it unregisters the ops
 
 
 def _extension_path() -> Path | None:
@@ -71,6 +72,8 @@ def _extension_path() -> Path | None:
 
 def _load_compiled_extension(path: Path) -> bool:
     """Load the extension the way torchvision.extension does; True when it loaded."""
+    import torch
+
     try:
         torch.ops.load_library(str(path))
     except (ImportError, OSError) as exc:
@@ -80,6 +83,8 @@ def _load_compiled_extension(path: Path) -> bool:
 
 
 def _op_exists(name: str) -> bool:
+    import torch
+
     try:
         getattr(torch.ops.torchvision, name)
     except (AttributeError, RuntimeError):
@@ -89,6 +94,8 @@ def _op_exists(name: str) -> bool:
 
 def nms_reference(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Greedy NMS in plain PyTorch; returns kept indices sorted by decreasing score."""
+    import torch
+
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.long, device=boxes.device)
     order = torch.sort(scores, descending=True, stable=True).indices
@@ -147,6 +154,8 @@ class _BoxesPatcher(importlib.abc.MetaPathFinder):
 
 
 def _register_shim() -> None:
+    import torch
+
     global _library
     lib = torch.library.Library("torchvision", "DEF")
     lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
@@ -183,6 +192,27 @@ def ensure_torchvision(
             _state = SHIM
             log.info("torchvision's compiled ops cannot load here; using pure-PyTorch nms")
         return _state
+
+
+class _ApplyOnFirstImport(importlib.abc.MetaPathFinder):
+    """Runs :func:`ensure_torchvision` the first time anything imports torchvision."""
+
+    def find_spec(self, fullname, path, target=None):  # type: ignore[no-untyped-def]
+        if fullname == "torchvision":
+            sys.meta_path.remove(self)
+            ensure_torchvision()
+        return None
+
+
+def install_import_hook() -> None:
+    """Apply the layer lazily: at the first ``import torchvision`` (used by the CLI, so commands
+    that never touch torchvision do not pay for importing torch)."""
+    if _state is None and "torchvision" not in sys.modules and not any(
+        isinstance(f, _ApplyOnFirstImport) for f in sys.meta_path
+    ):
+        sys.meta_path.insert(0, _ApplyOnFirstImport())
+    elif "torchvision" in sys.modules:
+        ensure_torchvision()
 
 
 def ray_runtime_env(extra: dict[str, Any] | None = None) -> dict[str, Any]:
