@@ -93,7 +93,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         config[key] = _parse_value(value)
     split = resolve_split(args.gt, args.benchmark)
     summary = embed_command(split, config, cache_dir=args.cache_dir, out_path=args.out)
-    print(json.dumps(summary, indent=2) if not isinstance(summary, str) else summary)
+    print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.format())
     return 0
 
 
@@ -210,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     emb.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="provider option, e.g. --set dim=64 --set path=vectors.bin")
     emb.add_argument("--cache-dir", default=".zeroseg/cache/embeddings")
-    emb.add_argument("--out", help="also write the matrix to this .npy file")
+    emb.add_argument("--out", help="also write the matrix to this .npy (or .csv) file")
+    emb.add_argument("--json", action="store_true", help="print the summary as JSON")
     emb.set_defaults(func=cmd_embed)
 
     # eval ----------------------------------------------------------------------------------

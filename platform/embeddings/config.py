@@ -24,7 +24,7 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import PurePath
-from typing import Any, ClassVar
+from typing import Any
 
 from zeroseg.platform.errors import ConfigError
 
@@ -34,9 +34,6 @@ _MISSING = dataclasses.MISSING
 @dataclasses.dataclass(frozen=True)
 class ProviderConfig:
     """Base class of every provider's options (a frozen dataclass)."""
-
-    #: set by the provider registry; used as the prefix of error messages
-    provider_name: ClassVar[str] = "embeddings"
 
     def check(self) -> None:
         """Cross-field checks; raise :class:`ConfigError`. Single fields are checked by type."""
@@ -52,6 +49,31 @@ class ProviderConfig:
             for f in dataclasses.fields(self)
             if f.metadata.get("in_key", True)
         }
+
+
+class FrozenDict(Mapping[Any, Any]):
+    """A read-only, hashable mapping (dict options of frozen configs), keys kept sorted."""
+
+    def __init__(self, items: Any = ()):
+        self._data = dict(items)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Any:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._data.items()))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(self._data) == dict(other)
+
+    def __repr__(self) -> str:
+        return f"FrozenDict({self._data!r})"
 
 
 def option(default: Any = _MISSING, *, doc: str = "", choices: tuple[str, ...] | None = None,
@@ -88,6 +110,10 @@ def parse_provider_config(cls: type[ProviderConfig], data: Mapping[str, Any],
 
 # -- type checking ----------------------------------------------------------------------------
 
+_SINGULAR = {int: "an integer", float: "a number", bool: "true/false", str: "a string"}
+_PLURAL = {int: "integers", float: "numbers", bool: "true/false values", str: "strings"}
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -95,12 +121,11 @@ def _type_name(tp: Any) -> str:
     if tp is type(None):
         return "null"
     if origin is tuple:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+        return f"a list of {_PLURAL.get(typing.get_args(tp)[0], 'values')}"
     if origin is dict:
         k, v = typing.get_args(tp)
-        return f"a mapping of {_type_name(k)} to {_type_name(v)}"
-    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(
-        tp, getattr(tp, "__name__", str(tp)))
+        return f"a mapping of {_PLURAL.get(k, 'keys')} to {_PLURAL.get(v, 'values')}"
+    return _SINGULAR.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _describe(value: Any) -> str:
@@ -139,7 +164,7 @@ def _coerce(value: Any, tp: Any, where: str, metadata: Mapping[str, Any]) -> Any
         out = {}
         for k, v in value.items():
             out[_coerce(k, key_tp, f"{where} key", {})] = _coerce(v, val_tp, f"{where}[{k!r}]", {})
-        return types.MappingProxyType(dict(sorted(out.items())))
+        return FrozenDict(sorted(out.items()))
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true/false, got {_describe(value)}")

@@ -49,7 +49,8 @@ def validate_embeddings(matrix: Any, split: Split, source: str) -> np.ndarray:
         raise EmbeddingError(f"{source}: embeddings have shape {list(arr.shape)}; {expected}")
     if arr.dtype.kind not in "fiu":
         raise EmbeddingError(f"{source}: embeddings have dtype {arr.dtype}; expected numbers")
-    out = np.ascontiguousarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, reported below
+        out = np.ascontiguousarray(arr, dtype=np.float32)
     bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
     if bad.size:
         raise EmbeddingError(

@@ -9,8 +9,9 @@ What a provider must describe for the cache (see ``cache.py``):
 
 - :meth:`EmbeddingProvider.key_material`: everything besides files that determines its output
   (its options and the class names; providers add what else they read, e.g. attributes or ids);
-- :meth:`EmbeddingProvider.input_files`: files it reads (vectors, checkpoints). Their size,
-  modification time and content hash go into the key, so a changed file means a rebuild.
+- :meth:`EmbeddingProvider.input_files`: files it reads (vectors, checkpoints). Their size and
+  content hash (sampled, plus the modification time, above 64 MiB) go into the key, so a changed
+  file means a rebuild.
 - ``version``: bump it when the same inputs would now produce different vectors.
 """
 
@@ -25,6 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from zeroseg.platform.data.classes import Split
+from zeroseg.platform.embeddings.cache import file_fingerprint
 from zeroseg.platform.embeddings.config import ProviderConfig, parse_provider_config
 from zeroseg.platform.errors import ConfigError, EmbeddingError
 
@@ -71,8 +73,6 @@ class EmbeddingProvider(ABC):
 
     def fingerprint(self, split: Split) -> dict[str, Any]:
         """Everything that identifies this provider's output for ``split`` (the cache key input)."""
-        from zeroseg.platform.embeddings.cache import file_fingerprint
-
         self.check_inputs()
         material = self.key_material(split)
         material["inputs"] = {role: file_fingerprint(path, role=role, provider=self.name)
@@ -105,7 +105,6 @@ def register_provider(cls: type[EmbeddingProvider]) -> type[EmbeddingProvider]:
     existing = _PROVIDERS.get(name)
     if existing is not None and existing is not cls:
         raise ValueError(f"embedding provider {name!r} is already registered by {existing!r}")
-    cls.config_class.provider_name = name
     _PROVIDERS[name] = cls
     return cls
 

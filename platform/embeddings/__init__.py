@@ -1,0 +1,50 @@
+"""Class embeddings: one vector per class of a split, from a provider chosen by name.
+
+>>> from zeroseg.platform.embeddings import get_class_embeddings
+>>> E = get_class_embeddings(split, {"provider": "attributes", "dim": 64}, cache_dir="runs/emb")
+
+Providers (``provider_names()``): ``attributes`` (synthetic benchmark), ``word2vec`` (gensim
+files), ``file`` (per-class vector files, the authors' ones ship with zeroseg), ``clip``
+(open_clip text encoder with a local checkpoint). New ones plug in with
+:func:`register_provider`. Matrices are validated (shape, finite, no zero rows) and cached on
+disk keyed by provider, options, class names and input-file fingerprints (see ``cache.py``).
+"""
+
+from zeroseg.platform.embeddings import attributes, clip, files, word2vec  # noqa: F401 (register)
+from zeroseg.platform.embeddings.cache import EmbeddingCache, file_fingerprint
+from zeroseg.platform.embeddings.command import EmbedSummary, embed_command, resolve_split
+from zeroseg.platform.embeddings.config import ProviderConfig, option
+from zeroseg.platform.embeddings.core import (
+    EmbeddingResult,
+    compute_class_embeddings,
+    get_class_embeddings,
+    validate_embeddings,
+)
+from zeroseg.platform.embeddings.files import shipped_files
+from zeroseg.platform.embeddings.providers import (
+    EmbeddingConfig,
+    EmbeddingProvider,
+    get_provider_class,
+    provider_names,
+    register_provider,
+)
+
+__all__ = [
+    "EmbedSummary",
+    "EmbeddingCache",
+    "EmbeddingConfig",
+    "EmbeddingProvider",
+    "EmbeddingResult",
+    "ProviderConfig",
+    "compute_class_embeddings",
+    "embed_command",
+    "file_fingerprint",
+    "get_class_embeddings",
+    "get_provider_class",
+    "option",
+    "provider_names",
+    "register_provider",
+    "resolve_split",
+    "shipped_files",
+    "validate_embeddings",
+]
