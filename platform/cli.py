@@ -148,6 +148,16 @@ def resolve_split(gt: str | None, benchmark: str | None):  # -> Split
 
 
 # ---------------------------------------------------------------------------------------------
+# main job
+# ---------------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from zeroseg.platform.demo import run_demo
+
+    run_demo(args.out, size=args.size, seed=args.seed, workers=args.workers, quiet=args.quiet)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # parser
 # ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
@@ -228,6 +238,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--workers", type=int, default=None, help="processes for panoptic")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.set_defaults(func=cmd_eval)
+
+    # demo ----------------------------------------------------------------------------------
+    demo = sub.add_parser(
+        "demo", help="the main job on the embedded synthetic benchmark (make run)",
+        description="Synthetic benchmark -> leakage filter -> class embeddings -> seen / unseen / "
+                    "HM evaluation of all three tasks; everything under OUT.")
+    demo.add_argument("--out", default="runs/main", help="run folder (default: runs/main)")
+    demo.add_argument("--size", default="small", choices=["tiny", "small", "medium", "large"])
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--workers", type=int, default=None)
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -239,6 +239,12 @@ def test_unseen_frequency_train_and_val(synth):
     assert free >= 0.6 * len(train)
     assert free <= 0.8 * len(train)  # but unseen classes do occur in train (ignore protocols)
     assert summary["splits"]["train"]["unseen_images"] == len(train) - free
+    # The validation protocol also keeps the held-out seen classes out of training: at least
+    # 40% of the train images must survive it, and those classes must still be trainable seen
+    # classes for the test split (present in some train images).
+    held_out = {c.id for c in split.classes if c.val_unseen}
+    assert sum(1 for classes in train if not classes & (unseen | held_out)) >= 0.4 * len(train)
+    assert all(any(cid in classes for classes in train) for cid in held_out)
     val = _image_classes(root, "val")
     present = Counter(cid for classes in val for cid in classes)
     assert all(present[cid] >= 1 for cid in unseen)

@@ -75,6 +75,9 @@ SPLIT_CODES = {"train": 0, "val": 1}
 VAL_IMAGE_ID_OFFSET = 1_000_000
 #: Fraction of training images that contain at least one (test-)unseen class.
 UNSEEN_IMAGE_FRACTION = 0.32
+# Train images that may contain the held-out seen (validation-unseen) classes: the validation
+# protocol drops images with unseen OR held-out classes, and still keeps about half the split.
+VAL_UNSEEN_IMAGE_FRACTION = 0.25
 #: Fraction of images (both splits) with a crowd cluster.
 CROWD_IMAGE_FRACTION = 0.03
 JPEG_QUALITY = 95
@@ -96,16 +99,18 @@ class _Job:
 class _Schedule:
     unseen_offset: float
     crowd_offset: float
+    val_unseen_offset: float
     featured: tuple[int, ...]  # a permutation of class indices (validation cycle)
 
 
 @functools.lru_cache(maxsize=8)
 def _schedule(seed: int, split: str) -> _Schedule:
     seq = np.random.SeedSequence(seed, spawn_key=(SPLIT_CODES[split],))
-    words = seq.generate_state(2)
+    words = seq.generate_state(3)
     rng = np.random.default_rng(seq)
     featured = tuple(int(i) for i in rng.permutation(len(vocabulary().classes)))
-    return _Schedule(float(words[0]) / 2**32, float(words[1]) / 2**32, featured)
+    return _Schedule(float(words[0]) / 2**32, float(words[1]) / 2**32,
+                     float(words[2]) / 2**32, featured)
 
 
 def _stratified(index: int, fraction: float, offset: float) -> bool:
@@ -164,14 +169,19 @@ def _render_image(job: _Job, split: str, index: int) -> dict[str, Any]:
     rng = np.random.default_rng(image_seq)
     crowd = _stratified(index, CROWD_IMAGE_FRACTION, schedule.crowd_offset)
     if split == "train":
+        # Unseen and held-out classes enter only the scheduled images, each with one forced in.
         bearing = _stratified(index, UNSEEN_IMAGE_FRACTION, schedule.unseen_offset)
-        unseen = sorted(voc.unseen)
-        forced = int(unseen[int(rng.integers(len(unseen)))]) if bearing else None
-        scene = sample_scene(rng, job.image_size, allowed_unseen=bearing, forced=forced,
-                             crowd=crowd)
+        bearing_val = _stratified(index, VAL_UNSEEN_IMAGE_FRACTION, schedule.val_unseen_offset)
+        excluded = (frozenset() if bearing else voc.unseen) | (
+            frozenset() if bearing_val else voc.val_unseen)
+        forced_pool = sorted(voc.unseen) if bearing else sorted(voc.val_unseen)
+        forced = (int(forced_pool[int(rng.integers(len(forced_pool)))])
+                  if bearing or bearing_val else None)
+        scene = sample_scene(rng, job.image_size, excluded=excluded, forced=forced, crowd=crowd)
     else:
         forced = schedule.featured[index % len(schedule.featured)]
-        scene = sample_scene(rng, job.image_size, allowed_unseen=True, forced=forced, crowd=crowd)
+        scene = sample_scene(rng, job.image_size, excluded=frozenset(), forced=forced,
+                             crowd=crowd)
     rendered = render_scene(scene, rng, job.image_size)
     seg_ids = _segment_ids(rendered)
     pan, sem = label_maps(rendered, seg_ids)

@@ -51,8 +51,8 @@ class Vocabulary:
     unseen: frozenset[int]
     val_unseen: frozenset[int]
 
-    def pool(self, indices: tuple[int, ...], allow_unseen: bool) -> tuple[int, ...]:
-        return tuple(i for i in indices if allow_unseen or i not in self.unseen)
+    def pool(self, indices: tuple[int, ...], excluded: frozenset[int]) -> tuple[int, ...]:
+        return tuple(i for i in indices if i not in excluded)
 
 
 @functools.lru_cache(maxsize=1)
@@ -98,18 +98,18 @@ class Scene:
     void_patch: bool
 
 
-def sample_scene(rng: np.random.Generator, size: int, *, allowed_unseen: bool,
+def sample_scene(rng: np.random.Generator, size: int, *, excluded: frozenset[int] = frozenset(),
                  forced: int | None = None, crowd: bool = False) -> Scene:
     """Choose the classes and the geometry of one image.
 
-    ``allowed_unseen``: whether test-unseen classes may be drawn at all; ``forced``: a class that
+    ``excluded``: classes that may not be drawn (``forced`` overrides); ``forced``: a class that
     must appear (placed in its band if stuff, as one instance at a random depth if a thing);
     ``crowd``: whether the image gets a crowd cluster.
     """
     voc = vocabulary()
-    sky_pool = voc.pool(voc.sky, allowed_unseen)
-    ground_pool = voc.pool(voc.ground, allowed_unseen)
-    thing_pool = voc.pool(voc.things, allowed_unseen)
+    sky_pool = voc.pool(voc.sky, excluded)
+    ground_pool = voc.pool(voc.ground, excluded)
+    thing_pool = voc.pool(voc.things, excluded)
 
     n_bands = 3 if rng.random() < THREE_BAND_PROBABILITY else 2
     sky = int(rng.choice(sky_pool))
