@@ -27,6 +27,10 @@ $(STAMP): pyproject.toml setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]' 2>&1 \
 		| { grep -v "^WARNING: Location" || true; }
+	# Test-only reference: the original panopticapi pq_compute (its metadata pins numpy<2, which
+	# it does not need), so tests compare our PQ against it.
+	$(BIN)/python -m pip install -q --no-deps panopticapi-lite==0.2.0 2>&1 \
+		| { grep -v "^WARNING: Location" || true; }
 	$(BIN)/python -c "import torch, zeroseg.platform.cli; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 

@@ -1,0 +1,285 @@
+"""Instance segmentation / detection: mAP and Recall@100 with the ZSI / PADing COCOeval protocol.
+
+The ZSI code (shared by PADing, PROTOCOLS.md 3c) runs COCOeval with IoU thresholds
+{0.4, 0.5, 0.6} and maxDets [1, 10, 100], per category; per class it reports
+
+- AP at IoU t: the mean over the 101 recall thresholds of ``precision[t, :, k, all, 100]``;
+- Recall at IoU t: ``recall[t, k, all, 100]``;
+
+and skips classes that COCOeval marks -1 (no non-crowd GT instance: NaN in their code). The
+published "mAP / Recall@100" are the means at IoU 0.5 over seen and unseen classes, HM on top.
+
+Metric keys (all with at most 100 detections per image and category, area "all"):
+``ap50`` / ``recall50`` (IoU 0.5, the paper numbers), ``ap40`` / ``recall40``, ``ap60`` /
+``recall60``.
+
+Settings: GZSL evaluates every category. ZSL keeps only unseen categories, in the GT and in the
+detections (detections of seen classes are dropped). COCO AP is computed category by category, so
+an unseen class gets the same AP from the same detections in both settings; the ZSL / GZSL gap
+comes from the predictions themselves (a ZSL model only predicts unseen classes).
+
+Backends: ``hotcoco`` (Rust, default) and ``pycocotools`` (reference). Both run COCOeval with
+the same parameters; the tests check that both give pycocotools' precision and recall to the
+last bit on randomised inputs. Only the area range "all" is evaluated: COCOeval evaluates each
+area range independently, so the "all" numbers do not depend on the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zeroseg.platform.data.classes import Split
+from zeroseg.platform.data.layout import CocoLayout
+from zeroseg.platform.errors import ConfigError, DataError
+from zeroseg.platform.evaluation.summary import (
+    INSTANCE_METRICS,
+    ZSL,
+    EvalResult,
+    check_setting,
+    summarize,
+)
+
+log = logging.getLogger(__name__)
+
+#: IoU thresholds exactly as the ZSI / PADing ``Params`` builds them.
+IOU_THRESHOLDS = np.linspace(0.4, 0.6, int(np.round((0.6 - 0.4) / 0.1)) + 1, endpoint=True)
+MAX_DETS = [1, 10, 100]
+AREA_ALL = [0.0, 1e5**2]  # COCOeval's "all" area range
+IOU_TYPES = ("segm", "bbox")
+BACKENDS = ("hotcoco", "pycocotools")
+#: metric suffix -> index into IOU_THRESHOLDS
+_THRESHOLD_INDEX = {"50": 1, "40": 0, "60": 2}
+
+
+def _load_json(path: Path, what: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} not found") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: {what} is not valid JSON ({e})") from None
+
+
+def _check_gt(gt: Mapping[str, Any], split: Split, where: str) -> list[int]:
+    """Validate the GT json; returns its category ids (json order)."""
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(gt.get(key), list):
+            raise DataError(f"{where}: missing list '{key}' (COCO instances format)")
+    split_ids = split.id_to_index()
+    cat_ids = [int(c["id"]) for c in gt["categories"]]
+    extra = [cid for cid in cat_ids if cid not in split_ids]
+    if extra:
+        raise DataError(f"{where}: categories {extra[:5]} are not classes of split {split.name}")
+    known = set(cat_ids)
+    images = {img.get("id") for img in gt["images"]}
+    ann_ids: set[int] = set()
+    for ann in gt["annotations"]:
+        aid = ann.get("id")
+        # pycocotools stores the matched GT id in a float array and treats 0 as "unmatched".
+        if not isinstance(aid, int) or aid <= 0 or aid in ann_ids:
+            raise DataError(f"{where}: annotation id {aid!r} must be a unique positive integer")
+        ann_ids.add(aid)
+        if ann.get("category_id") not in known:
+            raise DataError(f"{where}: annotation {aid} has unknown category_id "
+                            f"{ann.get('category_id')}")
+        if ann.get("image_id") not in images:
+            raise DataError(f"{where}: annotation {aid} has image_id {ann.get('image_id')!r}, "
+                            f"which is not in 'images'")
+        if "area" not in ann or "iscrowd" not in ann:
+            raise DataError(f"{where}: annotation {aid} needs 'area' and 'iscrowd'")
+    return cat_ids
+
+
+def _check_results(results: Sequence[Mapping[str, Any]], image_sizes: Mapping[Any, list[int]],
+                   cat_ids: set[int], iou_type: str, where: str) -> None:
+    if not isinstance(results, Sequence) or isinstance(results, (str, bytes)):
+        raise DataError(f"{where}: expected a list of detections (COCO results format)")
+    has_bbox = None
+    for i, det in enumerate(results):
+        if not isinstance(det, Mapping):
+            raise DataError(f"{where}: detection {i} is not an object")
+        if det.get("image_id") not in image_sizes:
+            raise DataError(f"{where}: detection {i} has image_id {det.get('image_id')!r}, which "
+                            f"is not an image of the GT json")
+        if det.get("category_id") not in cat_ids:
+            raise DataError(f"{where}: detection {i} has unknown category_id "
+                            f"{det.get('category_id')!r}")
+        score = det.get("score")
+        if isinstance(score, bool) or not isinstance(score, (int, float)) \
+                or not math.isfinite(score):
+            raise DataError(f"{where}: detection {i} needs a finite numeric 'score'")
+        if iou_type == "segm" and "segmentation" not in det:
+            raise DataError(f"{where}: detection {i} has no 'segmentation' (needed for segm IoU)")
+        seg = det.get("segmentation")
+        if isinstance(seg, Mapping) and list(seg.get("size", [])) != image_sizes[det["image_id"]]:
+            raise DataError(f"{where}: detection {i}: RLE size {seg.get('size')} differs from the "
+                            f"size {image_sizes[det['image_id']]} of image {det['image_id']}")
+        bbox = "bbox" in det
+        if has_bbox is None:
+            has_bbox = bbox
+        elif bbox != has_bbox:
+            raise DataError(f"{where}: detection {i} {'has' if bbox else 'lacks'} a 'bbox' unlike "
+                            f"the first detection (all or none must have one)")
+        if iou_type == "bbox" and not bbox and "segmentation" not in det:
+            raise DataError(f"{where}: detection {i} has neither 'bbox' nor 'segmentation'")
+
+
+def _run_pycocotools(gt: Mapping[str, Any], results: list[dict], iou_type: str,
+                     cat_ids: list[int], img_ids: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco_gt = COCO()
+        coco_gt.dataset = dict(gt)
+        coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes(results)
+        ev = COCOeval(coco_gt, coco_dt, iou_type)
+        ev.params.iouThrs = IOU_THRESHOLDS.copy()
+        ev.params.maxDets = list(MAX_DETS)
+        ev.params.areaRng = [list(AREA_ALL)]
+        ev.params.areaRngLbl = ["all"]
+        ev.params.catIds = list(cat_ids)
+        ev.params.imgIds = list(img_ids)
+        ev.evaluate()
+        ev.accumulate()
+    return np.asarray(ev.eval["precision"]), np.asarray(ev.eval["recall"])
+
+
+def _run_hotcoco(gt: Mapping[str, Any], results: list[dict], iou_type: str,
+                 cat_ids: list[int], img_ids: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    import hotcoco
+
+    coco_gt = hotcoco.COCO(dict(gt))
+    coco_dt = coco_gt.load_res(results)
+    ev = hotcoco.COCOeval(coco_gt, coco_dt, iou_type)
+    params = ev.params
+    params.iou_thrs = [float(t) for t in IOU_THRESHOLDS]
+    params.max_dets = list(MAX_DETS)
+    params.area_rng = [list(AREA_ALL)]
+    params.area_rng_lbl = ["all"]
+    params.cat_ids = list(cat_ids)
+    params.img_ids = list(img_ids)
+    ev.params = params
+    ev.evaluate()
+    ev.accumulate()
+    return np.asarray(ev.eval["precision"]), np.asarray(ev.eval["recall"])
+
+
+def _per_class_from_arrays(precision: np.ndarray, recall: np.ndarray,
+                           cat_ids: Sequence[int]) -> dict[int, dict[str, float | None]]:
+    """Per category id: AP and recall at IoU .5/.4/.6, area "all", maxDets 100 (ZSI's rule)."""
+    out: dict[int, dict[str, float | None]] = {}
+    for k, cid in enumerate(cat_ids):
+        values: dict[str, float | None] = {}
+        for suffix, t in _THRESHOLD_INDEX.items():
+            prec = precision[t, :, k, 0, -1]
+            prec = prec[prec > -1]
+            values[f"ap{suffix}"] = float(np.mean(prec)) if prec.size else None
+            rec = float(recall[t, k, 0, -1])
+            values[f"recall{suffix}"] = rec if rec > -1 else None
+        out[cid] = values
+    return out
+
+
+def _gt_counts(gt: Mapping[str, Any], cat_ids: Sequence[int]) -> dict[int, int]:
+    """Non-ignored GT instances per category, as COCOeval counts them for area "all"."""
+    counts = dict.fromkeys(cat_ids, 0)
+    for ann in gt["annotations"]:
+        cid = ann["category_id"]
+        if cid in counts and not ann["iscrowd"] and AREA_ALL[0] <= ann["area"] <= AREA_ALL[1]:
+            counts[cid] += 1
+    return counts
+
+
+def evaluate_instance_coco(
+    gt: Mapping[str, Any] | str | Path,
+    results: Sequence[Mapping[str, Any]] | str | Path,
+    split: Split,
+    setting: str = "gzsl",
+    *,
+    iou_type: str = "segm",
+    backend: str = "hotcoco",
+) -> EvalResult:
+    """mAP / Recall@100 of COCO results against a COCO instances GT (dicts or json paths)."""
+    setting = check_setting(setting)
+    if iou_type not in IOU_TYPES:
+        raise ConfigError(f"iou_type: {iou_type!r} is not one of {', '.join(IOU_TYPES)}")
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+    gt_where = str(gt) if isinstance(gt, (str, Path)) else "instances GT"
+    res_where = str(results) if isinstance(results, (str, Path)) else "instance results"
+    if isinstance(gt, (str, Path)):
+        gt = _load_json(Path(gt), "instances GT json")
+    if isinstance(results, (str, Path)):
+        results = _load_json(Path(results), "instance results json")
+    if not isinstance(gt, Mapping):
+        raise DataError(f"{gt_where}: expected a COCO instances json object")
+
+    cat_ids = _check_gt(gt, split, gt_where)
+    image_ids = [img["id"] for img in gt["images"]]
+    sizes = {img["id"]: [img.get("height"), img.get("width")] for img in gt["images"]}
+    _check_results(results, sizes, set(cat_ids), iou_type, res_where)
+
+    id_to_index = split.id_to_index()
+    if setting == ZSL:
+        unseen_ids = {c.id for c in split.unseen}
+        eval_ids = sorted(cid for cid in cat_ids if cid in unseen_ids)
+    else:
+        eval_ids = sorted(cat_ids)
+    keep = set(eval_ids)
+    # Shallow copies: COCO's loadRes writes 'id', 'area', 'iscrowd' into each detection.
+    dets = [dict(d) for d in results if d["category_id"] in keep]
+    img_ids = sorted(set(image_ids))
+
+    if not eval_ids:
+        per_id: dict[int, dict[str, float | None]] = {}
+    elif not dets:
+        # No detection at all: AP and recall are 0 where there is GT, undefined elsewhere.
+        gt_counts = _gt_counts(gt, eval_ids)
+        per_id = {cid: {m: (0.0 if gt_counts[cid] > 0 else None) for m in INSTANCE_METRICS}
+                  for cid in eval_ids}
+    else:
+        if backend == "hotcoco":
+            try:
+                import hotcoco  # noqa: F401
+            except ImportError:
+                log.warning("hotcoco is not installed; falling back to pycocotools")
+                backend = "pycocotools"
+        run = _run_hotcoco if backend == "hotcoco" else _run_pycocotools
+        precision, recall = run(gt, dets, iou_type, eval_ids, img_ids)
+        per_id = _per_class_from_arrays(precision, recall, eval_ids)
+
+    per_class = {id_to_index[cid]: values for cid, values in per_id.items()}
+    gt_counts = _gt_counts(gt, eval_ids)
+    return summarize(
+        "instance", split, setting, INSTANCE_METRICS, per_class, num_images=len(img_ids),
+        counts={"detections": len(dets), "gt_instances": int(sum(gt_counts.values()))},
+        options={"iou_type": iou_type, "backend": backend,
+                 "iou_thresholds": [float(t) for t in IOU_THRESHOLDS], "max_dets": MAX_DETS[-1],
+                 "area": "all"},
+        details={id_to_index[cid]: {"gt_instances": n} for cid, n in gt_counts.items()},
+        only={id_to_index[cid] for cid in cat_ids},  # the categories of the instances json
+    )
+
+
+def evaluate_instance(layout: CocoLayout, split: Split,
+                      results_json: str | Path | Sequence[Mapping[str, Any]],
+                      setting: str = "gzsl", *, iou_type: str = "segm",
+                      backend: str = "hotcoco") -> EvalResult:
+    """mAP / Recall@100 of a COCO results json against ``layout.instances_json``."""
+    gt_path = layout.require(layout.instances_json, "instances GT json")
+    if isinstance(results_json, (str, Path)) and not Path(results_json).is_file():
+        raise DataError(f"{results_json}: instance results json not found")
+    return evaluate_instance_coco(gt_path, results_json, split, setting, iou_type=iou_type,
+                                  backend=backend)

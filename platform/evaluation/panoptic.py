@@ -1,0 +1,539 @@
+"""Panoptic quality (PQ / SQ / RQ) with panopticapi's ``pq_compute`` semantics, vectorised.
+
+Per image (PROTOCOLS.md section 8, re-implemented from the documented semantics):
+
+1. PNG colours give segment ids (R + 256 G + 256^2 B); id 0 is VOID. Predicted areas are
+   counted in the PNG; GT areas come from the GT json's ``area`` (the PNG count when absent).
+   A predicted id in the PNG but not in ``segments_info`` (or the reverse), an unknown
+   ``category_id``, a missing PNG and a GT image without a prediction are errors.
+2. One ``np.bincount`` over (GT segment, predicted segment) pairs gives every intersection.
+3. Match: same category, non-crowd GT, and IoU > 0.5 *strictly*, where
+   IoU = inter / (pred_area + gt_area - inter - pred_on_void): predicted pixels on VOID leave
+   the union. IoU > 0.5 makes a match unique, so there is no assignment step.
+4. FN: every unmatched non-crowd GT segment. Crowd segments are never FN; per category the last
+   crowd segment of ``segments_info`` is the category's crowd region.
+5. FP: an unmatched prediction, unless (its VOID pixels + its pixels on the same category's
+   crowd region) > half its area, in which case it is ignored.
+
+GT ids that appear in the PNG but not in ``segments_info`` are neither segments nor VOID (as in
+panopticapi). Per category: PQ = sum(IoU) / (TP + FP/2 + FN/2), SQ = sum(IoU) / TP (0 when
+TP = 0), RQ = TP / (TP + FP/2 + FN/2).
+
+Classes with TP + FP + FN = 0: ``empty_classes="zero"`` (default, PADing's published protocol,
+PROTOCOLS 3b) reports 0 and keeps them in the seen / unseen means; ``"exclude"`` (panopticapi's
+All / Things / Stuff averages) reports ``None`` and leaves them out.
+
+ZSL: only unseen categories are evaluated. GT segments of seen categories (crowd included)
+become VOID, and predicted segments of seen categories are dropped (their pixels become
+unlabelled prediction). So a prediction lying mostly on seen objects is ignored rather than
+counted as FP, exactly as a prediction on VOID, and a seen-class prediction over an unseen
+object is a miss for that object. This mirrors semantic ZSL, where only unseen-GT pixels count.
+
+Accumulation is deterministic: per-image IoU sums are added in GT-json image order whatever the
+number of worker processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from zeroseg.platform.data.classes import Split
+from zeroseg.platform.data.layout import CocoLayout
+from zeroseg.platform.errors import ConfigError, DataError
+from zeroseg.platform.evaluation._parallel import choose_workers, ordered_map, split_chunks
+from zeroseg.platform.evaluation.summary import (
+    PANOPTIC_METRICS,
+    ZSL,
+    EvalResult,
+    check_setting,
+    summarize,
+)
+
+log = logging.getLogger(__name__)
+
+VOID = 0
+EMPTY_CLASS_POLICIES = ("zero", "exclude")
+
+
+# -- per-image core --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Segments:
+    """The ``segments_info`` of one image as arrays (json order)."""
+
+    ids: np.ndarray  # int64 segment ids (non-zero, unique)
+    cats: np.ndarray  # int64 contiguous class indices
+    crowd: np.ndarray  # bool
+    area: np.ndarray  # int64 json area, -1 where the json gives none
+
+
+@dataclass
+class ImageStats:
+    """TP / FP / FN counts and IoU sums of one image, per contiguous class index."""
+
+    tp: np.ndarray
+    fp: np.ndarray
+    fn: np.ndarray
+    iou: np.ndarray
+
+
+#: PNG ids have 24 bits: a per-thread table over all of them maps a pixel to its segment with one
+#: gather (int16: 32 MiB, allocated on first use; only the entries of the current image are set).
+_ID_SPACE = 1 << 24
+_TABLE_LIMIT = np.iinfo(np.int16).max
+
+
+class _Scratch(threading.local):
+    """Per-thread lookup table and pixel buffers, reused from image to image (fresh multi-MB
+    temporaries would be page-faulted in again for every image)."""
+
+    def __init__(self) -> None:
+        self.table: np.ndarray | None = None
+        self.small = np.empty(0, dtype=np.int16)
+        self.key = np.empty(0, dtype=np.intp)
+
+    def id_table(self) -> np.ndarray:
+        if self.table is None:
+            self.table = np.full(_ID_SPACE, -1, dtype=np.int16)
+        return self.table
+
+    def buffers(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(int16 buffer, intp buffer) of at least ``n`` elements, as length-n views."""
+        if self.small.size < n:
+            self.small = np.empty(n, dtype=np.int16)
+            self.key = np.empty(n, dtype=np.intp)
+        return self.small[:n], self.key[:n]
+
+
+_scratch = _Scratch()
+
+
+def _table_ok(flat: np.ndarray, seg_ids: np.ndarray) -> bool:
+    if seg_ids.size + 2 > _TABLE_LIMIT:
+        return False
+    if seg_ids.size and (seg_ids.min() < 0 or seg_ids.max() >= _ID_SPACE):
+        return False
+    return flat.size == 0 or (int(flat.min()) >= 0 and int(flat.max()) < _ID_SPACE)
+
+
+def _gather(flat: np.ndarray, seg_ids: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out[i] = 1 + position of flat[i] in seg_ids, 0 for VOID, -1 for ids listed nowhere."""
+    table = _scratch.id_table()
+    table[seg_ids] = np.arange(1, seg_ids.size + 1, dtype=np.int16)
+    table[VOID] = 0
+    try:
+        np.take(table, flat, out=out, mode="clip")  # in range: checked by _table_ok
+    finally:
+        table[seg_ids] = -1
+        table[VOID] = -1
+    return out
+
+
+def _searchsorted_index(flat: np.ndarray, seg_ids: np.ndarray) -> np.ndarray:
+    """Same mapping as :func:`_gather` for any id range: a sorted lookup with VOID in it."""
+    keys = np.concatenate(([VOID], seg_ids)).astype(np.int64)
+    flat = flat.astype(np.int64, copy=False)
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    pos = np.searchsorted(sorted_keys, flat)
+    np.minimum(pos, sorted_keys.size - 1, out=pos)
+    index = order[pos]
+    index[sorted_keys[pos] != flat] = -1
+    return index
+
+
+def _pair_keys(gt_ids: np.ndarray, gt_seg: np.ndarray, pred_ids: np.ndarray,
+               pred_seg: np.ndarray, where: str) -> np.ndarray:
+    """Per pixel: gt_row * (P + 1) + pred_col, with GT rows 0 = VOID, 1..G = segments,
+    G + 1 = ids listed nowhere, and prediction columns 0 = VOID, 1..P = segments."""
+    g, p = gt_seg.size, pred_seg.size
+    gt_flat, pred_flat = gt_ids.ravel(), pred_ids.ravel()
+    small, key = _scratch.buffers(gt_flat.size)
+    if _table_ok(pred_flat, pred_seg):
+        pred_index = _gather(pred_flat, pred_seg, small)
+    else:
+        pred_index = _searchsorted_index(pred_flat, pred_seg)
+    if pred_index.min(initial=0) < 0:
+        missing = np.unique(pred_flat[pred_index < 0])[:5].tolist()
+        raise DataError(f"{where}: segment ids {missing} are in the prediction PNG but not in its "
+                        f"segments_info")
+    np.copyto(key, pred_index, casting="unsafe")
+    if _table_ok(gt_flat, gt_seg):
+        gt_index = _gather(gt_flat, gt_seg, small)
+    else:
+        gt_index = _searchsorted_index(gt_flat, gt_seg)
+    np.copyto(gt_index, g + 1, where=gt_index < 0)  # listed nowhere: not a segment, not VOID
+    # key += gt_index * (p + 1), without an intp temporary
+    if (g + 2) * (p + 1) <= _TABLE_LIMIT and gt_index.dtype == np.int16:
+        gt_index *= p + 1
+        key += gt_index
+    else:
+        key += gt_index.astype(np.intp) * (p + 1)
+    return key
+
+
+def read_segment_ids(path: str | Path) -> np.ndarray:
+    """A panoptic PNG as an HxW int32 id map (R + 256 G + 256^2 B)."""
+    try:
+        with Image.open(path) as im:
+            if im.mode != "RGB":
+                im = im.convert("RGB")
+            width, height = im.size
+            raw = im.tobytes("raw", "RGBX")  # 4 bytes a pixel: little-endian R, G, B, pad
+    except FileNotFoundError:
+        raise DataError(f"{path}: panoptic PNG not found") from None
+    except (OSError, SyntaxError) as e:
+        raise DataError(f"{path}: not a readable PNG ({e})") from None
+    ids = np.frombuffer(raw, dtype="<u4").reshape(height, width) & 0xFFFFFF
+    return ids.view(np.int32)
+
+
+def pq_image_stats(
+    gt_ids: np.ndarray,
+    gt: Segments,
+    pred_ids: np.ndarray,
+    pred: Segments,
+    evaluated: np.ndarray,
+    where: str = "image",
+) -> ImageStats:
+    """PQ statistics of one image.
+
+    ``gt_ids`` / ``pred_ids``: HxW segment-id maps. ``evaluated``: bool per class, False for
+    classes dropped by the setting (seen classes in ZSL).
+    """
+    num_classes = evaluated.size
+    if gt_ids.shape != pred_ids.shape:
+        raise DataError(f"{where}: prediction size {pred_ids.shape[:2]} differs from the GT size "
+                        f"{gt_ids.shape[:2]}")
+    g, p = gt.ids.size, pred.ids.size
+
+    key = _pair_keys(gt_ids, gt.ids, pred_ids, pred.ids, where)
+    inter = np.bincount(key, minlength=(g + 2) * (p + 1)).reshape(g + 2, p + 1)
+    pred_area = inter.sum(axis=0)[1:]
+    if (pred_area == 0).any():
+        missing = pred.ids[pred_area == 0][:5].tolist()
+        raise DataError(f"{where}: segment ids {missing} are in segments_info but not in the "
+                        f"prediction PNG")
+    gt_area = np.where(gt.area >= 0, gt.area, inter.sum(axis=1)[1:g + 1])
+
+    gt_keep = evaluated[gt.cats] if g else np.zeros(0, dtype=bool)
+    pred_keep = evaluated[pred.cats] if p else np.zeros(0, dtype=bool)
+    # Predicted pixels on VOID, where dropped GT segments (ZSL) count as VOID.
+    void = inter[0, 1:] + inter[1:g + 1, 1:][~gt_keep].sum(axis=0)
+    pair = inter[1:g + 1, 1:]  # (G, P) intersections of listed segments
+
+    candidate = ((pair > 0) & (gt.cats[:, None] == pred.cats[None, :])
+                 & ~gt.crowd[:, None] & gt_keep[:, None] & pred_keep[None, :])
+    union = pred_area[None, :] + gt_area[:, None] - pair - void[None, :]
+    if (candidate & (union <= 0)).any():
+        bad = gt.ids[(candidate & (union <= 0)).any(axis=1)][0]
+        raise DataError(f"{where}: the json area of GT segment {int(bad)} is smaller than its "
+                        f"overlap with a prediction")
+    iou = np.zeros(pair.shape, dtype=np.float64)
+    np.divide(pair, union, out=iou, where=candidate)
+    match = candidate & (iou > 0.5)
+
+    gi, pi = np.nonzero(match)
+    matched_cats = gt.cats[gi]
+    tp = np.bincount(matched_cats, minlength=num_classes)
+    # bincount adds the weights in input order: the same sum on every run
+    iou_sum = np.bincount(matched_cats, weights=iou[gi, pi], minlength=num_classes)
+
+    missed = gt_keep & ~gt.crowd & ~match.any(axis=1)
+    fn = np.bincount(gt.cats[missed], minlength=num_classes)
+
+    # The crowd region of a category: its last crowd segment in segments_info order.
+    fp = np.zeros(num_classes, dtype=np.int64)
+    unmatched = pred_keep & ~match.any(axis=0)
+    if unmatched.any():
+        crowd_row = np.full(num_classes, -1, dtype=np.int64)
+        for j in np.nonzero(gt.crowd & gt_keep)[0].tolist():
+            crowd_row[gt.cats[j]] = j
+        cols = np.nonzero(unmatched)[0]
+        rows = crowd_row[pred.cats[cols]]
+        on_crowd = np.where(rows >= 0, pair[np.maximum(rows, 0), cols], 0)
+        ignored = (void[cols] + on_crowd) / pred_area[cols] > 0.5
+        fp = np.bincount(pred.cats[cols[~ignored]], minlength=num_classes)
+    return ImageStats(tp=tp, fp=fp, fn=fn, iou=iou_sum)
+
+
+@dataclass
+class PQStats:
+    """Per-class TP / FP / FN counts and IoU sums over a set of images."""
+
+    num_classes: int
+    tp: np.ndarray = field(init=False)
+    fp: np.ndarray = field(init=False)
+    fn: np.ndarray = field(init=False)
+    iou: np.ndarray = field(init=False)
+    num_images: int = 0
+
+    def __post_init__(self) -> None:
+        self.tp = np.zeros(self.num_classes, dtype=np.int64)
+        self.fp = np.zeros(self.num_classes, dtype=np.int64)
+        self.fn = np.zeros(self.num_classes, dtype=np.int64)
+        self.iou = np.zeros(self.num_classes, dtype=np.float64)
+
+    def add(self, image: ImageStats) -> None:
+        self.tp += image.tp
+        self.fp += image.fp
+        self.fn += image.fn
+        self.iou += image.iou
+        self.num_images += 1
+
+    def per_class(self, empty_classes: str = "zero") -> dict[int, dict[str, float | None]]:
+        """PQ / SQ / RQ per class index (see the module docstring for ``empty_classes``)."""
+        if empty_classes not in EMPTY_CLASS_POLICIES:
+            raise ConfigError(f"empty_classes: {empty_classes!r} is not one of "
+                              f"{', '.join(EMPTY_CLASS_POLICIES)}")
+        out: dict[int, dict[str, float | None]] = {}
+        for c in range(self.num_classes):
+            tp, fp, fn = int(self.tp[c]), int(self.fp[c]), int(self.fn[c])
+            iou = float(self.iou[c])
+            if tp + fp + fn == 0:
+                value = 0.0 if empty_classes == "zero" else None
+                out[c] = {"pq": value, "sq": value, "rq": value}
+                continue
+            denominator = tp + 0.5 * fp + 0.5 * fn
+            out[c] = {"pq": iou / denominator, "sq": iou / tp if tp != 0 else 0.0,
+                      "rq": tp / denominator}
+        return out
+
+
+def _segments(infos: Sequence[Mapping[str, Any]], id_to_index: Mapping[int, int],
+              where: str, *, gt: bool) -> Segments:
+    ids, cats, crowd, area = [], [], [], []
+    seen_ids: set[int] = set()
+    for info in infos:
+        try:
+            sid, cid = int(info["id"]), int(info["category_id"])
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"{where}: every segments_info entry needs integer 'id' and "
+                            f"'category_id'") from None
+        if sid == VOID:
+            raise DataError(f"{where}: segment id 0 is reserved for VOID")
+        if sid in seen_ids:
+            raise DataError(f"{where}: segment id {sid} appears twice in segments_info")
+        seen_ids.add(sid)
+        if cid not in id_to_index:
+            kind = "GT" if gt else "predicted"
+            raise DataError(f"{where}: {kind} segment {sid} has unknown category_id {cid} "
+                            f"(expected one of the GT json's categories)")
+        ids.append(sid)
+        cats.append(id_to_index[cid])
+        crowd.append(bool(info.get("iscrowd", 0)) if gt else False)
+        area.append(int(info["area"]) if gt and "area" in info else -1)
+    return Segments(ids=np.asarray(ids, dtype=np.int64), cats=np.asarray(cats, dtype=np.int64),
+                    crowd=np.asarray(crowd, dtype=bool), area=np.asarray(area, dtype=np.int64))
+
+
+def _evaluated_mask(split: Split, setting: str) -> np.ndarray:
+    if setting == ZSL:
+        return split.unseen_mask.copy()
+    return np.ones(split.num_classes, dtype=bool)
+
+
+class PanopticEvaluator:
+    """PQ accumulator with detectron2's ``reset / process / evaluate`` interface.
+
+    ``process`` takes in-memory segment-id maps and COCO ``segments_info`` lists (category ids
+    are the split's dataset ids), for predictions that never touch the disk.
+    """
+
+    def __init__(self, split: Split, setting: str = "gzsl", *, empty_classes: str = "zero",
+                 categories: Sequence[int] | None = None):
+        self.split = split
+        self.setting = check_setting(setting)
+        if empty_classes not in EMPTY_CLASS_POLICIES:
+            raise ConfigError(f"empty_classes: {empty_classes!r} is not one of "
+                              f"{', '.join(EMPTY_CLASS_POLICIES)}")
+        self.empty_classes = empty_classes
+        known = split.id_to_index()
+        if categories is not None:
+            known = {cid: known[cid] for cid in categories if cid in known}
+        self._id_to_index = known
+        self._evaluated = _evaluated_mask(split, self.setting)
+        self.reset()
+
+    def reset(self) -> None:
+        self.stats = PQStats(self.split.num_classes)
+
+    def process(self, gt_ids: np.ndarray, gt_segments: Sequence[Mapping[str, Any]],
+                pred_ids: np.ndarray, pred_segments: Sequence[Mapping[str, Any]],
+                name: str = "image") -> None:
+        gt = _segments(gt_segments, self._id_to_index, f"{name} (GT)", gt=True)
+        pred = _segments(pred_segments, self._id_to_index, f"{name} (prediction)", gt=False)
+        self.stats.add(pq_image_stats(np.asarray(gt_ids), gt, np.asarray(pred_ids), pred,
+                                      self._evaluated, name))
+
+    def evaluate(self, options: Mapping[str, Any] | None = None) -> EvalResult:
+        return panoptic_result(self.stats, self.split, self.setting, self.empty_classes,
+                               options=options, only=set(self._id_to_index.values()))
+
+
+def panoptic_result(stats: PQStats, split: Split, setting: str, empty_classes: str = "zero",
+                    options: Mapping[str, Any] | None = None,
+                    only: set[int] | None = None) -> EvalResult:
+    """Per-class PQ / SQ / RQ and the seen / unseen / HM means; ``only``: the class indices to
+    report (the GT json's categories), all classes of the split when None."""
+    per_class = stats.per_class(empty_classes)
+    evaluated = _evaluated_mask(split, setting)
+    details = {c: {"tp": int(stats.tp[c]), "fp": int(stats.fp[c]), "fn": int(stats.fn[c]),
+                   "iou_sum": float(stats.iou[c])}
+               for c in range(split.num_classes) if evaluated[c]}
+    return summarize(
+        "panoptic", split, setting, PANOPTIC_METRICS, per_class, num_images=stats.num_images,
+        counts={"tp": int(stats.tp[evaluated].sum()), "fp": int(stats.fp[evaluated].sum()),
+                "fn": int(stats.fn[evaluated].sum())},
+        options={"empty_classes": empty_classes, **(options or {})}, details=details,
+        only=only,
+    )
+
+
+# -- files -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _ImageTask:
+    image_id: Any
+    gt_png: str
+    pred_png: str
+    gt: Segments
+    pred: Segments
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    tasks: tuple[_ImageTask, ...]
+    evaluated: np.ndarray
+
+
+def _panoptic_chunk(chunk: _Chunk) -> list[ImageStats]:
+    out = []
+    for task in chunk.tasks:
+        gt_ids = read_segment_ids(task.gt_png)
+        pred_ids = read_segment_ids(task.pred_png)
+        out.append(pq_image_stats(gt_ids, task.gt, pred_ids, task.pred, chunk.evaluated,
+                                  f"{task.pred_png} (image {task.image_id})"))
+    return out
+
+
+def _load_json(path: Path, what: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} not found") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: {what} is not valid JSON ({e})") from None
+
+
+def resolve_prediction(pred_path: str | Path,
+                       pred_json: str | Path | None = None) -> tuple[Path, Path]:
+    """(prediction json, prediction PNG folder) from a folder or a json path.
+
+    A folder holds the PNGs and a single ``*.json`` (or ``pred_json`` names it). A json path
+    takes its PNGs from the sibling folder of the same stem (panopticapi's convention) when that
+    exists, else from the json's own folder.
+    """
+    pred_path = Path(pred_path)
+    if pred_path.is_dir():
+        if pred_json is not None:
+            return Path(pred_json), pred_path
+        candidates = sorted(pred_path.glob("*.json"))
+        if len(candidates) != 1:
+            raise DataError(f"{pred_path}: expected exactly one prediction *.json in the folder, "
+                            f"found {len(candidates)} (name it explicitly)")
+        return candidates[0], pred_path
+    if pred_path.is_file():
+        if pred_json is not None:
+            raise ConfigError(f"pred_json: give either a prediction folder with pred_json or a "
+                              f"json file, not both ({pred_path})")
+        stem_dir = pred_path.with_suffix("")
+        return pred_path, stem_dir if stem_dir.is_dir() else pred_path.parent
+    raise DataError(f"{pred_path}: prediction folder or json not found")
+
+
+def evaluate_panoptic(layout: CocoLayout, split: Split, pred_path: str | Path,
+                      setting: str = "gzsl", *, pred_json: str | Path | None = None,
+                      workers: int | None = None, empty_classes: str = "zero") -> EvalResult:
+    """PQ / SQ / RQ of COCO-panoptic predictions against the layout's panoptic GT.
+
+    ``pred_path``: a folder with the predicted PNGs and one json
+    ``{"annotations": [{"image_id", "file_name", "segments_info": [{"id", "category_id"}]}]}``
+    (or the json itself). ``workers``: processes (None: chosen from the number of images).
+    """
+    setting = check_setting(setting)
+    if empty_classes not in EMPTY_CLASS_POLICIES:
+        raise ConfigError(f"empty_classes: {empty_classes!r} is not one of "
+                          f"{', '.join(EMPTY_CLASS_POLICIES)}")
+    gt_json_path = layout.require(layout.panoptic_json, "panoptic GT json")
+    gt_dir = layout.require(layout.panoptic_pngs, "panoptic GT PNG folder")
+    pred_json_path, pred_dir = resolve_prediction(pred_path, pred_json)
+
+    gt_json = _load_json(gt_json_path, "panoptic GT json")
+    split_ids = split.id_to_index()
+    gt_categories = [int(c["id"]) for c in gt_json.get("categories", [])]
+    extra = [cid for cid in gt_categories if cid not in split_ids]
+    if extra:
+        raise DataError(f"{gt_json_path}: categories {extra[:5]} are not classes of split "
+                        f"{split.name}")
+    id_to_index = {cid: split_ids[cid] for cid in gt_categories}
+
+    pred_doc = _load_json(pred_json_path, "panoptic prediction json")
+    pred_anns = pred_doc.get("annotations") if isinstance(pred_doc, dict) else pred_doc
+    if not isinstance(pred_anns, list):
+        raise DataError(f"{pred_json_path}: expected {{\"annotations\": [...]}} in COCO panoptic "
+                        f"result format")
+    pred_by_image: dict[Any, Mapping[str, Any]] = {}
+    for ann in pred_anns:
+        if not isinstance(ann, Mapping) or "image_id" not in ann:
+            raise DataError(f"{pred_json_path}: every annotation needs an 'image_id'")
+        if ann["image_id"] in pred_by_image:
+            raise DataError(f"{pred_json_path}: image {ann['image_id']} has two annotations")
+        pred_by_image[ann["image_id"]] = ann
+
+    tasks: list[_ImageTask] = []
+    for gt_ann in gt_json.get("annotations", []):
+        image_id = gt_ann["image_id"]
+        pred_ann = pred_by_image.get(image_id)
+        if pred_ann is None:
+            raise DataError(f"{pred_json_path}: no prediction for GT image {image_id} "
+                            f"({gt_ann.get('file_name')})")
+        file_name = pred_ann.get("file_name", gt_ann["file_name"])
+        pred_png = pred_dir / file_name
+        if not pred_png.is_file():
+            raise DataError(f"{pred_png}: prediction PNG of image {image_id} not found")
+        where = f"{pred_json_path} (image {image_id})"
+        tasks.append(_ImageTask(
+            image_id=image_id, gt_png=str(gt_dir / gt_ann["file_name"]), pred_png=str(pred_png),
+            gt=_segments(gt_ann.get("segments_info", []), id_to_index,
+                         f"{gt_json_path} (image {image_id})", gt=True),
+            pred=_segments(pred_ann.get("segments_info", []), id_to_index, where, gt=False),
+        ))
+    if not tasks:
+        raise DataError(f"{gt_json_path}: no GT annotations")
+
+    evaluated = _evaluated_mask(split, setting)
+    sizes = [int(img.get("height", 0)) * int(img.get("width", 0))
+             for img in gt_json.get("images", [])]
+    n_workers = choose_workers(len(tasks), workers,
+                               max(sizes) if sizes and min(sizes) > 0 else 640 * 480)
+    chunks = [_Chunk(tuple(c), evaluated) for c in split_chunks(tasks, n_workers)]
+    stats = PQStats(split.num_classes)
+    for image_stats in ordered_map(_panoptic_chunk, chunks, n_workers):
+        for one in image_stats:  # image order: deterministic sums for any number of workers
+            stats.add(one)
+    log.info("panoptic %s: %d images evaluated with %d process(es)", setting, stats.num_images,
+             n_workers)
+    return panoptic_result(stats, split, setting, empty_classes, options={
+        "gt_json": str(gt_json_path), "pred_json": str(pred_json_path), "workers": n_workers},
+        only=set(id_to_index.values()))
