@@ -142,7 +142,8 @@ def resolve_split(gt: str | None, benchmark: str | None):  # -> Split
         if path.is_file():
             return load_classes_json(path)
         raise ZerosegError(
-            f"{path}: no classes.json in the dataset; pass --benchmark NAME (see `zeroseg data list`)"
+            f"{path}: no classes.json in the dataset; pass --benchmark NAME "
+            "(see `zeroseg data list`)"
         )
     raise ZerosegError("--benchmark: required when no dataset folder (--gt) is given")
 
@@ -214,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
         "embed", help="compute (and cache) class embeddings for a split",
         description="Class embeddings from attributes, word2vec, the authors' vector files or "
                     "CLIP, cached on disk by the hash of their inputs.")
-    emb.add_argument("--provider", required=True, choices=["attributes", "word2vec", "file", "clip"])
+    emb.add_argument("--provider", required=True,
+                     choices=["attributes", "word2vec", "file", "clip"])
     emb.add_argument("--benchmark", help="registry split name (see `zeroseg data list`)")
     emb.add_argument("--gt", help="dataset root whose classes.json defines the split")
     emb.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -37,9 +37,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def dumps_json(obj: Any, *, indent: int | None = None) -> str:
-    """Deterministic JSON: same object, same bytes (sorted keys are not used: COCO order matters)."""
-    return json.dumps(obj, indent=indent, ensure_ascii=False, allow_nan=False, separators=None
-                      if indent is not None else (",", ":"))
+    """Deterministic JSON: same object, same bytes (keys keep their order: COCO order matters).
+    NaN is refused: JSON has none, and a NaN metric is a bug to surface, not to write."""
+    separators = None if indent is not None else (",", ":")
+    return json.dumps(obj, indent=indent, ensure_ascii=False, allow_nan=False,
+                      separators=separators)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = None) -> None:

@@ -48,7 +48,7 @@ class Split:
     """Seen/unseen partition of one benchmark's label space."""
 
     name: str  # registry key, e.g. "coco-panoptic/zsp-119-14"
-    dataset: str  # "coco-panoptic", "coco-stuff", "coco2014", "voc12", "pascal-context", "synthetic"
+    dataset: str  # coco-panoptic, coco-stuff, coco2014, voc12, pascal-context, synthetic
     tasks: tuple[str, ...]  # subset of ("semantic", "instance", "panoptic")
     protocol: str  # PROTOCOL_DROP_IMAGES or PROTOCOL_IGNORE_PIXELS for the training filter
     classes: tuple[ClassInfo, ...]
@@ -59,12 +59,15 @@ class Split:
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
-            raise ConfigError(f"split {self.name}: protocol {self.protocol!r} is not one of {PROTOCOLS}")
+            raise ConfigError(
+                f"split {self.name}: protocol {self.protocol!r} is not one of {PROTOCOLS}")
         for i, c in enumerate(self.classes):
             if c.index != i:
-                raise ConfigError(f"split {self.name}: class {c.name!r} has index {c.index}, expected {i}")
+                raise ConfigError(
+                    f"split {self.name}: class {c.name!r} has index {c.index}, expected {i}")
             if c.unseen and c.val_unseen:
-                raise ConfigError(f"split {self.name}: class {c.name!r} is both unseen and val_unseen")
+                raise ConfigError(
+                    f"split {self.name}: class {c.name!r} is both unseen and val_unseen")
         ids = [c.id for c in self.classes]
         if len(set(ids)) != len(ids):
             raise ConfigError(f"split {self.name}: duplicate category ids")
@@ -105,7 +108,8 @@ class Split:
             if c.name == name:
                 return c
         raise ConfigError(
-            f"split {self.name}: unknown class name {name!r} (known: {', '.join(self.names[:8])}, ...)"
+            f"split {self.name}: unknown class name {name!r} "
+            f"(known: {', '.join(self.names[:8])}, ...)"
         )
 
     def id_to_index(self) -> dict[int, int]:

@@ -58,7 +58,8 @@ class CocoLayout:
 
     @property
     def panoptic_pngs(self) -> Path:
-        return Path(self.panoptic_dir) if self.panoptic_dir else self.root / f"panoptic_{self.split}"
+        default = self.root / f"panoptic_{self.split}"
+        return Path(self.panoptic_dir) if self.panoptic_dir else default
 
     @property
     def semantic_pngs(self) -> Path:
@@ -66,5 +67,6 @@ class CocoLayout:
 
     def require(self, path: Path, what: str) -> Path:
         if not path.exists():
-            raise DataError(f"{path}: {what} not found (dataset root {self.root}, split {self.split})")
+            raise DataError(
+                f"{path}: {what} not found (dataset root {self.root}, split {self.split})")
         return path
