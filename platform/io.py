@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from zeroseg.platform.errors import DataError
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
@@ -72,3 +74,30 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False) -> Ite
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_json(path: str | os.PathLike, what: str, *, expect: type | None = None,
+              required: tuple[str, ...] | list[str] = ()) -> Any:
+    """Read a json file; a missing file, malformed JSON, a top level of the wrong type or a
+    missing list field is a one-line :class:`DataError` naming the file and what was expected."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found")
+    try:
+        with path.open("rb") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: malformed JSON in {what} ({e.msg} at line {e.lineno})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read {what} ({e})") from None
+    if required:
+        expect = dict
+    if expect is not None and not isinstance(data, expect):
+        raise DataError(f"{path}: {what} must be a JSON {'object' if expect is dict else 'list'}, "
+                        f"got {type(data).__name__}")
+    for key in required:
+        if key not in data:
+            raise DataError(f"{path}: {what} has no '{key}' (expected keys: {', '.join(required)})")
+        if not isinstance(data[key], list):
+            raise DataError(f"{path}: '{key}' must be a list in {what}")
+    return data

@@ -141,3 +141,16 @@ def test_cli_import_hook_applies_the_layer_lazily_at_first_torchvision_import():
     """)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().endswith("OK")
+
+
+def test_direct_call_after_the_lazy_hook_is_installed_does_not_deadlock():
+    # The CLI installs the lazy hook; library code may then call ensure_torchvision() directly.
+    proc = run_python("""
+        from zeroseg.platform.compat import ensure_torchvision, install_import_hook
+        install_import_hook()
+        print(ensure_torchvision())
+        import torchvision  # noqa: F401
+        print("OK")
+    """)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("OK")

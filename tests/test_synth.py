@@ -316,7 +316,7 @@ def test_load_classes_json_rejects_malformed(synth, tmp_path):
     check(bad_type, r"categories\[0\]\.id")
     check([1, 2], "JSON object")
     path.write_text("{not json")
-    with pytest.raises(DataError, match="not valid JSON"):
+    with pytest.raises(DataError, match="malformed JSON"):
         load_classes_json(path)
     with pytest.raises(DataError, match="not found"):
         load_classes_json(tmp_path / "missing.json")

@@ -52,7 +52,7 @@ NATIVE = "native"  # the compiled extension loaded: nothing was registered
 SHIM = "shim"  # the extension could not load: pure-PyTorch ops were registered
 ABSENT = "absent"  # torchvision is not installed
 
-_lock = threading.Lock()
+_lock = threading.RLock()
 _state: str | None = None
 _library: Any = None  # the torch.library.Library, kept alive: dropping it unregisters the ops
 
@@ -182,6 +182,8 @@ def ensure_torchvision(
     with _lock:
         if _state is not None:
             return _state
+        # A pending lazy hook must not fire from inside this call (find_spec below would run it).
+        sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _ApplyOnFirstImport)]
         path = _extension_path()
         if path is None:
             _state = ABSENT

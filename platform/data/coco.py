@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -35,31 +34,15 @@ from zeroseg.platform.data.classes import Split
 from zeroseg.platform.data.layout import CocoLayout
 from zeroseg.platform.data.panoptic_png import read_panoptic_png
 from zeroseg.platform.errors import DataError
+from zeroseg.platform.io import read_json
 
 log = logging.getLogger(__name__)
 
 
 # -- shared ------------------------------------------------------------------------------------
 def load_json(path: str | Path, what: str, required: Sequence[str] = ()) -> dict[str, Any]:
-    """Read a json object, with one-line DataErrors for a missing file, bad JSON or missing keys."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: {what} not found")
-    try:
-        with path.open("rb") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: malformed JSON in {what} ({e.msg} at line {e.lineno})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read {what} ({e})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: {what} must be a JSON object, got {type(data).__name__}")
-    for key in required:
-        if key not in data:
-            raise DataError(f"{path}: {what} has no '{key}' (expected keys: {', '.join(required)})")
-        if not isinstance(data[key], list):
-            raise DataError(f"{path}: '{key}' must be a list in {what}")
-    return data
+    """A COCO json object with its list fields (one-line DataErrors otherwise)."""
+    return read_json(path, what, expect=dict, required=tuple(required))
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -47,6 +46,7 @@ from zeroseg.platform.evaluation.summary import (
     check_setting,
     summarize,
 )
+from zeroseg.platform.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +58,6 @@ IOU_TYPES = ("segm", "bbox")
 BACKENDS = ("hotcoco", "pycocotools")
 #: metric suffix -> index into IOU_THRESHOLDS
 _THRESHOLD_INDEX = {"50": 1, "40": 0, "60": 2}
-
-
-def _load_json(path: Path, what: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise DataError(f"{path}: {what} not found") from None
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: {what} is not valid JSON ({e})") from None
 
 
 def _check_gt(gt: Mapping[str, Any], split: Split, where: str) -> list[int]:
@@ -220,9 +210,9 @@ def evaluate_instance_coco(
     gt_where = str(gt) if isinstance(gt, (str, Path)) else "instances GT"
     res_where = str(results) if isinstance(results, (str, Path)) else "instance results"
     if isinstance(gt, (str, Path)):
-        gt = _load_json(Path(gt), "instances GT json")
+        gt = read_json(Path(gt), "instances GT json")
     if isinstance(results, (str, Path)):
-        results = _load_json(Path(results), "instance results json")
+        results = read_json(Path(results), "instance results json")
     if not isinstance(gt, Mapping):
         raise DataError(f"{gt_where}: expected a COCO instances json object")
 

@@ -35,7 +35,6 @@ number of worker processes.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Mapping, Sequence
@@ -57,6 +56,7 @@ from zeroseg.platform.evaluation.summary import (
     check_setting,
     summarize,
 )
+from zeroseg.platform.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -426,16 +426,6 @@ def _panoptic_chunk(chunk: _Chunk) -> list[ImageStats]:
     return out
 
 
-def _load_json(path: Path, what: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise DataError(f"{path}: {what} not found") from None
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: {what} is not valid JSON ({e})") from None
-
-
 def resolve_prediction(pred_path: str | Path,
                        pred_json: str | Path | None = None) -> tuple[Path, Path]:
     """(prediction json, prediction PNG folder) from a folder or a json path.
@@ -479,7 +469,7 @@ def evaluate_panoptic(layout: CocoLayout, split: Split, pred_path: str | Path,
     gt_dir = layout.require(layout.panoptic_pngs, "panoptic GT PNG folder")
     pred_json_path, pred_dir = resolve_prediction(pred_path, pred_json)
 
-    gt_json = _load_json(gt_json_path, "panoptic GT json")
+    gt_json = read_json(gt_json_path, "panoptic GT json")
     split_ids = split.id_to_index()
     gt_categories = [int(c["id"]) for c in gt_json.get("categories", [])]
     extra = [cid for cid in gt_categories if cid not in split_ids]
@@ -488,7 +478,7 @@ def evaluate_panoptic(layout: CocoLayout, split: Split, pred_path: str | Path,
                         f"{split.name}")
     id_to_index = {cid: split_ids[cid] for cid in gt_categories}
 
-    pred_doc = _load_json(pred_json_path, "panoptic prediction json")
+    pred_doc = read_json(pred_json_path, "panoptic prediction json")
     pred_anns = pred_doc.get("annotations") if isinstance(pred_doc, dict) else pred_doc
     if not isinstance(pred_anns, list):
         raise DataError(f"{pred_json_path}: expected {{\"annotations\": [...]}} in COCO panoptic "

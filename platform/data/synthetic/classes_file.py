@@ -16,7 +16,6 @@ otherwise.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from zeroseg.platform.data.synthetic.vocabulary import (
     synthetic_split,
 )
 from zeroseg.platform.errors import DataError
+from zeroseg.platform.io import read_json
 
 BENCHMARK = "synthetic"
 ROLES = ("seen", "unseen")
@@ -103,14 +103,7 @@ def load_classes_json(path: str | Path) -> Split:
     unique ids and PNG labels); any problem is a one-line :class:`DataError`.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: classes.json not found")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(doc, dict):
-        raise DataError(f"{path}: expected a JSON object at the top level")
+    doc = read_json(path, "classes.json", expect=dict)
     benchmark = _field(doc, "benchmark", str, "top level", path)
     if benchmark != BENCHMARK:
         raise DataError(f"{path}: benchmark: expected {BENCHMARK!r}, got {benchmark!r}")
