@@ -1,0 +1,194 @@
+"""Typed experiment configs: YAML in, validated against dataclasses, hashed.
+
+A config is a (nested) dataclass. :func:`from_dict` builds one from plain data and rejects, with
+a one-line :class:`~zeroseg.platform.errors.ConfigError` naming the dotted key, any unknown key
+(with the known ones listed and the closest suggested), any missing required key and any value
+of the wrong type. This runs before anything expensive starts (Ray, DeepSpeed, data loading).
+
+:func:`config_hash` is the stable identity of a config (canonical JSON, sorted keys), used to
+address the artifacts a stage produces (DESIGN.md section 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from zeroseg.platform.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from ``path`` (safe_load), with one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_config(cls: type[T], path: str | Path, overrides: dict[str, Any] | None = None) -> T:
+    """Build ``cls`` from a YAML file plus dotted overrides (``{"train.steps": 10}``)."""
+    data = load_yaml(path)
+    for dotted, value in (overrides or {}).items():
+        set_dotted(data, dotted, value)
+    return from_dict(cls, data, where=str(path))
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {part} is not a mapping")
+    node[parts[-1]] = value
+
+
+def from_dict(cls: type[T], data: Any, *, where: str = "config", prefix: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``, checking keys and types recursively."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: {prefix or 'config'} must be a mapping, "
+                          f"got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), list(fields), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{where}: unknown key {_join(prefix, key)!r}{hint}; known keys: "
+                          f"{', '.join(fields)}")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        dotted = _join(prefix, name)
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{where}: missing required key {dotted!r}")
+            continue
+        kwargs[name] = _coerce(hints[name], data[name], where, dotted)
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        try:
+            validate()
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+    return obj
+
+
+def _join(prefix: str, key: Any) -> str:
+    return f"{prefix}.{key}" if prefix else str(key)
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _coerce(tp: Any, value: Any, where: str, dotted: str) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, where, dotted)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"{where}: {dotted} must be {_type_name(tp)}, got {value!r}")
+    if origin is typing.Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{where}: {dotted} must be one of {list(allowed)}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where=where, prefix=dotted)
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: {dotted} must be a list, got {value!r}")
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(f"{where}: {dotted} must have {len(args)} items, got {value!r}")
+            return tuple(_coerce(a, v, where, f"{dotted}[{i}]")
+                         for i, (a, v) in enumerate(zip(args, value, strict=True)))
+        item = args[0] if args else Any
+        items = [_coerce(item, v, where, f"{dotted}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {dotted} must be a mapping, got {value!r}")
+        kt, vt = get_args(tp) or (Any, Any)
+        return {_coerce(kt, k, where, f"{dotted}.{k}"): _coerce(vt, v, where, f"{dotted}.{k}")
+                for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {dotted} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: {dotted} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: {dotted} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {dotted} must be a string, got {value!r}")
+        return value
+    if tp is Path:
+        if not isinstance(value, str | Path):
+            raise ConfigError(f"{where}: {dotted} must be a path string, got {value!r}")
+        return Path(value)
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"{where}: {dotted} must be {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def to_dict(config: Any) -> Any:
+    """Plain data (JSON/YAML-ready) from a config dataclass."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, list | tuple):
+        return [to_dict(v) for v in config]
+    if isinstance(config, dict):
+        return {str(k): to_dict(v) for k, v in config.items()}
+    if isinstance(config, Path):
+        return str(config)
+    return config
+
+
+def canonical_json(data: Any) -> str:
+    return json.dumps(to_dict(data), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def config_hash(config: Any, length: int = 16) -> str:
+    """Stable short hash of a config (or any JSON-able data)."""
+    return hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()[:length]
