@@ -149,6 +149,39 @@ def resolve_split(gt: str | None, benchmark: str | None):  # -> Split
 
 
 # ---------------------------------------------------------------------------------------------
+# feature cache
+# ---------------------------------------------------------------------------------------------
+def cmd_extract(args: argparse.Namespace) -> int:
+    from zeroseg.platform.config import load_config
+    from zeroseg.platform.features import ExtractConfig, get_features
+    from zeroseg.platform.progress import progress_bar
+
+    overrides: dict[str, object] = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ZerosegError(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key] = _parse_value(value)
+    if args.rebuild:
+        overrides["rebuild"] = True
+    config = load_config(ExtractConfig, args.config, overrides)
+    with progress_bar(f"extract {config.kind}", 0, enabled=not args.quiet) as advance:
+        result = get_features(config, progress=advance)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.format())
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------
+def cmd_train_segmenter(args: argparse.Namespace) -> int:
+    from zeroseg.platform.training.command import parse_overrides, train_segmenter_command
+
+    return train_segmenter_command(args.config, parse_overrides(args.set), address=args.address,
+                                   quiet=args.quiet, json_output=args.json, verbose=args.verbose)
+
+
+# ---------------------------------------------------------------------------------------------
 # main job
 # ---------------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -241,6 +274,40 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.set_defaults(func=cmd_eval)
 
+    # extract -------------------------------------------------------------------------------
+    ext = sub.add_parser(
+        "extract", help="build (or reuse) the feature cache of a segmenter checkpoint",
+        description="Run a segmenter checkpoint over a dataset split once and cache its query "
+                    "embeddings (train: matched to GT classes; eval: all queries + mask logits), "
+                    "addressed by the hash of checkpoint, dataset, split and extraction config. "
+                    "Prints the key, counts, size and whether the cache was built or reused.")
+    ext.add_argument("config", help="extraction config YAML (see configs/extract_tiny.yaml)")
+    ext.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override a config key, e.g. --set workers=2 --set kind=eval")
+    ext.add_argument("--rebuild", action="store_true", help="rebuild even if the cache is valid")
+    ext.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ext.add_argument("--quiet", action="store_true", help="no progress bar")
+    ext.set_defaults(func=cmd_extract)
+
+    # train ---------------------------------------------------------------------------------
+    train = sub.add_parser("train", help="distributed training (Ray Train + DeepSpeed)",
+                           description="Train models on Ray Train with DeepSpeed.")
+    train_sub = train.add_subparsers(dest="train_command", required=True, metavar="MODEL")
+    tseg = train_sub.add_parser(
+        "segmenter", help="train the Mask2Former segmenter (seen classes, or all: oracle)",
+        description="Train the segmenter on Ray Train workers with DeepSpeed (ZeRO 0-3, fp32 / "
+                    "bf16), checkpointing every train.checkpoint_every steps and resuming after "
+                    "worker failures; export it to RUN_DIR/segmenter and, with train.eval, print "
+                    "and store (RUN_DIR/results.json) seen / unseen / HM for the three tasks.")
+    tseg.add_argument("config", help="training config YAML (see configs/segmenter_tiny.yaml)")
+    tseg.add_argument("--set", action="append", metavar="KEY=VALUE",
+                      help="override a config key, e.g. --set train.steps=20 "
+                           "--set distributed.workers=2")
+    tseg.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    tseg.add_argument("--json", action="store_true", help="print results.json's content")
+    tseg.add_argument("--quiet", action="store_true", help="no progress display")
+    tseg.set_defaults(func=cmd_train_segmenter)
+
     # demo ----------------------------------------------------------------------------------
     demo = sub.add_parser(
         "demo", help="the main job on the embedded synthetic benchmark (make run)",
@@ -252,6 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, default=None)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
+
+    # results (the results store; commands in platform/store/commands.py) ------------------
+    from zeroseg.platform.store.commands import add_results_parser
+
+    add_results_parser(sub)
     return parser
 
 
