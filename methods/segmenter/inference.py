@@ -1,0 +1,482 @@
+"""Semantic, instance and panoptic predictions from per-query masks and class scores.
+
+The segmenter gives, per image, Q mask logits and Q query embeddings. A *classifier* turns the
+embeddings into logits over the split's C classes (contiguous order) plus "no object" (last
+column): the segmenter's own head, or whatever a zero-shot method trains in its place. Every
+function here works from ``class_probs`` = softmax of those logits ([Q, C + 1]) and mask logits
+upsampled to the output size ([Q, H, W]), so the same rules serve every method.
+
+The rules are Mask2Former's, with PADing's defaults (PROTOCOLS.md 3b / 3c):
+
+- **semantic** (:func:`semantic_inference`): class score map
+  S[c, p] = sum_q P(c | q) * sigmoid(m_q[p]) with the no-object column left out; each pixel
+  takes argmax_c S[c, p]. Every pixel gets a class (255 is never predicted).
+- **instance** (:func:`instance_inference`): the top ``detections_per_image`` (query, class)
+  pairs by P(c | q) over the allowed classes (the split's thing classes: instance ground truth
+  has no stuff, so stuff pairs are excluded *before* the top-k, which only matters on datasets
+  with stuff), so one query may appear under several classes. Mask = sigmoid > 0.5; score =
+  P(c | q) x (mean sigmoid over the predicted mask). Boxes are the masks' bounding boxes.
+- **panoptic** (:func:`panoptic_inference`): a query is kept if its most likely label is not
+  "no object" and that probability exceeds ``object_mask_threshold`` (0.8). Each pixel goes to
+  the kept query with the largest score x sigmoid(mask). A kept query whose won area is below
+  ``overlap_threshold`` (0.8) of its own mask area (sigmoid >= 0.5) is dropped; otherwise its
+  segment is the won pixels inside its own mask. All segments of one stuff class merge into one.
+  Segment ids count from 1 in order of creation; 0 (VOID) is everything else.
+
+:func:`predict_dataset` runs a model (or cached per-image outputs) over a layout's images and
+writes the COCO result formats that :mod:`zeroseg.platform.evaluation` reads::
+
+    OUT/semantic/<image stem>.png         PNG labels of the split (ClassInfo.png_label)
+    OUT/panoptic/<image stem>.png         panoptic PNG (id = R + 256 G + 256^2 B)
+    OUT/panoptic/predictions.json         {"annotations": [{image_id, file_name, segments_info}]}
+    OUT/instances_results.json            COCO results: image_id, category_id, RLE, bbox, score
+
+Each output is replaced atomically: a failed run leaves the previous outputs as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from pycocotools import mask as mask_utils
+from torch import Tensor
+
+from zeroseg.platform.data.classes import Split
+from zeroseg.platform.data.coco import ImageInfo, layout_images, load_json
+from zeroseg.platform.data.layout import CocoLayout
+from zeroseg.platform.data.panoptic_png import id2rgb
+from zeroseg.platform.errors import ConfigError, DataError
+from zeroseg.platform.io import atomic_directory, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+#: Per-query logits over the split's classes + no object, from query embeddings [Q, D].
+Classifier = Callable[[Tensor], Tensor]
+
+TASKS = ("semantic", "instance", "panoptic")
+SEMANTIC_DIR = "semantic"
+PANOPTIC_DIR = "panoptic"
+PANOPTIC_JSON = "predictions.json"
+INSTANCES_JSON = "instances_results.json"
+
+
+@dataclass
+class InferenceConfig:
+    """Post-processing knobs; the defaults are PADing's / Mask2Former's."""
+
+    object_mask_threshold: float = 0.8
+    overlap_threshold: float = 0.8
+    detections_per_image: int = 100
+
+    def validate(self) -> None:
+        for name in ("object_mask_threshold", "overlap_threshold"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{name} must lie in [0, 1], got {value}")
+        if self.detections_per_image < 1:
+            raise ConfigError(f"detections_per_image must be >= 1, got "
+                              f"{self.detections_per_image}")
+
+
+# -- per-image, pure tensor functions ----------------------------------------------------------
+def class_probabilities(logits: Tensor) -> Tensor:
+    """Softmax over the classes + no object (last dimension)."""
+    return logits.float().softmax(-1)
+
+
+def upsample_masks(mask_logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize of mask logits [..., Q, h, w] to [..., Q, H, W]."""
+    if tuple(mask_logits.shape[-2:]) == tuple(size):
+        return mask_logits.float()
+    lead = mask_logits.shape[:-2]
+    flat = mask_logits.float().reshape(1, -1, *mask_logits.shape[-2:])
+    out = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
+    return out.reshape(*lead, *size)
+
+
+def _check(class_probs: Tensor, mask_logits: Tensor) -> None:
+    if class_probs.ndim != 2 or mask_logits.ndim != 3 or class_probs.shape[0] != \
+            mask_logits.shape[0]:
+        raise ValueError(f"expected class_probs [Q, C+1] and mask_logits [Q, H, W], got "
+                         f"{tuple(class_probs.shape)} and {tuple(mask_logits.shape)}")
+
+
+def semantic_inference(class_probs: Tensor, mask_logits: Tensor) -> Tensor:
+    """[H, W] long map of contiguous class indices (argmax of sum_q P(c|q) sigmoid(m_q))."""
+    _check(class_probs, mask_logits)
+    scores = torch.einsum("qc,qhw->chw", class_probs[:, :-1].float(), mask_logits.sigmoid())
+    return scores.argmax(0)
+
+
+@dataclass
+class InstancePrediction:
+    masks: Tensor  # [N, H, W] bool
+    classes: Tensor  # [N] long, contiguous class indices
+    scores: Tensor  # [N] float, class prob x mask score, sorted descending
+    queries: Tensor  # [N] long, the query each detection comes from
+
+
+def instance_inference(class_probs: Tensor, mask_logits: Tensor, *,
+                       allowed: Tensor | None = None,
+                       detections_per_image: int = 100) -> InstancePrediction:
+    """Top (query, class) pairs among the ``allowed`` classes (bool [C]; all when None)."""
+    _check(class_probs, mask_logits)
+    num_classes = class_probs.shape[1] - 1
+    columns = (torch.arange(num_classes) if allowed is None
+               else torch.nonzero(allowed.to(torch.bool).cpu()).flatten())
+    columns = columns.to(class_probs.device)
+    q = class_probs.shape[0]
+    h, w = mask_logits.shape[-2:]
+    if columns.numel() == 0 or q == 0:
+        empty = torch.zeros(0, dtype=torch.long)
+        return InstancePrediction(torch.zeros((0, h, w), dtype=torch.bool), empty,
+                                  torch.zeros(0), empty)
+    probs = class_probs[:, columns].float()  # [Q, A]
+    k = min(detections_per_image, probs.numel())
+    top, flat_index = probs.flatten().topk(k)  # sorted, largest first
+    queries = torch.div(flat_index, columns.numel(), rounding_mode="floor")
+    classes = columns[flat_index % columns.numel()]
+    logits = mask_logits[queries].float()
+    masks = logits > 0  # sigmoid > 0.5
+    soft = logits.sigmoid()
+    area = masks.flatten(1).sum(1)
+    mask_score = (soft * masks).flatten(1).sum(1) / (area + 1e-6)
+    scores = top * mask_score
+    order = torch.argsort(scores, descending=True, stable=True)
+    return InstancePrediction(masks[order], classes[order], scores[order], queries[order])
+
+
+@dataclass
+class PanopticSegmentPrediction:
+    id: int
+    class_index: int
+    isthing: bool
+    score: float
+    query: int
+
+
+def panoptic_inference(class_probs: Tensor, mask_logits: Tensor, isthing: Tensor, *,
+                       object_mask_threshold: float = 0.8, overlap_threshold: float = 0.8,
+                       ) -> tuple[Tensor, list[PanopticSegmentPrediction]]:
+    """([H, W] int32 segment ids, segments) with PADing's rules (module docstring)."""
+    _check(class_probs, mask_logits)
+    no_object = class_probs.shape[1] - 1
+    h, w = mask_logits.shape[-2:]
+    ids = torch.zeros((h, w), dtype=torch.int32)
+    segments: list[PanopticSegmentPrediction] = []
+    best, label = class_probs.float().max(-1)
+    keep = (label != no_object) & (best > object_mask_threshold)
+    if not bool(keep.any()):
+        return ids, segments
+    kept_queries = torch.nonzero(keep).flatten().tolist()
+    probs = mask_logits[keep].float().sigmoid().cpu()  # [K, H, W]
+    scores = best[keep].cpu()
+    labels = label[keep].cpu()
+    owner = (scores[:, None, None] * probs).argmax(0)  # first maximum on ties
+    thing = isthing.to(torch.bool).cpu()
+    stuff_ids: dict[int, int] = {}
+    for k, query in enumerate(kept_queries):
+        own = probs[k] >= 0.5
+        won = owner == k
+        own_area = int(own.sum())
+        won_area = int(won.sum())
+        visible = won & own
+        if own_area == 0 or won_area == 0 or not bool(visible.any()):
+            continue
+        if won_area / own_area < overlap_threshold:
+            continue
+        c = int(labels[k])
+        if not bool(thing[c]) and c in stuff_ids:
+            ids[visible] = stuff_ids[c]  # one segment per stuff class
+            continue
+        segment_id = len(segments) + 1
+        ids[visible] = segment_id
+        segments.append(PanopticSegmentPrediction(segment_id, c, bool(thing[c]),
+                                                  float(scores[k]), int(query)))
+        if not bool(thing[c]):
+            stuff_ids[c] = segment_id
+    return ids, segments
+
+
+def encode_instances(prediction: InstancePrediction, image_id: int,
+                     category_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """COCO results entries (RLE segmentation, xywh bbox from the mask) for one image."""
+    n = len(prediction.scores)
+    if n == 0:
+        return []
+    masks = prediction.masks.cpu().numpy().astype(np.uint8)
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
+    boxes = mask_utils.toBbox(rles)
+    out = []
+    for i, rle in enumerate(rles):
+        out.append({
+            "image_id": image_id,
+            "category_id": int(category_ids[int(prediction.classes[i])]),
+            "segmentation": {"size": [int(s) for s in rle["size"]],
+                             "counts": rle["counts"].decode("ascii")},
+            "bbox": [float(b) for b in boxes[i]],
+            "score": float(prediction.scores[i]),
+        })
+    return out
+
+
+# -- classifiers ---------------------------------------------------------------------------------
+def segmenter_classifier(model: Any, class_ids: Sequence[int], split: Split) -> Classifier:
+    """The segmenter's own head as a classifier over the split: its K outputs (classifier order
+    ``class_ids``, e.g. the seen classes) go to their split columns, no-object to the last
+    column, and classes it never learned get -inf (probability 0)."""
+    index = split.id_to_index()
+    missing = [cid for cid in class_ids if cid not in index]
+    if missing:
+        raise ConfigError(f"class_ids {missing[:5]} are not classes of split {split.name}")
+    if len(class_ids) != model.num_classes:
+        raise ConfigError(f"class_ids has {len(class_ids)} ids, the segmenter has "
+                          f"{model.num_classes} classes")
+    columns = torch.tensor([index[cid] for cid in class_ids] + [split.num_classes])
+    total = split.num_classes + 1
+
+    def classify(embeddings: Tensor) -> Tensor:
+        logits = model.classify(embeddings)
+        out = logits.new_full((*logits.shape[:-1], total), float("-inf"))
+        out[..., columns.to(logits.device)] = logits
+        return out
+
+    return classify
+
+
+# -- datasets of images and of cached outputs ----------------------------------------------------
+@dataclass(frozen=True)
+class _LayoutImages:
+    images: dict[int, ImageInfo]
+    instance_categories: set[int] | None  # category ids of the instances json, if there is one
+    panoptic_files: dict[int, str]
+
+
+def _layout_images(layout: CocoLayout) -> _LayoutImages:
+    images = layout_images(layout)
+    if images is None:
+        raise DataError(f"{layout.annotations}: no instances or panoptic json for split "
+                        f"'{layout.split}' (needed to list its images)")
+    instance_cats: set[int] | None = None
+    if layout.instances_json.is_file():
+        data = load_json(layout.instances_json, "COCO instances json", ("categories",))
+        instance_cats = {int(c["id"]) for c in data["categories"] if isinstance(c, dict)}
+    panoptic_files: dict[int, str] = {}
+    if layout.panoptic_json.is_file():
+        data = load_json(layout.panoptic_json, "COCO panoptic json", ("annotations",))
+        panoptic_files = {int(a["image_id"]): str(a["file_name"]) for a in data["annotations"]
+                          if isinstance(a, dict) and "image_id" in a and "file_name" in a}
+    return _LayoutImages(images, instance_cats, panoptic_files)
+
+
+class InferenceImages(torch.utils.data.Dataset):
+    """A layout's images resized to the model's square input, in ascending image id."""
+
+    def __init__(self, layout: CocoLayout, images: Mapping[int, ImageInfo], image_size: int,
+                 image_ids: Sequence[int] | None = None):
+        self.layout = layout
+        self.images = dict(images)
+        self.image_ids = sorted(self.images) if image_ids is None else list(image_ids)
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from zeroseg.methods.segmenter.data import normalize_image, read_image
+
+        info = self.images[self.image_ids[index]]
+        pixels = normalize_image(read_image(self.layout.images / info.file_name))
+        s = self.image_size
+        if tuple(pixels.shape[-2:]) != (s, s):
+            pixels = F.interpolate(pixels[None], size=(s, s), mode="bilinear",
+                                   align_corners=False)[0]
+        return {"pixel_values": pixels, "image_id": info.id}
+
+
+def _collate_images(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    return {"pixel_values": torch.stack([it["pixel_values"] for it in items]),
+            "image_id": [it["image_id"] for it in items]}
+
+
+def _field(item: Any, name: str) -> Any:
+    if isinstance(item, Mapping):
+        if name not in item:
+            raise DataError(f"cached segmenter output has no '{name}' (expected image_id, "
+                            f"query_embeddings [Q, D], mask_logits [Q, h, w])")
+        return item[name]
+    if not hasattr(item, name):
+        raise DataError(f"cached segmenter output has no '{name}' (expected image_id, "
+                        f"query_embeddings [Q, D], mask_logits [Q, h, w])")
+    return getattr(item, name)
+
+
+def _model_outputs(model: Any, layout: CocoLayout, images: Mapping[int, ImageInfo],
+                   batch_size: int, device: str | torch.device, num_workers: int,
+                   ) -> Iterable[tuple[int, Tensor, Tensor]]:
+    dataset = InferenceImages(layout, images, int(model.config.image_size))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                         num_workers=num_workers, collate_fn=_collate_images)
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in loader:
+            with torch.no_grad():
+                out = model(batch["pixel_values"].to(device))
+            for i, image_id in enumerate(batch["image_id"]):
+                yield int(image_id), out.query_embeddings[i], out.mask_logits[i]
+    finally:
+        model.train(was_training)
+
+
+# -- writing --------------------------------------------------------------------------------------
+class _Writer:
+    """Accumulates one image at a time into the requested output formats (in staging folders)."""
+
+    def __init__(self, split: Split, tasks: Sequence[str], staging: Mapping[str, Path],
+                 inst_categories: set[int] | None, panoptic_files: Mapping[int, str],
+                 config: InferenceConfig):
+        self.split = split
+        self.tasks = tuple(tasks)
+        self.staging = staging
+        self.config = config
+        self.category_ids = [c.id for c in split.classes]
+        self.isthing = torch.tensor([c.isthing for c in split.classes], dtype=torch.bool)
+        allowed = [c.isthing and (inst_categories is None or c.id in inst_categories)
+                   for c in split.classes]
+        self.allowed = torch.tensor(allowed, dtype=torch.bool)
+        self.panoptic_files = panoptic_files
+        if "semantic" in self.tasks:
+            missing = [c.name for c in split.classes if c.png_label is None]
+            if missing:
+                raise ConfigError(f"split {split.name}: classes {missing[:3]} have no semantic "
+                                  f"PNG label; cannot write semantic predictions")
+            lut = np.full(split.num_classes, 255, dtype=np.uint8)
+            for c in split.classes:
+                lut[c.index] = int(c.png_label)  # type: ignore[arg-type]
+            self.png_labels = lut
+        self.instances: list[dict[str, Any]] = []
+        self.panoptic: list[dict[str, Any]] = []
+        self.count = 0
+
+    def add(self, info: ImageInfo, class_logits: Tensor, mask_logits: Tensor) -> None:
+        c = self.split.num_classes
+        if class_logits.ndim != 2 or class_logits.shape[1] != c + 1:
+            raise ConfigError(f"classifier returned logits of shape {tuple(class_logits.shape)} "
+                              f"for image {info.id}; expected [Q, {c + 1}] (split {self.split.name}"
+                              f": {c} classes + no object)")
+        probs = class_probabilities(class_logits).cpu()
+        masks = upsample_masks(mask_logits.detach().cpu(), (info.height, info.width))
+        stem = Path(info.file_name).stem
+        if "semantic" in self.tasks:
+            index = semantic_inference(probs, masks).numpy()
+            Image.fromarray(self.png_labels[index]).save(self.staging["semantic"] / f"{stem}.png")
+        if "instance" in self.tasks:
+            pred = instance_inference(probs, masks, allowed=self.allowed,
+                                      detections_per_image=self.config.detections_per_image)
+            self.instances.extend(encode_instances(pred, info.id, self.category_ids))
+        if "panoptic" in self.tasks:
+            ids, segments = panoptic_inference(
+                probs, masks, self.isthing,
+                object_mask_threshold=self.config.object_mask_threshold,
+                overlap_threshold=self.config.overlap_threshold)
+            file_name = self.panoptic_files.get(info.id, f"{stem}.png")
+            Image.fromarray(id2rgb(ids.numpy()), mode="RGB").save(
+                self.staging["panoptic"] / file_name)
+            self.panoptic.append({
+                "image_id": info.id, "file_name": file_name,
+                "segments_info": [{"id": s.id, "category_id": self.category_ids[s.class_index],
+                                   "isthing": s.isthing, "score": s.score}
+                                  for s in segments],
+            })
+        self.count += 1
+
+
+def predict_dataset(source: Any, classifier: Classifier | None, layout: CocoLayout, split: Split,
+                    out_dir: str | Path, tasks: Sequence[str] = TASKS, *,
+                    config: InferenceConfig | None = None, batch_size: int = 8,
+                    device: str | torch.device = "cpu", num_workers: int = 0,
+                    ) -> dict[str, Path]:
+    """Predict every image of ``layout`` and write the requested tasks' COCO result files.
+
+    ``source``: a :class:`~zeroseg.methods.segmenter.model.Segmenter` (run here on the layout's
+    images), or an iterable of cached per-image outputs (mappings or objects with ``image_id``,
+    ``query_embeddings`` [Q, D] and ``mask_logits`` [Q, h, w] at any resolution).
+    ``classifier``: query embeddings [Q, D] -> logits [Q, C + 1] over ``split``'s classes in
+    contiguous order + no object; ``None`` uses the segmenter's own head, which must then cover
+    the split's classes in order (the oracle). Returns ``{task: path}`` for the evaluators:
+    ``evaluate_semantic(layout, split, paths["semantic"])`` and likewise.
+    """
+    from zeroseg.methods.segmenter.model import Segmenter
+
+    config = config or InferenceConfig()
+    config.validate()
+    tasks = tuple(dict.fromkeys(tasks))
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise ConfigError(f"tasks must be a non-empty subset of {list(TASKS)}, got {list(tasks)}")
+    listing = _layout_images(layout)
+    if isinstance(source, Segmenter):
+        if classifier is None:
+            if source.num_classes != split.num_classes:
+                raise ConfigError(f"classifier: the segmenter has {source.num_classes} classes, "
+                                  f"split {split.name} has {split.num_classes}; pass a "
+                                  f"classifier (e.g. segmenter_classifier)")
+            classifier = source.classify
+        outputs: Iterable[Any] = _model_outputs(source, layout, listing.images, batch_size,
+                                                device, num_workers)
+    else:
+        if classifier is None:
+            raise ConfigError("classifier: required when predicting from cached outputs")
+        outputs = ((int(_field(it, "image_id")), torch.as_tensor(_field(it, "query_embeddings")),
+                    torch.as_tensor(_field(it, "mask_logits"))) for it in source)
+
+    out_dir = Path(out_dir)
+    targets = {"semantic": out_dir / SEMANTIC_DIR, "panoptic": out_dir / PANOPTIC_DIR,
+               "instance": out_dir / INSTANCES_JSON}
+    created = not out_dir.exists()
+    try:
+        writer = _write_all(outputs, classifier, layout, split, listing, tasks, targets, config)
+    except BaseException:
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # leave no empty folder behind a failed first run
+        raise
+    log.info("wrote %s predictions for %d images to %s", "/".join(tasks), writer.count, out_dir)
+    return {t: targets[t] for t in tasks}
+
+
+def _write_all(outputs: Iterable[tuple[int, Tensor, Tensor]], classifier: Classifier,
+               layout: CocoLayout, split: Split, listing: _LayoutImages, tasks: Sequence[str],
+               targets: Mapping[str, Path], config: InferenceConfig) -> _Writer:
+    with contextlib.ExitStack() as stack:
+        staging = {t: stack.enter_context(atomic_directory(targets[t], overwrite=True))
+                   for t in tasks if t != "instance"}
+        writer = _Writer(split, tasks, staging, listing.instance_categories,
+                         listing.panoptic_files, config)
+        done: set[int] = set()
+        for image_id, embeddings, mask_logits in outputs:
+            info = listing.images.get(image_id)
+            if info is None:
+                raise DataError(f"{layout.annotations}: image id {image_id} of the segmenter "
+                                f"outputs is not an image of split '{layout.split}'")
+            if image_id in done:
+                raise DataError(f"segmenter outputs: image id {image_id} appears twice")
+            done.add(image_id)
+            with torch.no_grad():
+                logits = classifier(embeddings)
+            writer.add(info, logits, mask_logits)
+        if "panoptic" in tasks:
+            atomic_write_json(staging["panoptic"] / PANOPTIC_JSON,
+                              {"annotations": writer.panoptic})
+        if "instance" in tasks:
+            atomic_write_json(targets["instance"], writer.instances)
+    return writer

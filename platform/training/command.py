@@ -1,0 +1,134 @@
+"""``zeroseg train segmenter CONFIG``: progress display and the printed summary."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from zeroseg.platform.errors import ZerosegError
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["train.steps=10"]`` -> ``{"train.steps": 10}`` (values parsed as JSON if they can)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ZerosegError(f"--set {item!r}: expected KEY=VALUE (e.g. train.steps=10)")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+class _Display:
+    """Rank 0's records as a rich progress bar on a terminal, else one line per record."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.bar: Any = None
+        self.task: Any = None
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[_Display]:
+        if self.quiet or not sys.stderr.isatty():
+            yield self
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        columns = (TextColumn("train"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
+        with Progress(*columns, transient=False) as bar:
+            self.bar = bar
+            self.task = bar.add_task("train", total=None, info="starting workers")
+            yield self
+        self.bar = None
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        event = record.get("event")
+        step, steps = record.get("step"), record.get("steps")
+        if event == "log":
+            info = f"loss {record['loss']:.3f}  {record['images_per_s']:.1f} img/s"
+        elif event == "start":
+            info = (f"resumed at step {step}" if step else
+                    f"started, {record.get('world_size')} worker(s)")
+        elif event == "checkpoint":
+            info = f"checkpoint at step {step}"
+        else:
+            return
+        if self.bar is not None:
+            kwargs: dict[str, Any] = {"info": info}
+            if steps:
+                kwargs["total"] = steps
+            if step is not None:
+                kwargs["completed"] = step
+            self.bar.update(self.task, **kwargs)
+        elif event != "checkpoint":
+            total = f"/{steps}" if steps else ""
+            print(f"step {step}{total}  {info}", flush=True)
+
+
+def train_segmenter_command(config_path: str | Path, overrides: dict[str, Any], *,
+                            address: str | None = None, quiet: bool = False,
+                            json_output: bool = False, verbose: bool = False) -> int:
+    from zeroseg.platform.training.config import load_train_config
+
+    config = load_train_config(config_path, overrides)  # typos fail here, before Ray
+    if address is not None:
+        import dataclasses
+
+        config = dataclasses.replace(config, distributed=dataclasses.replace(
+            config.distributed, address=address))
+    from zeroseg.platform.training.ray_runner import run_training
+
+    display = _Display(quiet or json_output)
+    with display.active():
+        result = run_training(config, progress=display, verbose=verbose)
+    if json_output:
+        print(json.dumps(result.results, indent=2))
+        return 0
+    training = result.results["training"]
+    kind = "oracle (all classes)" if config.data.oracle else "zero-shot (seen classes only)"
+    loss = training.get("loss")
+    loss_text = "-" if loss is None else f"{loss:.3f}"
+    print(f"trained {kind} segmenter: {training.get('step')} steps on "
+          f"{training.get('world_size')} worker(s), ZeRO {config.distributed.zero_stage}, "
+          f"{config.distributed.precision}; final loss {loss_text}, "
+          f"{training.get('images_per_s', 0.0):.1f} images/s")
+    if training.get("start_step"):
+        print(f"resumed from step {training['start_step']}")
+    print(f"segmenter: {result.segmenter_dir}")
+    if result.results.get("metrics"):
+        rows = result.results["metrics"]
+        print()
+        print(_table_from_json(rows, f"{result.results.get('eval_split')} split, GZSL, "
+                                     f"the segmenter's own classifier (%)"))
+    print(f"\nresults: {result.run_dir / 'results.json'}")
+    return 0
+
+
+def _table_from_json(metrics: dict[str, Any], title: str) -> str:
+    def pct(v: Any) -> str:
+        return f"{'-':>6}" if v is None else f"{100 * float(v):6.1f}"
+
+    lines = [title, f"{'task':<9} {'metric':<10} {'seen':>6} {'unseen':>6} {'HM':>6}"]
+    for task, doc in metrics.items():
+        seen, unseen, hm = doc.get("seen") or {}, doc.get("unseen") or {}, doc.get("hm") or {}
+        for metric in list(dict.fromkeys([*seen, *unseen, *hm])):
+            lines.append(f"{task:<9} {metric:<10} {pct(seen.get(metric))} "
+                         f"{pct(unseen.get(metric))} {pct(hm.get(metric))}")
+    return "\n".join(lines)

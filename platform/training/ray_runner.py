@@ -1,0 +1,522 @@
+"""Run segmenter training on Ray Train (``zeroseg train segmenter CONFIG``).
+
+:func:`run_training` does, in order:
+
+1. before Ray starts (cheap, so bad input fails fast): the config is already typed and
+   validated; the dataset is generated when ``data.synthetic`` is set and ``data.root`` does not
+   exist; the split and the classes to train are resolved; the protocol's leakage filter picks
+   the training images (zero-shot runs); a checkpoint to resume (``train.resume_from``, or the
+   latest one of an earlier run in the same ``output.run_dir``) is verified and compared with
+   this config;
+2. ``TorchTrainer(train_func)`` with ``ScalingConfig(workers, use_gpu)``,
+   ``RunConfig(storage_path=RUN_DIR/ray, name="train", CheckpointConfig(num_to_keep=2),
+   FailureConfig(max_failures))``. ``workers: 0`` runs Ray Train's local mode in this process;
+3. the final checkpoint's exported model is verified (``load_segmenter``) and copied to
+   ``RUN_DIR/segmenter``; rank 0's progress records go to ``RUN_DIR/train_log.jsonl``;
+4. with ``train.eval``, the segmenter is evaluated on ``data.eval_split`` (semantic, instance,
+   panoptic; seen / unseen / HM, GZSL) and ``RUN_DIR/results.json`` is written atomically.
+
+Re-running the same config in the same run_dir resumes from its latest checkpoint (Ray Train
+restores the run by name); a different config there is refused before Ray starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from zeroseg.platform.config import config_hash, to_dict
+from zeroseg.platform.data.classes import PROTOCOL_DROP_IMAGES, Split
+from zeroseg.platform.data.layout import CocoLayout
+from zeroseg.platform.errors import ConfigError, DataError, ZerosegError
+from zeroseg.platform.io import atomic_directory, atomic_write_json, atomic_write_text
+from zeroseg.platform.training.checkpoints import (
+    EXPORT_DIR,
+    INFO_FILE,
+    CheckpointError,
+    check_compatible,
+    verify_checkpoint,
+)
+from zeroseg.platform.training.config import SegmenterTrainConfig
+
+log = logging.getLogger(__name__)
+
+RUN_NAME = "train"
+Progress = Callable[[dict[str, Any]], None]
+
+
+class TrainingError(ZerosegError):
+    """Training failed on the workers (after the allowed restarts)."""
+
+
+@dataclasses.dataclass
+class PreparedRun:
+    """Everything resolved on the driver before Ray starts."""
+
+    config: SegmenterTrainConfig  # paths made absolute
+    split: Split
+    class_ids: list[int]
+    class_names: list[str]
+    image_ids: list[int]
+    dataset: str  # fingerprint of the annotation files
+    config_hash: str
+    leakage: dict[str, Any] | None
+    resume: Path | None  # checkpoint verified for resuming (resume_from or the run's latest)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.config.output.run_dir
+
+
+@dataclasses.dataclass
+class TrainingResult:
+    run_dir: Path
+    segmenter_dir: Path
+    summary: dict[str, Any]  # rank 0's return value: start_step, step, loss, images_per_s, ...
+    metrics: dict[str, Any]  # the last metrics reported to Ray Train
+    log: list[dict[str, Any]]  # rank 0's progress records, every attempt
+    results: dict[str, Any]  # what results.json holds
+    checkpoint: Path | None  # the final training checkpoint
+
+
+# -- preparation (driver, before Ray) ------------------------------------------------------------
+def _absolute(config: SegmenterTrainConfig) -> SegmenterTrainConfig:
+    data = dataclasses.replace(config.data, root=config.data.root.expanduser().resolve())
+    train = config.train
+    if train.resume_from is not None:
+        train = dataclasses.replace(train, resume_from=train.resume_from.expanduser().resolve())
+    output = dataclasses.replace(config.output,
+                                 run_dir=config.output.run_dir.expanduser().resolve())
+    return dataclasses.replace(config, data=data, train=train, output=output)
+
+
+def ensure_dataset(config: SegmenterTrainConfig) -> None:
+    """Generate the synthetic benchmark into data.root if asked to and not there yet."""
+    root = config.data.root
+    if root.exists():
+        return
+    if config.data.synthetic is None:
+        raise DataError(f"{root}: data.root not found (give data.synthetic {{size, seed}} to "
+                        f"generate the synthetic benchmark there)")
+    from zeroseg.platform.data.synthetic.generate import generate
+
+    syn = config.data.synthetic
+    log.info("generating the synthetic benchmark %r (seed %d) into %s", syn.size, syn.seed, root)
+    generate(syn.size, syn.seed, root)
+
+
+def resolve_split(config: SegmenterTrainConfig) -> Split:
+    if config.data.benchmark:
+        from zeroseg.platform.data.registry import get_split
+
+        return get_split(config.data.benchmark)
+    from zeroseg.platform.data.synthetic.generate import load_classes_json
+
+    path = CocoLayout(config.data.root, config.data.train_split).classes_json
+    if not path.is_file():
+        raise ConfigError(f"{path}: no classes.json in the dataset; set data.benchmark to a "
+                          f"registry split (see `zeroseg data list`)")
+    return load_classes_json(path)
+
+
+def training_classes(split: Split, oracle: bool, validation: bool) -> list[int]:
+    """Category ids of the classifier, in the split's contiguous order: every class for the
+    oracle; otherwise the seen classes, without the held-out ones for validation runs."""
+    if oracle:
+        return [c.id for c in split.classes]
+    return [c.id for c in split.classes if not c.unseen and not (validation and c.val_unseen)]
+
+
+def dataset_fingerprint(root: Path, splits: tuple[str, ...]) -> str:
+    """sha256 over the annotation jsons (instances, panoptic) of ``splits`` and classes.json."""
+    digest = hashlib.sha256()
+    paths: list[Path] = []
+    for split in splits:
+        layout = CocoLayout(root, split)
+        paths += [layout.panoptic_json, layout.instances_json]
+    paths.append(CocoLayout(root, splits[0]).classes_json)
+    for path in paths:
+        if not path.is_file():
+            continue
+        digest.update(path.name.encode() + b"\0")
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return "sha256:" + digest.hexdigest()
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The training checkpoint with the highest step under ``RUN_DIR/ray/train``, if any."""
+    base = run_dir / "ray" / RUN_NAME
+    best: tuple[int, Path] | None = None
+    for info in base.glob(f"checkpoint_*/{INFO_FILE}"):
+        try:
+            step = int(json.loads(info.read_text()).get("step", -1))
+        except (OSError, ValueError, AttributeError):
+            continue
+        if best is None or step > best[0]:
+            best = (step, info.parent)
+    return best[1] if best else None
+
+
+def prepare(config: SegmenterTrainConfig) -> PreparedRun:
+    """Resolve data, classes, training images and the checkpoint to resume (no Ray)."""
+    from zeroseg.platform.data.leakage import filter_training
+
+    config = _absolute(config)
+    if config.distributed.use_gpu and config.distributed.workers == 0:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("distributed.use_gpu: no CUDA device in this process (local mode)")
+    ensure_dataset(config)
+    split = resolve_split(config)
+    d = config.data
+    train_layout = CocoLayout(d.root, d.train_split)
+    train_layout.require(train_layout.panoptic_json, "training panoptic json")
+    if config.train.eval:
+        eval_layout = CocoLayout(d.root, d.eval_split)
+        eval_layout.require(eval_layout.panoptic_json, "evaluation panoptic json")
+    class_ids = training_classes(split, d.oracle, d.validation)
+    names = {c.id: c.name for c in split.classes}
+
+    leakage = None
+    image_ids: list[int]
+    if d.oracle:
+        from zeroseg.platform.data.coco import CocoPanoptic
+
+        image_ids = sorted(CocoPanoptic.from_layout(train_layout).image_ids)
+    else:
+        result = filter_training(train_layout, split, validation=d.validation)
+        leakage = result.to_dict()
+        leakage.pop("kept_image_ids", None)
+        image_ids = list(result.kept_image_ids)
+        if split.protocol != PROTOCOL_DROP_IMAGES:
+            # ignore-pixels keeps every image; excluded classes are simply not targets.
+            leakage["note"] = "images kept; segments of excluded classes are not targets"
+    world = max(1, config.distributed.workers)
+    if len(image_ids) // world < config.train.batch_size:
+        raise ConfigError(f"train.batch_size: {len(image_ids)} training images cannot fill a "
+                          f"batch of {config.train.batch_size} on each of {world} workers")
+    fingerprint = dataset_fingerprint(d.root, (d.train_split, d.eval_split))
+
+    prepared = PreparedRun(config=config, split=split, class_ids=class_ids,
+                           class_names=[names[c] for c in class_ids], image_ids=image_ids,
+                           dataset=fingerprint, config_hash=config_hash(config),
+                           leakage=leakage, resume=None)
+    # A checkpoint we would resume from must fit this run: check it before Ray starts.
+    candidate = latest_checkpoint(prepared.run_dir) if config.distributed.workers > 0 else None
+    candidate = candidate or config.train.resume_from
+    if candidate is not None:
+        info = verify_checkpoint(candidate)
+        check_compatible(info, world_size=world, zero_stage=config.distributed.zero_stage,
+                         precision=config.distributed.precision,
+                         resume_hash=config.resume_hash(), dataset=fingerprint,
+                         class_ids=class_ids, resume_identity=config.resume_identity())
+        if info.step > config.train.steps:
+            raise CheckpointError(f"{candidate}: checkpoint is at step {info.step}, beyond "
+                                  f"train.steps {config.train.steps}")
+        prepared.resume = Path(candidate)
+    return prepared
+
+
+def loop_config(prepared: PreparedRun, *, progress: Any = None,
+                checkpoint_root: Path | None = None,
+                fault: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``train_loop_config`` every worker receives (plain data + the progress sink)."""
+    out: dict[str, Any] = {
+        "config": to_dict(prepared.config),
+        "class_ids": prepared.class_ids,
+        "class_names": prepared.class_names,
+        "image_ids": prepared.image_ids,
+        "split": prepared.split.name,
+        "dataset": prepared.dataset,
+        "config_hash": prepared.config_hash,
+        "progress": progress,
+        "checkpoint_root": str(checkpoint_root) if checkpoint_root else None,
+        "local": prepared.config.distributed.workers == 0,
+    }
+    if fault:
+        out["fault"] = dict(fault)
+    return out
+
+
+# -- Ray -----------------------------------------------------------------------------------------
+def ensure_ray(address: str | None = None, *, verbose: bool = False) -> bool:
+    """``ray.init`` unless Ray is already initialised; returns True if this call started it."""
+    import ray
+
+    from zeroseg.platform.compat import ray_runtime_env
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env_vars = {"HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
+    ray.init(address=address, runtime_env=ray_runtime_env({"env_vars": env_vars}),
+             include_dashboard=False, log_to_driver=verbose,
+             logging_level=logging.INFO if verbose else logging.WARNING)
+    return True
+
+
+def check_resources(config: SegmenterTrainConfig) -> None:
+    """Refuse a run the Ray cluster can never place (it would wait forever). Only for a local
+    Ray (no ``distributed.address``): a remote cluster may add nodes on demand."""
+    import ray
+
+    x = config.distributed
+    available = ray.cluster_resources()
+    need_cpu = x.workers * x.cpus_per_worker
+    need_gpu = x.workers if x.use_gpu else 0
+    short = []
+    if available.get("CPU", 0) + 1e-9 < need_cpu:
+        short.append(f"{need_cpu:g} CPUs (workers x cpus_per_worker), the cluster has "
+                     f"{available.get('CPU', 0):g}")
+    if available.get("GPU", 0) < need_gpu:
+        short.append(f"{need_gpu} GPUs, the cluster has {available.get('GPU', 0):g}")
+    if short and x.address is None:
+        raise ConfigError(f"distributed.workers: {x.workers} workers need {'; '.join(short)}")
+    if short:
+        log.warning("the Ray cluster has too few resources now (%s); waiting for more",
+                    "; ".join(short))
+
+
+class _LocalSink:
+    """Progress sink for local mode: records go straight to the driver's callback."""
+
+    def __init__(self, callback: Progress | None):
+        self.records: list[dict[str, Any]] = []
+        self.callback = callback
+
+    def push(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        if self.callback is not None:
+            self.callback(record)
+
+
+def _ray_sink() -> Any:
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class ProgressSink:
+        """Collects rank 0's progress records; the driver polls them."""
+
+        def __init__(self) -> None:
+            self.records: list[dict[str, Any]] = []
+
+        def push(self, record: dict[str, Any]) -> None:
+            self.records.append(record)
+
+        def read(self, start: int) -> list[dict[str, Any]]:
+            return self.records[start:]
+
+    return ProgressSink.remote()
+
+
+class _Poller(threading.Thread):
+    """Polls the Ray progress sink while ``trainer.fit()`` runs in the main thread."""
+
+    def __init__(self, sink: Any, callback: Progress | None, interval: float = 0.5):
+        super().__init__(daemon=True, name="zeroseg-progress")
+        self.sink, self.callback, self.interval = sink, callback, interval
+        self.records: list[dict[str, Any]] = []
+        self.stopping = threading.Event()
+
+    def _drain(self) -> None:
+        import ray
+
+        new = ray.get(self.sink.read.remote(len(self.records)))
+        for record in new:
+            self.records.append(record)
+            if self.callback is not None:
+                try:
+                    self.callback(record)
+                except Exception:  # a display problem must not stop training
+                    log.exception("progress callback failed")
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self._drain()
+            except Exception:  # the sink may be gone at shutdown
+                log.debug("progress poll failed", exc_info=True)
+            self.stopping.wait(self.interval)
+
+    def stop(self) -> list[dict[str, Any]]:
+        self.stopping.set()
+        self.join(timeout=10)
+        try:
+            self._drain()
+        except Exception:
+            log.debug("final progress poll failed", exc_info=True)
+        return self.records
+
+
+def _worker_user_error(exc: BaseException) -> ZerosegError | None:
+    """The ZerosegError a worker raised, if that is what ended training."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    for failure in failures.values():
+        for candidate in (failure, getattr(failure, "cause", None), failure.__cause__):
+            if isinstance(candidate, ZerosegError):
+                return candidate
+    return None
+
+
+def _fit(prepared: PreparedRun, progress: Progress | None, fault: dict[str, Any] | None,
+         verbose: bool) -> tuple[Any, list[dict[str, Any]]]:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from zeroseg.platform.training.loop import train_func
+
+    cfg = prepared.config
+    dist_cfg = cfg.distributed
+    local = dist_cfg.workers == 0
+    if local:
+        sink: Any = _LocalSink(progress)
+        poller = None
+        checkpoint_root: Path | None = prepared.run_dir / "checkpoints"
+        if prepared.resume is None:
+            # Resume a local-mode run from its own latest checkpoint.
+            kept = sorted(checkpoint_root.glob("step_*/" + INFO_FILE))
+            if kept:
+                info = verify_checkpoint(kept[-1].parent)
+                check_compatible(info, world_size=1, zero_stage=dist_cfg.zero_stage,
+                                 precision=dist_cfg.precision, resume_hash=cfg.resume_hash(),
+                                 dataset=prepared.dataset, class_ids=prepared.class_ids,
+                                 resume_identity=cfg.resume_identity())
+                cfg = dataclasses.replace(cfg, train=dataclasses.replace(
+                    cfg.train, resume_from=kept[-1].parent))
+                prepared = dataclasses.replace(prepared, config=cfg)
+    else:
+        ensure_ray(dist_cfg.address, verbose=verbose)
+        check_resources(cfg)
+        sink = _ray_sink()
+        poller = _Poller(sink, progress)
+        checkpoint_root = None
+    resources = {"CPU": dist_cfg.cpus_per_worker}
+    if dist_cfg.use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        train_func,
+        train_loop_config=loop_config(prepared, progress=sink, checkpoint_root=checkpoint_root,
+                                      fault=fault),
+        scaling_config=ScalingConfig(num_workers=dist_cfg.workers, use_gpu=dist_cfg.use_gpu,
+                                     resources_per_worker=None if local else resources),
+        run_config=RunConfig(
+            name=RUN_NAME, storage_path=str(prepared.run_dir / "ray"),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=dist_cfg.max_failures)),
+    )
+    if poller is not None:
+        poller.start()
+    try:
+        result = trainer.fit()
+    except ZerosegError:
+        raise
+    except Exception as exc:
+        user = _worker_user_error(exc)
+        if user is not None:
+            raise type(user)(str(user)) from None
+        first = str(exc).strip().splitlines()
+        raise TrainingError(f"{prepared.run_dir / 'ray' / RUN_NAME}: training failed "
+                            f"({type(exc).__name__}: {' '.join(first[:3])[:300]})") from exc
+    finally:
+        records = poller.stop() if poller is not None else sink.records
+        if poller is not None:
+            import ray
+
+            ray.kill(sink)
+    return result, records
+
+
+# -- the whole run -------------------------------------------------------------------------------
+def run_training(config: SegmenterTrainConfig, *, progress: Progress | None = None,
+                 verbose: bool = False, fault: dict[str, Any] | None = None,
+                 eval_device: str | None = None) -> TrainingResult:
+    """Train (and evaluate) a segmenter as described by ``config``; see the module docstring.
+
+    ``progress(record)`` receives rank 0's records as they come: ``{"event": "start" | "log" |
+    "checkpoint", "step", "steps", "loss", "images_per_s", ...}``. ``fault`` (tests only) makes
+    one worker kill itself: ``{"rank", "step", "marker"}``.
+    """
+    from zeroseg.methods.segmenter.checkpoint import checkpoint_fingerprint, load_segmenter
+
+    started = time.perf_counter()
+    prepared = prepare(config)
+    cfg = prepared.config
+    run_dir = prepared.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if prepared.leakage is not None:
+        atomic_write_json(run_dir / "leakage_filter.json", prepared.leakage, indent=2)
+
+    result, records = _fit(prepared, progress, fault, verbose)
+    atomic_write_text(run_dir / "train_log.jsonl",
+                      "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    if result.checkpoint is None:
+        raise TrainingError(f"{run_dir}: training reported no checkpoint")
+    final = Path(result.checkpoint.path)
+    if not final.is_dir():
+        final = Path(result.checkpoint.to_directory())
+    info = verify_checkpoint(final)
+    if not info.has_export or info.step != cfg.train.steps:
+        raise CheckpointError(f"{final}: the last checkpoint (step {info.step}) holds no exported "
+                              f"segmenter for step {cfg.train.steps}")
+    segmenter_dir = run_dir / EXPORT_DIR
+    load_segmenter(final / EXPORT_DIR)  # fails loudly on anything wrong before we copy it
+    with atomic_directory(segmenter_dir, overwrite=True) as tmp:
+        for item in (final / EXPORT_DIR).iterdir():
+            shutil.copy2(item, tmp / item.name)
+
+    summary = dict(result.return_value or {})
+    results: dict[str, Any] = {
+        "config": to_dict(cfg),
+        "config_hash": prepared.config_hash,
+        "split": prepared.split.name,
+        "oracle": cfg.data.oracle,
+        "validation": cfg.data.validation,
+        "classes_trained": len(prepared.class_ids),
+        "training_images": len(prepared.image_ids),
+        "dataset": prepared.dataset,
+        "segmenter": {"path": str(segmenter_dir),
+                      "fingerprint": checkpoint_fingerprint(segmenter_dir)},
+        "training": {**summary, "last_metrics": dict(result.metrics or {}),
+                     "attempts": sum(1 for r in records if r.get("event") == "start")},
+        "audit": {
+            "protocol": prepared.split.protocol,
+            "backbone_init": cfg.model.backbone_weights or "random (trained from scratch)",
+            "excluded_from_training": [] if cfg.data.oracle else
+            (prepared.leakage or {}).get("excluded_classes", []),
+            "hyperparameters_chosen_on": "validation split" if cfg.data.validation else
+            "fixed config",
+        },
+        "leakage": prepared.leakage,
+        "metrics": {},
+    }
+    if cfg.train.eval:
+        import torch
+
+        from zeroseg.platform.training.evaluate import evaluate_segmenter
+
+        device = eval_device or ("cuda" if cfg.distributed.use_gpu and torch.cuda.is_available()
+                                 else "cpu")
+        layout = CocoLayout(cfg.data.root, cfg.data.eval_split)
+        evals = evaluate_segmenter(segmenter_dir, layout, prepared.split,
+                                   run_dir / "predictions", device=device)
+        results["metrics"] = {task: r.to_json() for task, r in evals.items()}
+        results["eval_split"] = cfg.data.eval_split
+    results["seconds"] = time.perf_counter() - started
+    atomic_write_json(run_dir / "results.json", results, indent=2)
+    return TrainingResult(run_dir=run_dir, segmenter_dir=segmenter_dir, summary=summary,
+                          metrics=dict(result.metrics or {}), log=records, results=results,
+                          checkpoint=final)
