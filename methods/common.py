@@ -441,6 +441,9 @@ class ClassifierConfig:
     unseen_weight: float = 5.0  # CLASS_ECO: CE weight of the unseen classes
     no_object_weight: float = 0.1  # CE weight of the no-object column
     sample_in_train_mode: bool = True  # draw fakes with the generator's dropout active
+    # Where the head starts: the segmenter's own head, zero-padded for the classes it never saw
+    # (the authors' preprocess_pretrained_weight.py), or nn.Linear's random initialisation.
+    init: Literal["segmenter", "random"] = "segmenter"
     log_every: int = 50
 
     def validate(self) -> None:
@@ -497,6 +500,26 @@ def class_weights(roles: ClassRoles, unseen_weight: float, no_object_weight: flo
 
 
 StepCallback = Callable[[int, dict[str, float]], None]
+
+#: ``on_snapshot(step, snapshot)``: called every ``snapshot_every`` steps *before* the last one
+#: with the model as it is at that step (a :class:`TrainedGenerator` for generators, a
+#: :class:`TorchClassifier` for the projection baseline), so a caller can evaluate intermediate
+#: states (per-epoch validation for early stopping). The hook must not change the model; the
+#: trainers restore train mode and the random state after it, so training goes on exactly as
+#: it would without the hook.
+SnapshotCallback = Callable[[int, Any], None]
+
+
+def snapshot_due(step: int, total: int, every: int | None) -> bool:
+    """Whether ``step`` (1-based) is an intermediate snapshot step."""
+    return bool(every) and step < total and step % int(every) == 0
+
+
+@contextlib.contextmanager
+def frozen_rng() -> Iterator[None]:
+    """Run a block (a snapshot hook) without consuming the global torch random state."""
+    with torch.random.fork_rng(devices=[]):
+        yield
 
 
 def retrain_classifier(query_embeddings: Any, targets: Any, generator: TrainedGenerator,
@@ -629,3 +652,68 @@ def load_classifier(path: str | Path) -> TorchClassifier:
         raise DataError(f"{path}: weights do not match the recorded shape "
                         f"({str(exc).splitlines()[0]})") from None
     return TorchClassifier(linear, int(meta["num_classes"]), int(meta["in_dim"]))
+
+
+# ------------------------------------------------------------------------------------------------
+# The generative methods' fit (GMMN, PADing and its ablations): generator, then classifier
+# ------------------------------------------------------------------------------------------------
+
+#: Synthetic unseen embeddings kept per unseen class (the dashboard's Fig. 5 view).
+SYNTHETIC_PER_CLASS = 64
+
+
+def fit_generative(train: Callable[..., Any], config: Any, inputs: Any, hooks: Any,
+                   save: Callable[[Path, TrainedGenerator], None]) -> Any:
+    """Algorithm 1 steps 3-4 for any generator trainer with the ``train_generator`` signature.
+
+    ``train(real, labels, class_embeddings, seen_idx, unseen_idx, config, seed, on_step=...,
+    on_snapshot=..., snapshot_every=...)`` returns a result with ``.generator``. Training is
+    cut into ``hooks.epochs`` rounds; after each, the classifier is retrained from the generator
+    as it is then and handed to ``hooks.on_epoch`` (the last round's classifier is the output).
+    Real features are the matched query embeddings (``train`` cache); the classifier trains on
+    every query (``train_all``), no-object included.
+    """
+    from zeroseg.methods.registry import MethodOutput
+
+    real = inputs.features("train")
+    queries = inputs.features("train_all")
+    seen_idx, unseen_idx = inputs.seen_idx, inputs.unseen_idx
+    init_w = init_b = None
+    if config.classifier.init == "segmenter":
+        init_w, init_b, _ = inputs.segmenter_head()
+    epochs = max(1, int(hooks.epochs))
+    every = max(1, math.ceil(config.steps / epochs)) if epochs > 1 else None
+
+    def classifier_for(generator: TrainedGenerator) -> ClassifierResult:
+        return retrain_classifier(queries.embeddings, queries.class_index, generator, unseen_idx,
+                                  config.classifier, inputs.seed, seen_idx=seen_idx,
+                                  init_weight=init_w, init_bias=init_b)
+
+    def on_snapshot(step: int, generator: TrainedGenerator) -> None:
+        hooks.epoch(step // every, classifier_for(generator).classifier)
+
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        hooks.curve("generator/loss", step, metrics.get("total", metrics.get("gen", math.nan)))
+
+    result = train(real.embeddings, real.class_index, inputs.class_embeddings, seen_idx,
+                   unseen_idx, config, inputs.seed, on_step=on_step, on_snapshot=on_snapshot,
+                   snapshot_every=every)
+    generator = result.generator
+    head = classifier_for(generator)
+    for point in head.history:
+        hooks.curve("classifier/loss", int(point["step"]), point["loss"])
+    work = Path(inputs.work_dir)
+    save(work / "generator.pt", generator)
+    save_classifier(work / "classifier.pt", head.linear)
+    with seeded(inputs.seed + 1) as rng:
+        labels = torch.as_tensor(unseen_idx).repeat_interleave(SYNTHETIC_PER_CLASS)
+        fakes = generator.sample(labels, rng).numpy()
+    hooks.epoch(epochs, head.classifier)
+    return MethodOutput(
+        classifier=head.classifier,
+        artifacts={"generator": str(work / "generator.pt"),
+                   "classifier": str(work / "classifier.pt")},
+        synthetic=(fakes.astype(np.float32), labels.numpy().astype(np.int64)),
+        info={"real_features": len(real), "classifier_rows": len(queries),
+              "generator_steps": int(config.steps),
+              "classifier_steps": int(config.classifier.steps)})

@@ -40,14 +40,17 @@ from zeroseg.methods.common import (
     MMDForm,
     MMDGrouping,
     SigmaSpec,
+    SnapshotCallback,
     StepCallback,
     TrainedGenerator,
     as_float_tensor,
     check_real_features,
+    frozen_rng,
     generator_sampler,
     grouped_mmd_loss,
     resolve_sigmas,
     seeded,
+    snapshot_due,
 )
 from zeroseg.platform.config import to_dict
 from zeroseg.platform.errors import ConfigError, DataError
@@ -168,7 +171,8 @@ def prepare_class_embeddings(class_embeddings: Any, normalize: bool) -> Tensor:
 
 def train_gmmn(real_embeddings: Any, real_labels: Any, class_embeddings: Any, seen_idx: Any,
                unseen_idx: Any, config: GMMNConfig | None = None, seed: int | None = None, *,
-               on_step: StepCallback | None = None) -> GMMNResult:
+               on_step: StepCallback | None = None, on_snapshot: SnapshotCallback | None = None,
+               snapshot_every: int | None = None) -> GMMNResult:
     """Train a GMMN generator with multi-bandwidth MMD on real seen embeddings.
 
     ``real_embeddings [N, D]`` are matched query embeddings of training images with their
@@ -207,9 +211,43 @@ def train_gmmn(real_embeddings: Any, real_labels: Any, class_embeddings: Any, se
                 history.append(metrics)
                 if on_step is not None:
                     on_step(step, metrics)
+            if on_snapshot is not None and snapshot_due(step, config.steps, snapshot_every):
+                net.eval()
+                with frozen_rng():
+                    on_snapshot(step, TrainedGenerator(net=net, class_embeddings=a, kind="gmmn",
+                                                       config=to_dict(config)))
+                net.train()
     net.eval()
     log.info("GMMN trained: %d steps in %.1f s, final MMD %.4f", config.steps,
              time.perf_counter() - start, history[-1]["gen"])
     trained = TrainedGenerator(net=net, class_embeddings=a, kind="gmmn", config=to_dict(config))
     return GMMNResult(trained, history)
 
+
+
+# ------------------------------------------------------------------------------------------------
+# Registry entry (PADing Table 1 row 3, "Baseline": ZS3Net's generator at object level)
+# ------------------------------------------------------------------------------------------------
+
+
+def save_gmmn(path: Any, generator: TrainedGenerator) -> None:
+    from zeroseg.methods.pading import save_generator
+
+    save_generator(path, generator)
+
+
+def _fit(config: GMMNConfig, inputs: Any, hooks: Any) -> Any:
+    from zeroseg.methods.common import fit_generative
+
+    return fit_generative(train_gmmn, config, inputs, hooks, save_gmmn)
+
+
+def _methods() -> list[Any]:
+    from zeroseg.methods.registry import MethodSpec
+
+    return [MethodSpec(name="gmmn", label="GMMN", config_class=GMMNConfig, fit=_fit,
+                       features=("train", "train_all"), order=30,
+                       description="ZS3Net's GMMN generator (MMD) + classifier retraining")]
+
+
+METHODS = _methods()

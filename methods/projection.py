@@ -30,13 +30,17 @@ from torch import Tensor, nn
 from zeroseg.methods.common import (
     ClassRoles,
     EpochSampler,
+    SnapshotCallback,
     StepCallback,
     TorchClassifier,
     check_real_features,
     class_weights,
+    frozen_rng,
     seeded,
+    snapshot_due,
 )
 from zeroseg.methods.gmmn import prepare_class_embeddings
+from zeroseg.platform.config import to_dict
 from zeroseg.platform.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -102,8 +106,9 @@ class ProjectionResult:
 
 def train_projection(query_embeddings: Any, targets: Any, class_embeddings: Any, seen_idx: Any,
                      unseen_idx: Any, config: ProjectionConfig | None = None,
-                     seed: int | None = None, *, on_step: StepCallback | None = None
-                     ) -> ProjectionResult:
+                     seed: int | None = None, *, on_step: StepCallback | None = None,
+                     on_snapshot: SnapshotCallback | None = None,
+                     snapshot_every: int | None = None) -> ProjectionResult:
     """Train the projection classifier on seen classes; it predicts over seen + unseen.
 
     ``query_embeddings [M, D]`` with ``targets [M]`` (class index, or ``C`` = no-object; no
@@ -145,7 +150,50 @@ def train_projection(query_embeddings: Any, targets: Any, class_embeddings: Any,
                 history.append(metrics)
                 if on_step is not None:
                     on_step(step, metrics)
+            if on_snapshot is not None and snapshot_due(step, config.steps, snapshot_every):
+                with frozen_rng():
+                    on_snapshot(step, TorchClassifier(module, num_classes, x.shape[1]))
+                module.train()  # TorchClassifier switched it to eval mode
     module.eval()
     log.info("projection classifier trained: %d steps in %.1f s, final loss %.4f",
              config.steps, time.perf_counter() - start, history[-1]["loss"])
     return ProjectionResult(module, TorchClassifier(module, num_classes, x.shape[1]), history)
+
+
+# ------------------------------------------------------------------------------------------------
+# Registry entry (PADing Table 1 row 2)
+# ------------------------------------------------------------------------------------------------
+
+
+def _fit(config: ProjectionConfig, inputs: Any, hooks: Any) -> Any:
+    import math
+
+    from zeroseg.methods.common import save_state
+    from zeroseg.methods.registry import MethodOutput
+
+    queries = inputs.features("train_all")
+    epochs = max(1, int(hooks.epochs))
+    every = max(1, math.ceil(config.steps / epochs)) if epochs > 1 else None
+    result = train_projection(
+        queries.embeddings, queries.class_index, inputs.class_embeddings, inputs.seen_idx,
+        inputs.unseen_idx, config, inputs.seed,
+        on_step=lambda step, m: hooks.curve("classifier/loss", step, m["loss"]),
+        on_snapshot=lambda step, clf: hooks.epoch(step // every, clf), snapshot_every=every)
+    path = inputs.work_dir / "projection.pt"
+    save_state(path, dict(result.module.state_dict()),
+               {"format": 1, "kind": "projection", "config": to_dict(config)})
+    hooks.epoch(epochs, result.classifier)
+    return MethodOutput(classifier=result.classifier, artifacts={"classifier": str(path)},
+                        info={"classifier_rows": len(queries), "steps": int(config.steps)})
+
+
+def _methods() -> list[Any]:
+    from zeroseg.methods.registry import MethodSpec
+
+    return [MethodSpec(name="projection", label="Projection", config_class=ProjectionConfig,
+                       fit=_fit, features=("train_all",), order=20,
+                       description="classifier = projected class embeddings, trained on seen "
+                                   "classes (ZegFormer-seg / SPNet style)")]
+
+
+METHODS = _methods()

@@ -182,6 +182,30 @@ def cmd_train_segmenter(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# experiments
+# ---------------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from zeroseg.platform.pipeline.command import run_command
+    from zeroseg.platform.training.command import parse_overrides
+
+    overrides = parse_overrides(args.set)
+    if args.methods:
+        overrides["methods"] = args.methods
+    if args.seeds:
+        overrides["seeds"] = args.seeds
+    if args.store:
+        overrides["store"] = args.store
+    return run_command(args.config, overrides, json_output=args.json, verbose=args.verbose,
+                       address=args.address)
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from zeroseg.platform.pipeline.command import methods_command
+
+    return methods_command(json_output=args.json)
+
+
+# ---------------------------------------------------------------------------------------------
 # main job
 # ---------------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -307,6 +331,29 @@ def build_parser() -> argparse.ArgumentParser:
     tseg.add_argument("--json", action="store_true", help="print results.json's content")
     tseg.add_argument("--quiet", action="store_true", help="no progress display")
     tseg.set_defaults(func=cmd_train_segmenter)
+
+    # run -----------------------------------------------------------------------------------
+    run = sub.add_parser(
+        "run", help="run an experiment config: every stage a method needs, then the store",
+        description="Run every method x seed of CONFIG: dataset, class embeddings, segmenter "
+                    "(Ray Train + DeepSpeed), feature cache, the method, inference and "
+                    "evaluation of the three tasks; stages whose inputs are unchanged are "
+                    "reused. Prints seen / unseen / HM (mean +- std over seeds) and writes every "
+                    "run to the results store.")
+    run.add_argument("config", help="experiment YAML (see configs/pading_small.yaml)")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override a config key, e.g. --set params.pading.tau=0.2")
+    run.add_argument("--methods", nargs="+", metavar="METHOD", help="replace `methods`")
+    run.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="replace `seeds`")
+    run.add_argument("--store", help="results store URL or path (default: WORK_DIR/results.db)")
+    run.add_argument("--address", help="Ray cluster address for the segmenter training")
+    run.add_argument("--json", action="store_true", help="print the runs as JSON")
+    run.set_defaults(func=cmd_run)
+
+    meth = sub.add_parser("methods", help="list the registered methods",
+                          description="Every method `zeroseg run` and `zeroseg sweep` know.")
+    meth.add_argument("--json", action="store_true")
+    meth.set_defaults(func=cmd_methods)
 
     # demo ----------------------------------------------------------------------------------
     demo = sub.add_parser(

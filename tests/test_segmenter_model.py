@@ -78,7 +78,7 @@ def test_bad_configs_name_the_field(data, key):
 # -- tiny model --------------------------------------------------------------------------------
 def test_tiny_size_and_shapes(tiny):
     params = sum(p.numel() for p in tiny.parameters())
-    assert 1.5e6 < params < 2.0e6, params
+    assert 1.4e6 < params < 1.8e6, params
     assert tiny.embed_dim == 64 and tiny.num_queries == 20
     tiny.eval()
     with torch.no_grad():
@@ -108,7 +108,7 @@ def test_loss_is_finite_and_reaches_the_backbone():
     out = model(torch.randn(2, 3, 128, 128), masks, labels)
     assert out.loss is not None and torch.isfinite(out.loss)
     out.loss.backward()
-    patch = model.backbone.swin.embeddings.patch_embeddings.projection.weight
+    patch = model.backbone.embedder.embedder.convolution.weight  # the ResNet stem
     assert patch.grad is not None and patch.grad.abs().sum() > 0
     assert model.class_head.weight.grad.abs().sum() > 0
     # images without any target are fine (everything is "no object")

@@ -182,3 +182,37 @@ def checkpoint_fingerprint(directory: str | Path, length: int = 16) -> str:
                 digest.update(block)
         digest.update(b"\0")
     return digest.hexdigest()[:length]
+
+
+def class_head_in_split(directory: str | Path, split: Any) -> tuple[Any, Any, Any]:
+    """The checkpoint's class head laid out over ``split``'s columns: ``weight [C + 1, D]``,
+    ``bias [C + 1]`` (float32 numpy) and ``known [C + 1]`` (bool: the rows it has). The rows
+    of the classes it was trained on sit at their split index, no-object last, every other row
+    is zero -- the starting point PADing's authors give the retrained classifier (their
+    ``preprocess_pretrained_weight.py`` zero-pads ``class_embed``).
+    Classes of the checkpoint that ``split`` does not have (held-out ones in a validation
+    view) are dropped."""
+    import numpy as np
+
+    directory = Path(directory)
+    meta = read_meta(directory)
+    model_path = directory / MODEL_FILE
+    try:
+        state = torch.load(model_path, map_location="cpu", weights_only=True)
+        weight = state["mask2former.class_predictor.weight"].float().numpy()
+        bias = state["mask2former.class_predictor.bias"].float().numpy()
+    except Exception as e:  # missing file or key, unreadable zip
+        raise CheckpointError(f"{model_path}: cannot read the class head "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    index = split.id_to_index()
+    c = split.num_classes
+    out_w = np.zeros((c + 1, weight.shape[1]), dtype=np.float32)
+    out_b = np.zeros(c + 1, dtype=np.float32)
+    known = np.zeros(c + 1, dtype=bool)
+    for row, cid in enumerate(meta["class_ids"]):
+        if int(cid) in index:
+            out_w[index[int(cid)]] = weight[row]
+            out_b[index[int(cid)]] = bias[row]
+            known[index[int(cid)]] = True
+    out_w[c], out_b[c], known[c] = weight[-1], bias[-1], True
+    return out_w, out_b, known

@@ -52,7 +52,7 @@ from zeroseg.platform.data.coco import (
 from zeroseg.platform.data.layout import CocoLayout
 from zeroseg.platform.data.panoptic_png import write_panoptic_png
 from zeroseg.platform.errors import ConfigError, DataError, LeakageError
-from zeroseg.platform.io import atomic_write_json
+from zeroseg.platform.io import atomic_directory, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -471,3 +471,82 @@ def filter_training(
              ", validation" if validation else "", result.images_kept, result.images_total,
              result.annotations_removed, result.segments_removed, result.unseen_pixels_ignored)
     return result
+
+
+# -- the evaluation split seen through the validation view --------------------------------------
+VALIDATION_EVAL_STAMP = "zeroseg_validation_view.json"
+
+
+def validation_eval_dataset(layout: CocoLayout, split: Split, out_root: Path) -> CocoLayout:
+    """The evaluation images of ``layout`` as the validation protocol sees them.
+
+    On the validation protocol the held-out seen classes play "unseen" and the test split's
+    unseen classes must not count at all (DESIGN.md section 3). This writes, under ``out_root``,
+    a COCO-layout copy of the split in which the test unseen classes are erased -- their
+    instance annotations removed, their panoptic segments painted VOID, their semantic pixels
+    set to IGNORE_LABEL, their categories dropped from the jsons -- so that predictions there
+    are neither rewarded nor penalised (SPNet's and Cap2Seg's ``val_cls`` protocol on the
+    validation images). Images are linked, not copied. The folder is built atomically and
+    reused while its stamp matches ``split`` and the source annotation files; the result is
+    checked by :func:`assert_no_unseen` (no test unseen class left).
+    """
+    import hashlib
+    import json
+
+    split.validation_view()  # ConfigError when the split has no held-out seen classes
+    sources = [p for p in (layout.instances_json, layout.panoptic_json) if p.is_file()]
+    digest = hashlib.sha256()
+    for p in sources:
+        digest.update(p.name.encode() + b"\0" + p.read_bytes())
+    digest.update(json.dumps([[c.id, c.name, c.unseen, c.val_unseen] for c in split.classes])
+                  .encode())
+    stamp = {"format": 1, "split": split.name, "source": str(layout.root),
+             "data_split": layout.split, "sha256": digest.hexdigest()}
+    out_root = Path(out_root)
+    target = CocoLayout(out_root, layout.split)
+    stamp_path = out_root / VALIDATION_EVAL_STAMP
+    if stamp_path.is_file():
+        try:
+            if json.loads(stamp_path.read_text()) == stamp:
+                return target
+        except (OSError, ValueError):
+            pass
+        log.warning("%s: stale validation-view dataset, rebuilding", out_root)
+    unseen_ids = {c.id for c in split.unseen}
+    unseen_png = {c.png_label for c in split.unseen if c.png_label is not None}
+    with atomic_directory(out_root, overwrite=True) as tmp:
+        annotations = tmp / "annotations"
+        result = filter_training(layout, split, protocol="ignore-pixels", validation=False,
+                                 out_dir=annotations)
+        for name in (KEPT_IDS_FILE, RESULT_FILE):
+            (annotations / name).unlink(missing_ok=True)
+        for path in annotations.glob("*.json"):
+            data = json.loads(path.read_text())
+            data["categories"] = [c for c in data.get("categories", [])
+                                  if c.get("id") not in unseen_ids]
+            atomic_write_json(path, data)
+        repainted = annotations / layout.panoptic_pngs.name
+        if repainted.is_dir():
+            os.replace(repainted, tmp / layout.panoptic_pngs.name)
+        elif layout.panoptic_pngs.is_dir():
+            os.symlink(layout.panoptic_pngs.resolve(), tmp / layout.panoptic_pngs.name)
+        os.symlink(layout.images.resolve(), tmp / layout.split)
+        if layout.semantic_pngs.is_dir():
+            out_sem = tmp / f"stuff_{layout.split}"
+            out_sem.mkdir()
+            lut = np.arange(256, dtype=np.uint8)
+            for value in unseen_png:
+                lut[value] = IGNORE_LABEL
+            from PIL import Image
+
+            for png in sorted(layout.semantic_pngs.glob("*.png")):
+                with Image.open(png) as im:
+                    labels = np.asarray(im)
+                Image.fromarray(lut[labels]).save(out_sem / png.name)
+        if layout.classes_json.is_file():
+            shutil.copy2(layout.classes_json, annotations / layout.classes_json.name)
+        atomic_write_json(tmp / VALIDATION_EVAL_STAMP, stamp, indent=1)
+    log.info("validation view of %s/%s: %d images, test unseen classes erased (%d segments, "
+             "%d annotations) -> %s", layout.root, layout.split, result.images_total,
+             result.segments_removed, result.annotations_removed, out_root)
+    return target

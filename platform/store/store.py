@@ -560,6 +560,41 @@ class Store:
 
         return self._write(body, f"add curve points to run {run_id}")
 
+    def complete_run(self, run_id: int, run: RunRecord) -> None:
+        """Finish a stored run (a sweep trial written as ``running`` when it started) from a
+        full record, in one transaction: status, duration, error, config, leakage audit,
+        artifacts, evaluations and metric rows are replaced by the record's, its curve points
+        are upserted. Idempotent: completing twice with the same record changes nothing more.
+        ``run.uid`` must be the stored run's uid (a record of another run is refused)."""
+        self.check_version()
+        rec = run.checked()
+        now = utcnow()
+
+        def body(conn: Connection) -> None:
+            self._lock_run(conn, run_id)
+            uid = conn.scalar(select(Run.uid).where(Run.id == run_id))
+            if uid != rec.uid:
+                raise StoreError(f"run.uid: record {rec.uid} does not belong to run {run_id} "
+                                 f"(uid {uid})")
+            conn.execute(update(Run).where(Run.id == run_id).values(
+                status=rec.status, config=rec.config, config_hash=rec.config_hash,
+                leakage_audit=rec.leakage_audit, artifacts=rec.artifacts,
+                evaluations=rec.evaluations, tasks=",".join(rec.tasks) or None,
+                dataset_fingerprint=rec.dataset_fingerprint, duration_s=rec.duration_s,
+                error=rec.error, updated_at=now,
+                finished_at=_utc(rec.finished_at) if rec.status != "running" else None))
+            conn.execute(delete(Metric).where(Metric.run_id == run_id))
+            self._insert_metrics(conn, run_id, rec.metrics)
+            if rec.curves:
+                ins = _dialect_insert(self.dialect)(CurvePoint)
+                conn.execute(ins.on_conflict_do_update(
+                    index_elements=["run_id", "name", "step"],
+                    set_={"value": ins.excluded.value, "recorded_at": ins.excluded.recorded_at}),
+                    [{"run_id": run_id, "name": c.name, "step": c.step, "value": c.value,
+                      "recorded_at": _utc(c.recorded_at)} for c in rec.curves])
+
+        self._write(body, f"complete run {run_id}")
+
     def update_status(self, run_id: int, status: str, *, error: str | None = None,
                       finished_at: datetime | None = None, duration_s: float | None = None,
                       artifacts: Mapping[str, Any] | None = None) -> None:

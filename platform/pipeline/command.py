@@ -1,0 +1,79 @@
+"""``zeroseg run CONFIG`` and ``zeroseg methods``: run an experiment config, print the table."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from zeroseg.platform.errors import ZerosegError
+
+
+def _line(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def run_command(config_path: str | Path, overrides: dict[str, Any], *, json_output: bool = False,
+                verbose: bool = False, address: str | None = None) -> int:
+    from zeroseg.platform.pipeline.config import load_pipeline_config
+    from zeroseg.platform.pipeline.report import format_outcomes
+    from zeroseg.platform.pipeline.runner import run_pipeline
+    from zeroseg.platform.pipeline.stages import Pipeline
+
+    config = load_pipeline_config(config_path, overrides)  # typos fail here, before any work
+    started = time.perf_counter()
+    pipeline = Pipeline(config, progress=_line, verbose=verbose, ray_address=address)
+    total = len(config.methods) * len(config.seeds)
+    done = {"n": 0}
+
+    def on_run(outcome: Any) -> None:
+        done["n"] += 1
+        hm = outcome.metric("test", "semantic", "gzsl", "hm", "iou")
+        hm_text = "-" if hm is None else f"{100 * hm:.1f}"
+        _line(f"[{done['n']}/{total}] {outcome.method} seed {outcome.seed}: {outcome.status} in "
+              f"{outcome.seconds:.0f} s (ZSS HM {hm_text}), stored as run {outcome.run_id}")
+
+    _line(f"zeroseg run {config.name}: {len(config.methods)} method(s) x {len(config.seeds)} "
+          f"seed(s), protocols {', '.join(config.evaluation.protocols)}; store "
+          f"{pipeline.store_url}")
+    outcomes = run_pipeline(pipeline, on_run=on_run)
+    if json_output:
+        print(json.dumps([_outcome_json(o) for o in outcomes], indent=2))
+        return 0
+    print(format_outcomes(outcomes, protocols=config.evaluation.protocols,
+                          settings=config.evaluation.settings))
+    print(f"\n{len(outcomes)} runs in {time.perf_counter() - started:.0f} s, stored in "
+          f"{pipeline.store_url} (zeroseg results list --store {pipeline.store_url})")
+    return 0
+
+
+def _outcome_json(outcome: Any) -> dict[str, Any]:
+    return {
+        "method": outcome.method, "seed": outcome.seed, "run_id": outcome.run_id,
+        "uid": outcome.uid, "status": outcome.status, "seconds": round(outcome.seconds, 2),
+        "metrics": {f"{protocol}/{task}/{setting}": {"seen": r.seen, "unseen": r.unseen,
+                                                      "hm": r.hm}
+                    for protocol, pr in outcome.protocols.items()
+                    for (task, setting), r in pr.evaluations.items()},
+    }
+
+
+def methods_command(json_output: bool = False) -> int:
+    from zeroseg.methods.registry import registry
+
+    rows = [{"name": s.name, "label": s.label, "segmenter": s.segmenter,
+             "features": list(s.features), "description": s.description,
+             "fixed": dict(s.fixed)} for s in registry().values()]
+    if json_output:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        fixed = f" [{', '.join(f'{k}={v}' for k, v in r['fixed'].items())}]" if r["fixed"] else ""
+        print(f"{r['name']:<{width}}  {r['label']:<11} {r['description']}{fixed}")
+    return 0
+
+
+__all__ = ["ZerosegError", "methods_command", "run_command"]

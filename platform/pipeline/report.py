@@ -1,0 +1,123 @@
+"""Tables of seen / unseen / HM: one run, or many runs aggregated as mean +- std over seeds.
+
+The layout follows PADing's Table 1: one row per method, and for each task its metrics as
+seen / unseen / HM columns (ZSS mIoU; ZSI mAP@0.5 and Recall@100; ZSP PQ, SQ, RQ), in percent.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from zeroseg.methods.registry import method_label
+
+#: (task, metric, heading) columns of the table, in PADing's order.
+TABLE_METRICS: tuple[tuple[str, str, str], ...] = (
+    ("semantic", "iou", "ZSS mIoU"),
+    ("instance", "ap50", "ZSI mAP@0.5"),
+    ("instance", "recall50", "ZSI Recall@100"),
+    ("panoptic", "pq", "ZSP PQ"),
+    ("panoptic", "sq", "ZSP SQ"),
+    ("panoptic", "rq", "ZSP RQ"),
+)
+SUBSETS = ("seen", "unseen", "hm")
+
+
+def aggregate(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:
+    """(mean, sample std or None for one value, count) of the defined values."""
+    defined = [v for v in values if v is not None and math.isfinite(v)]
+    if not defined:
+        return None, None, 0
+    mean = statistics.fmean(defined)
+    std = statistics.stdev(defined) if len(defined) > 1 else None
+    return mean, std, len(defined)
+
+
+def cell(mean: float | None, std: float | None, *, width: int = 11) -> str:
+    if mean is None:
+        return "-".rjust(width)
+    text = f"{100 * mean:.1f}" + (f"±{100 * std:.1f}" if std is not None else "")
+    return text.rjust(width)
+
+
+def method_table(rows: Iterable[tuple[str, str, str, str, str, str, float | None]],
+                 *, protocol: str = "test", setting: str = "gzsl",
+                 methods: Sequence[str] | None = None, title: str | None = None) -> str:
+    """``rows``: (method, protocol, task, setting, subset, metric, value), one per run and
+    number; prints mean +- std over the runs of each method (seeds)."""
+    values: dict[tuple[str, str, str, str], list[float | None]] = defaultdict(list)
+    present: dict[str, None] = {}
+    for method, prot, task, sett, subset, metric, value in rows:
+        if prot != protocol or sett != setting:
+            continue
+        present.setdefault(method, None)
+        values[(method, task, metric, subset)].append(value)
+    order = [m for m in (methods if methods is not None else present) if m in present]
+    columns = [(t, m, h) for t, m, h in TABLE_METRICS
+               if any((meth, t, m, "unseen") in values for meth in order)]
+    if not columns:
+        return f"(no {protocol} / {setting} results)"
+    lines = []
+    if title:
+        lines.append(title)
+    label_w = max(12, *(len(method_label(m)) for m in order))
+    subsets = SUBSETS if setting == "gzsl" else ("unseen",)
+    for start in range(0, len(columns), 3):  # three metrics per block keep lines < 120 chars
+        block = columns[start:start + 3]
+        head1 = " " * label_w + " n " + "".join(
+            f" | {h:^{11 * len(subsets) + len(subsets) - 1}}" for _, _, h in block)
+        head2 = "method".ljust(label_w) + "   " + "".join(
+            " | " + " ".join(s.rjust(11) for s in subsets) for _ in block)
+        lines += [head1, head2, "-" * len(head2)]
+        for method in order:
+            counts = [aggregate(values.get((method, t, m, "unseen"), []))[2] for t, m, _ in block]
+            n = max(counts) if counts else 0
+            parts = []
+            for task, metric, _ in block:
+                parts.append(" | " + " ".join(
+                    cell(*aggregate(values.get((method, task, metric, s), []))[:2])
+                    for s in subsets))
+            lines.append(method_label(method).ljust(label_w) + f" {n:>2}" + "".join(parts))
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def outcome_rows(outcomes: Iterable[Any]) -> list[tuple[str, str, str, str, str, str,
+                                                         float | None]]:
+    """Table rows from :class:`~zeroseg.platform.pipeline.runner.RunOutcome` objects."""
+    rows = []
+    for outcome in outcomes:
+        for protocol, pr in outcome.protocols.items():
+            for (task, setting), result in pr.evaluations.items():
+                for subset in SUBSETS:
+                    for metric, value in getattr(result, subset).items():
+                        rows.append((outcome.method, protocol, task, setting, subset, metric,
+                                     value))
+    return rows
+
+
+def format_outcomes(outcomes: Sequence[Any], *, protocols: Sequence[str] = ("test",),
+                    settings: Sequence[str] = ("gzsl", "zsl")) -> str:
+    rows = outcome_rows(outcomes)
+    methods = list(dict.fromkeys(o.method for o in outcomes))
+    blocks = []
+    for protocol in protocols:
+        for setting in settings:
+            name = "test split (unseen = the split's unseen classes)" if protocol == "test" \
+                else "validation split (unseen = held-out seen classes)"
+            table = method_table(rows, protocol=protocol, setting=setting, methods=methods,
+                                 title=f"{setting.upper()}, {name}, % (mean±std over seeds)")
+            if not table.startswith("(no"):
+                blocks.append(table)
+    return "\n\n".join(blocks)
+
+
+def store_rows(frame: Iterable[dict[str, Any]]) -> list[tuple[str, str, str, str, str, str,
+                                                               float | None]]:
+    """Table rows from the store's metric rows (``eval_split`` val -> validation protocol)."""
+    protocol = {"test": "test", "val": "validation"}
+    return [(r["method"], protocol[r["eval_split"]], r["task"], r["setting"], r["subset"],
+             r["metric"], r["value"]) for r in frame if r["subset"] in SUBSETS]

@@ -1,0 +1,409 @@
+"""Run methods on the cached stages, evaluate the three tasks, write the results store.
+
+One *run* is one method with one seed: on each protocol of ``evaluation.protocols`` the method
+is fitted on that protocol's features (:class:`~zeroseg.methods.registry.MethodInputs`), its
+classifier re-labels the cached query embeddings of the evaluation images, the segmenter's
+inference writes the three COCO result formats, and the evaluators score them in every setting
+(GZSL: all classes; ZSL: the classifier restricted to the unseen classes). The run is then
+written to the results store in one transaction with its config, config hash, code version,
+dataset fingerprint, seed, metrics, curves, leakage audit and artifact paths.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from zeroseg.methods.registry import MethodHooks, MethodInputs, MethodSpec, get_method
+from zeroseg.platform.errors import LeakageError, ZerosegError
+from zeroseg.platform.io import atomic_write_bytes
+from zeroseg.platform.pipeline.config import EVAL_SPLIT, run_config_hash, run_identity
+from zeroseg.platform.pipeline.stages import TEXT_ENCODER_PRETRAINING, Pipeline, ProtocolContext
+
+log = logging.getLogger(__name__)
+
+#: The sweep objective's curve: validation HM of the first task, per epoch.
+OBJECTIVE_CURVE = "val/hm"
+
+
+# -- classifiers for the two settings --------------------------------------------------------------
+class RestrictedClassifier:
+    """A classifier whose columns outside ``allowed`` (+ no-object) score -inf: ZSL predicts
+    unseen classes only."""
+
+    def __init__(self, classifier: Callable[[Any], Any], allowed: np.ndarray, num_classes: int):
+        self.classifier = classifier
+        mask = np.ones(num_classes + 1, dtype=bool)
+        mask[np.asarray(allowed, dtype=np.int64)] = False
+        mask[num_classes] = False
+        self.blocked = torch.as_tensor(mask)
+
+    def __call__(self, embeddings: Any) -> Any:
+        logits = torch.as_tensor(self.classifier(embeddings)).float().clone()
+        logits[..., self.blocked] = float("-inf")
+        return logits
+
+
+def setting_classifier(classifier: Callable[[Any], Any], split: Any, setting: str
+                       ) -> Callable[[Any], Any]:
+    if setting == "gzsl":
+        return classifier
+    unseen = np.array([c.index for c in split.classes if c.unseen], dtype=np.int64)
+    return RestrictedClassifier(classifier, unseen, split.num_classes)
+
+
+# -- evaluation ------------------------------------------------------------------------------------
+def evaluate_classifier(ctx: ProtocolContext, classifier: Callable[[Any], Any], out_dir: Path,
+                        tasks: Sequence[str], settings: Sequence[str], inference: Any
+                        ) -> dict[tuple[str, str], Any]:
+    """Predict the cached evaluation images with ``classifier`` and score every task and
+    setting; predictions stay in ``out_dir/<setting>/``.
+
+    Returns ``{(task, setting): EvalResult}``.
+    """
+    from zeroseg.methods.segmenter.inference import predict_dataset
+    from zeroseg.platform.evaluation import evaluate_instance, evaluate_panoptic, evaluate_semantic
+
+    split = ctx.label_split
+    tasks = [t for t in tasks if not split.tasks or t in split.tasks]
+    evaluators = {"semantic": evaluate_semantic, "instance": evaluate_instance,
+                  "panoptic": evaluate_panoptic}
+    results: dict[tuple[str, str], Any] = {}
+    for setting in settings:
+        paths = predict_dataset(ctx.eval_cache.iter_images(),
+                                setting_classifier(classifier, split, setting), ctx.eval_layout,
+                                split, out_dir / setting, tasks, config=inference)
+        for task in tasks:
+            results[(task, setting)] = evaluators[task](ctx.eval_layout, split, paths[task],
+                                                        setting)
+    return results
+
+
+class SemanticProbe:
+    """Fast in-memory GZSL mIoU of a classifier on a protocol's evaluation images (the per-epoch
+    objective of sweeps): the same inference and confusion matrix as :func:`evaluate_classifier`
+    without writing files. Holds the ground truth and the cached masks in memory."""
+
+    def __init__(self, ctx: ProtocolContext):
+        from PIL import Image
+
+        from zeroseg.platform.evaluation import SemanticEvaluator
+
+        self.split = ctx.label_split
+        layout = ctx.eval_layout
+        lut = self.split.png_lut()
+        self.images = []
+        for item in ctx.eval_cache.iter_images():
+            info = item
+            stem = _image_stem(ctx, info.image_id)
+            with Image.open(layout.semantic_pngs / f"{stem}.png") as im:
+                gt = lut[np.asarray(im)]
+            self.images.append((torch.as_tensor(item.query_embeddings),
+                                torch.as_tensor(item.mask_logits), (info.height, info.width), gt))
+        self._evaluator = SemanticEvaluator(self.split, "gzsl")
+
+    def __call__(self, classifier: Callable[[Any], Any]) -> Any:
+        from zeroseg.methods.segmenter.inference import (
+            class_probabilities,
+            semantic_inference,
+            upsample_masks,
+        )
+
+        ev = self._evaluator
+        ev.reset()
+        for embeddings, masks, size, gt in self.images:
+            with torch.no_grad():
+                probs = class_probabilities(torch.as_tensor(classifier(embeddings)))
+                pred = semantic_inference(probs, upsample_masks(masks, size)).numpy()
+            ev.process(gt, pred)
+        return ev.evaluate()
+
+
+def _image_stem(ctx: ProtocolContext, image_id: int) -> str:
+    names = getattr(ctx, "_stems", None)
+    if names is None:
+        from zeroseg.platform.data.coco import layout_images
+
+        images = layout_images(ctx.eval_layout) or {}
+        names = {i: Path(info.file_name).stem for i, info in images.items()}
+        ctx._stems = names  # type: ignore[attr-defined]
+    return names[image_id]
+
+
+# -- one run ---------------------------------------------------------------------------------------
+@dataclass
+class ProtocolResult:
+    protocol: str
+    evaluations: dict[tuple[str, str], Any]  # (task, setting) -> EvalResult
+    output: Any  # MethodOutput
+    predictions: Path
+    seconds: float
+
+
+@dataclass
+class RunOutcome:
+    method: str
+    seed: int
+    uid: str
+    status: str
+    protocols: dict[str, ProtocolResult] = field(default_factory=dict)
+    run_id: int | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    record: Any = None  # the RunRecord written
+
+    def metric(self, protocol: str, task: str, setting: str, subset: str, metric: str
+               ) -> float | None:
+        pr = self.protocols.get(protocol)
+        if pr is None or (task, setting) not in pr.evaluations:
+            return None
+        return getattr(pr.evaluations[(task, setting)], subset).get(metric)
+
+
+EpochCallback = Callable[[str, int, Any], None]  # (protocol, epoch, classifier)
+
+
+def run_one(pipeline: Pipeline, method: str, seed: int, *, kind: str = "train",
+            uid: str | None = None, sweep: str | None = None, trial_id: str | None = None,
+            source_run_id: int | None = None, protocols: Sequence[str] | None = None,
+            epochs: int = 1, on_epoch: EpochCallback | None = None, record: bool = True,
+            store: Any = None) -> RunOutcome:
+    """Fit ``method`` with ``seed`` on each protocol, evaluate, and (with ``record``) write the
+    run to the store. ``on_epoch(protocol, epoch, classifier)`` sees every training round's
+    classifier (``epochs`` rounds); it may raise :class:`~zeroseg.methods.registry.StopTrial`,
+    which ends the run as ``stopped`` (still recorded, with what it evaluated)."""
+    from zeroseg.methods.registry import StopTrial
+
+    config = pipeline.config
+    spec = get_method(method)
+    method_config = config.method_config(method)
+    protocols = list(protocols or config.evaluation.protocols)
+    if spec.segmenter == "oracle":
+        protocols = [p for p in protocols if p == "test"] or ["test"]
+    uid = uid or uuid.uuid4().hex
+    run_dir = pipeline.work / "runs" / uid
+    curves: list[tuple[str, int, float]] = []
+    outcome = RunOutcome(method=method, seed=seed, uid=uid, status="finished")
+    started = time.perf_counter()
+    try:
+        for protocol in protocols:
+            ctx = pipeline.context(protocol, "oracle" if spec.segmenter == "oracle" else
+                                   "zero-shot", train_features=bool(spec.features))
+            prefix = "" if protocol == "test" else f"{EVAL_SPLIT[protocol]}/"
+            hooks = MethodHooks(
+                epochs=epochs,
+                on_epoch=(lambda e, c, p=protocol: on_epoch(p, e, c)) if on_epoch else None,
+                on_curve=lambda n, s, v, pre=prefix: curves.append((pre + n, s, v)))
+            outcome.protocols[protocol] = _fit_and_evaluate(pipeline, spec, method_config, ctx,
+                                                            seed, run_dir, hooks)
+    except StopTrial:
+        outcome.status = "stopped"
+    except ZerosegError as exc:
+        outcome.status, outcome.error = "failed", str(exc)
+        if not record:
+            raise
+    outcome.seconds = time.perf_counter() - started
+    if record:
+        outcome.record = build_record(pipeline, spec, method_config, outcome, curves, kind=kind,
+                                      sweep=sweep, trial_id=trial_id,
+                                      source_run_id=source_run_id)
+        outcome.run_id = write_record(pipeline, outcome.record, store)
+    if outcome.status == "failed":
+        raise ZerosegError(outcome.error or f"run of {method} failed")
+    return outcome
+
+
+def _fit_and_evaluate(pipeline: Pipeline, spec: MethodSpec, method_config: Any,
+                      ctx: ProtocolContext, seed: int, run_dir: Path, hooks: MethodHooks
+                      ) -> ProtocolResult:
+    from zeroseg.methods.common import seeded
+
+    started = time.perf_counter()
+    work = run_dir / ctx.protocol
+    work.mkdir(parents=True, exist_ok=True)
+    if spec.features:
+        check_no_leakage(ctx)
+    inputs = MethodInputs(split=ctx.label_split, class_embeddings=ctx.class_embeddings,
+                          features=ctx.features, segmenter_head=ctx.segmenter_head,
+                          embed_dim=ctx.embed_dim, seed=seed, work_dir=work)
+    with seeded(seed):
+        output = spec.fit(method_config, inputs, hooks)
+    if output.classifier is None:
+        raise ZerosegError(f"method {spec.name} returned no classifier")
+    if output.synthetic is not None:
+        fakes, labels = output.synthetic
+        path = work / "synthetic_unseen.npz"
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, embeddings=fakes, class_index=labels)
+        atomic_write_bytes(path, buffer.getvalue())
+        output.artifacts["synthetic_unseen"] = str(path)
+    evaluation = pipeline.config.evaluation
+    predictions = run_dir / "predictions" / ctx.protocol
+    results = evaluate_classifier(ctx, output.classifier, predictions, evaluation.tasks,
+                                  evaluation.settings, evaluation.inference)
+    return ProtocolResult(ctx.protocol, results, output, predictions,
+                          time.perf_counter() - started)
+
+
+# -- the store record ------------------------------------------------------------------------------
+def leakage_audit(pipeline: Pipeline, spec: MethodSpec, outcome: RunOutcome) -> dict[str, Any]:
+    """The run's leakage audit (DESIGN.md section 3), flat for the dashboard, per protocol in
+    ``protocols``."""
+    config = pipeline.config
+    provider = config.embedding.provider
+    per_protocol: dict[str, Any] = {}
+    oracle = spec.segmenter == "oracle"
+    passed = not oracle
+    images = {}
+    for protocol in outcome.protocols:
+        ctx = pipeline.context(protocol, "oracle" if oracle else "zero-shot",
+                               train_features=bool(spec.features))
+        seg = ctx.segmenter.results or {}
+        leak = seg.get("leakage") or {}
+        scanned = leak.get("audit") or {}
+        entry = {
+            "segmenter": str(ctx.segmenter.checkpoint),
+            "segmenter_classes": seg.get("classes_trained"),
+            "excluded_from_training": leak.get("excluded_classes", []),
+            "images_total": leak.get("images_total"),
+            "images_kept": leak.get("images_kept"),
+            "images_dropped": leak.get("images_dropped"),
+            "annotations_scanned": scanned.get("annotations"),
+            "segments_scanned": scanned.get("segments"),
+            "unseen_pixels_ignored": leak.get("unseen_pixels_ignored"),
+        }
+        if ctx.train_cache is not None:
+            features = ctx.train_cache.index.get("leakage", {})
+            entry["feature_cache_filter"] = features.get("filter")
+            entry["feature_images"] = ctx.train_cache.counts.get("images")
+        per_protocol[protocol] = entry
+        if protocol == "test":
+            images = {k: entry[k] for k in ("images_total", "images_kept", "images_dropped")}
+    backbone = config.segmenter.model.backbone_weights
+    audit = {
+        "protocol": pipeline.split.protocol,
+        **images,
+        # Checked, not assumed: the leakage filter re-scans its own output (LeakageError
+        # otherwise) and every method refuses real features labelled with an unseen class.
+        "unseen_instances_in_training": None if oracle else 0,
+        "unseen_pixels_in_training": None if oracle else 0,
+        "text_encoder": provider,
+        "text_encoder_pretraining": TEXT_ENCODER_PRETRAINING.get(provider, "unknown"),
+        "backbone_init": f"local file {backbone}" if backbone else
+        "random initialisation (trained from scratch on the training split)",
+        "hyperparameters_chosen_on": config.selected_by,
+        "passed": passed,
+        "protocols": per_protocol,
+    }
+    if oracle:
+        audit["note"] = ("supervised upper bound: the segmenter is trained on every class, "
+                         "unseen ones included, on purpose; not a zero-shot result")
+    if "test" in config.selected_by.lower() and "validation" not in config.selected_by.lower():
+        audit["passed"] = False
+        audit["note"] = "hyperparameters were chosen on the test split"
+    return audit
+
+
+def build_record(pipeline: Pipeline, spec: MethodSpec, method_config: Any, outcome: RunOutcome,
+                 curves: Iterable[tuple[str, int, float]], *, kind: str, sweep: str | None,
+                 trial_id: str | None, source_run_id: int | None) -> Any:
+    from zeroseg.platform.store import CurveRecord, RunRecord
+
+    config = pipeline.config
+    split = pipeline.split
+    artifacts: dict[str, Any] = {
+        "work_dir": str(pipeline.work), "dataset_root": str(pipeline.data_root),
+        "eval_data_split": config.data.eval_split, "class_names": split.names,
+        "unseen_classes": [c.name for c in split.unseen],
+        "predictions": {}, "features": {}, "segmenter": {}, "method": {},
+    }
+    for protocol, pr in outcome.protocols.items():
+        ctx = pipeline.context(protocol, "oracle" if spec.segmenter == "oracle" else
+                               "zero-shot", train_features=bool(spec.features))
+        split_key = EVAL_SPLIT[protocol]
+        artifacts["predictions"][split_key] = str(pr.predictions / "gzsl")
+        artifacts["segmenter"][split_key] = str(ctx.segmenter.checkpoint)
+        artifacts["features"][f"eval:{split_key}"] = str(ctx.eval_cache.path)
+        if ctx.train_cache is not None:
+            artifacts["features"]["train" if protocol == "test" else
+                                  f"train:{split_key}"] = str(ctx.train_cache.path)
+        artifacts["method"][split_key] = dict(pr.output.artifacts)
+        if protocol == "test" and "synthetic_unseen" in pr.output.artifacts:
+            artifacts["synthetic_unseen"] = pr.output.artifacts["synthetic_unseen"]
+        if protocol == "validation":
+            artifacts["validation_dataset_root"] = str(ctx.eval_layout.root)
+    record = RunRecord(
+        uid=outcome.uid, kind=kind, status=outcome.status, method=spec.name,
+        dataset=split.dataset, split=split.name, embedding=config.embedding.provider,
+        backbone=config.segmenter.model.size, seed=outcome.seed,
+        config={**run_identity(config, spec.name), "seed": outcome.seed},
+        config_hash=run_config_hash(config, spec.name),
+        dataset_fingerprint=pipeline.dataset_fingerprint,
+        leakage_audit=leakage_audit(pipeline, spec, outcome), artifacts=artifacts,
+        sweep=sweep, trial_id=trial_id, source_run_id=source_run_id, name=config.name,
+        duration_s=outcome.seconds, error=outcome.error,
+        curves=[CurveRecord(n, int(s), v if math.isfinite(v) else None)
+                for n, s, v in _dedupe(curves)])
+    for protocol, pr in outcome.protocols.items():
+        for result in pr.evaluations.values():
+            record.add_evaluation(result.to_json(), EVAL_SPLIT[protocol],
+                                  per_class=config.evaluation.per_class)
+    return record
+
+
+def _dedupe(curves: Iterable[tuple[str, int, float]]) -> list[tuple[str, int, float]]:
+    points: dict[tuple[str, int], float] = {}
+    for name, step, value in curves:
+        points[(name, int(step))] = float(value)
+    return [(n, s, v) for (n, s), v in points.items()]
+
+
+def write_record(pipeline: Pipeline, record: Any, store: Any = None) -> int:
+    from zeroseg.platform.store import open_store
+
+    if store is not None:
+        return store.record_run(record)
+    with open_store(pipeline.store_url) as opened:
+        return opened.record_run(record)
+
+
+# -- a whole config --------------------------------------------------------------------------------
+def run_pipeline(pipeline: Pipeline, *, on_run: Callable[[RunOutcome], None] | None = None
+                 ) -> list[RunOutcome]:
+    """Every method x seed of the config, in order; each run is stored as it finishes."""
+    outcomes = []
+    for method in pipeline.config.methods:
+        for seed in pipeline.config.seeds:
+            outcome = run_one(pipeline, method, seed)
+            outcomes.append(outcome)
+            if on_run is not None:
+                on_run(outcome)
+    return outcomes
+
+
+def clear_run_artifacts(pipeline: Pipeline, uid: str) -> None:
+    """Remove a run's folder (predictions, weights): e.g. an early-stopped sweep trial."""
+    shutil.rmtree(pipeline.work / "runs" / uid, ignore_errors=True)
+
+
+def check_no_leakage(ctx: ProtocolContext) -> None:
+    """Refuse real training features labelled with an unseen class of the label space."""
+    if ctx.train_cache is None:
+        return
+    feats = ctx.features("train")
+    unseen = np.array([c.unseen for c in ctx.label_split.classes] + [False])
+    bad = unseen[feats.class_index]
+    if bad.any():
+        raise LeakageError(f"{ctx.train_cache.path}: {int(bad.sum())} training features are "
+                           f"labelled with unseen classes")

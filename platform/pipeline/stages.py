@@ -1,0 +1,311 @@
+"""The stages of a run, each an artifact addressed by the hash of what it depends on.
+
+::
+
+    dataset          data.root (generated from data.synthetic when missing) + its fingerprint
+    embeddings       class embeddings of the split (platform/embeddings cache)
+    segmenter        per protocol and kind (zero-shot / oracle): WORK/segmenters/<kind>-<hash>/
+                     hash = training identity + steps + dataset fingerprint; trained with Ray
+                     Train + DeepSpeed (platform/training), resumed from its checkpoints when a
+                     previous attempt was interrupted, reused when finished
+    features         per segmenter: ``train_all`` over the (leakage-filtered) training images,
+                     ``eval`` over the evaluation images (platform/features cache)
+    eval dataset     the evaluation images as the protocol scores them (the test split as is;
+                     the validation view with the test unseen classes erased)
+
+:class:`Pipeline` resolves these lazily and keeps them in memory, so the runs of one ``zeroseg
+run`` and the trials of a sweep worker share one segmenter, one cache and one copy of the
+training features. Methods, inference and evaluation are in :mod:`.runner`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zeroseg.platform.config import config_hash
+from zeroseg.platform.data.classes import Split
+from zeroseg.platform.data.layout import CocoLayout
+from zeroseg.platform.errors import ConfigError
+from zeroseg.platform.io import atomic_write_json
+from zeroseg.platform.pipeline.config import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]  # one human-readable line per stage event
+
+SEGMENTER_STAMP = "zeroseg_stage.json"
+
+#: What each embedding provider's text encoder was (pre)trained on (the leakage audit).
+TEXT_ENCODER_PRETRAINING = {
+    "attributes": "none: attribute vectors through a fixed random projection (no text model)",
+    "word2vec": "text only (word2vec on a text corpus): no images, no pixel labels",
+    "file": "the authors' published vectors (word2vec / fastText: text only)",
+    "clip": "image-text pairs (CLIP): its pretraining images may contain unseen classes",
+}
+
+
+@dataclass
+class SegmenterArtifact:
+    kind: str  # "zero-shot" | "oracle"
+    protocol: str  # "test" | "validation"
+    run_dir: Path
+    checkpoint: Path  # RUN_DIR/segmenter (save_segmenter format)
+    key: str
+    results: dict[str, Any]  # the training's results.json (leakage filter, audit, timing)
+    reused: bool
+
+
+@dataclass
+class ProtocolContext:
+    """Everything a method run needs on one protocol, resolved once per pipeline."""
+
+    protocol: str
+    kind: str
+    label_split: Split  # the test split, or its validation view
+    class_embeddings: np.ndarray  # [C, d] rows of label_split
+    segmenter: SegmenterArtifact
+    eval_layout: CocoLayout  # what predictions are scored against
+    eval_cache: Any  # FeatureCache (kind eval)
+    train_cache: Any | None  # FeatureCache (kind train_all), when a method needs it
+    _features: dict[str, Any] = field(default_factory=dict)
+    _head: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def features(self, kind: str) -> Any:
+        """TrainFeatures: ``train`` = matched queries (the real class embeddings), ``train_all``
+        = every query with its target (matched class or no-object); loaded once."""
+        if kind not in ("train", "train_all"):
+            raise ConfigError(f"feature kind must be train or train_all, got {kind!r}")
+        if self.train_cache is None:
+            raise ConfigError("this protocol context was built without training features")
+        if kind not in self._features:
+            self._features[kind] = self.train_cache.train_features(
+                matched_only=kind == "train")
+        return self._features[kind]
+
+    def segmenter_head(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        from zeroseg.methods.segmenter.checkpoint import class_head_in_split
+
+        if self._head is None:
+            self._head = class_head_in_split(self.segmenter.checkpoint, self.label_split)
+        return self._head
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.eval_cache.embed_dim)
+
+
+class Pipeline:
+    """Lazily built, memoised stages for one :class:`PipelineConfig`."""
+
+    def __init__(self, config: PipelineConfig, *, progress: Progress | None = None,
+                 verbose: bool = False, ray_address: str | None = None):
+        self.config = config
+        self.work = Path(config.work_dir).expanduser().resolve()
+        self.progress = progress or (lambda line: log.info("%s", line))
+        self.verbose = verbose
+        self.ray_address = ray_address
+        self._split: Split | None = None
+        self._fingerprint: str | None = None
+        self._embeddings: Any = None
+        self._contexts: dict[tuple[str, str], ProtocolContext] = {}
+
+    # -- paths -------------------------------------------------------------------------------
+    @property
+    def data_root(self) -> Path:
+        return Path(self.config.data.root).expanduser().resolve()
+
+    def layout(self, data_split: str) -> CocoLayout:
+        return CocoLayout(self.data_root, data_split)
+
+    @property
+    def store_url(self) -> str:
+        import os
+
+        return self.config.store or os.environ.get("ZEROSEG_STORE") or str(
+            self.work / "results.db")
+
+    # -- dataset and split -------------------------------------------------------------------
+    def ensure_dataset(self) -> None:
+        d = self.config.data
+        if self.data_root.exists():
+            return
+        if d.synthetic is None:
+            raise ConfigError(f"data.root: {self.data_root} not found (give data.synthetic "
+                              f"{{size, seed}} to generate the synthetic benchmark there)")
+        from zeroseg.platform.data.synthetic.generate import generate
+
+        self.progress(f"generating the synthetic benchmark '{d.synthetic.size}' (seed "
+                      f"{d.synthetic.seed}) into {self.data_root}")
+        generate(d.synthetic.size, d.synthetic.seed, self.data_root)
+
+    @property
+    def split(self) -> Split:
+        if self._split is None:
+            self.ensure_dataset()
+            d = self.config.data
+            if d.benchmark:
+                from zeroseg.platform.data.registry import get_split
+
+                self._split = get_split(d.benchmark)
+            else:
+                from zeroseg.platform.data.synthetic.generate import load_classes_json
+
+                path = self.layout(d.train_split).classes_json
+                if not path.is_file():
+                    raise ConfigError(f"{path}: no classes.json in the dataset; set "
+                                      f"data.benchmark to a registry split (zeroseg data list)")
+                self._split = load_classes_json(path)
+        return self._split
+
+    @property
+    def dataset_fingerprint(self) -> str:
+        if self._fingerprint is None:
+            from zeroseg.platform.training.ray_runner import dataset_fingerprint
+
+            d = self.config.data
+            self._fingerprint = dataset_fingerprint(self.data_root, (d.train_split,
+                                                                     d.eval_split))
+        return self._fingerprint
+
+    @property
+    def embeddings(self) -> Any:
+        """EmbeddingResult for every class of the split (views take their rows)."""
+        if self._embeddings is None:
+            from zeroseg.platform.embeddings import compute_class_embeddings
+
+            self._embeddings = compute_class_embeddings(
+                self.split, self.config.embedding.as_config(), self.work / "cache" /
+                "embeddings")
+            self.progress(f"class embeddings: {self.config.embedding.provider}, "
+                          f"{self._embeddings.matrix.shape[0]} x "
+                          f"{self._embeddings.matrix.shape[1]} ({self._embeddings.cache_status})")
+        return self._embeddings
+
+    def label_split(self, protocol: str) -> Split:
+        return self.split if protocol == "test" else self.split.validation_view()
+
+    def embeddings_for(self, label_split: Split) -> np.ndarray:
+        full = self.embeddings.matrix
+        index = self.split.id_to_index()
+        return np.ascontiguousarray(full[[index[c.id] for c in label_split.classes]])
+
+    # -- segmenter ---------------------------------------------------------------------------
+    def segmenter_config(self, protocol: str, kind: str, run_dir: Path) -> Any:
+        from zeroseg.platform.training.config import (
+            DataConfig,
+            OutputConfig,
+            SegmenterTrainConfig,
+        )
+
+        if kind == "oracle" and protocol != "test":
+            raise ConfigError("evaluation.protocols: the supervised oracle trains on every "
+                              "class; it has no validation protocol (nothing to tune)")
+        d, s = self.config.data, self.config.segmenter
+        data = DataConfig(root=self.data_root, benchmark=d.benchmark, train_split=d.train_split,
+                          eval_split=d.eval_split, oracle=kind == "oracle",
+                          validation=protocol == "validation", augment=s.augment,
+                          synthetic=d.synthetic)
+        train = dataclasses.replace(s.train, eval=False)  # methods evaluate through the cache
+        distributed = s.distributed
+        if self.ray_address is not None:
+            distributed = dataclasses.replace(distributed, address=self.ray_address)
+        return SegmenterTrainConfig(data=data, model=s.model, optim=s.optim, train=train,
+                                    distributed=distributed,
+                                    output=OutputConfig(run_dir=run_dir))
+
+    def segmenter(self, protocol: str, kind: str) -> SegmenterArtifact:
+        from zeroseg.platform.training.ray_runner import run_training
+
+        probe = self.segmenter_config(protocol, kind, Path("unused"))
+        key = config_hash({"identity": probe.resume_identity(), "steps": probe.train.steps,
+                           "dataset": self.dataset_fingerprint})
+        name = f"{'oracle' if kind == 'oracle' else protocol}-{key}"
+        run_dir = self.work / "segmenters" / name
+        stamp_path = run_dir / SEGMENTER_STAMP
+        checkpoint = run_dir / "segmenter"
+        if stamp_path.is_file() and (checkpoint / "model.pt").is_file():
+            stamp = json.loads(stamp_path.read_text())
+            if stamp.get("key") == key:
+                self.progress(f"segmenter ({kind}, {protocol} protocol): reusing {run_dir}")
+                return SegmenterArtifact(kind, protocol, run_dir, checkpoint, key,
+                                         stamp.get("results", {}), reused=True)
+        config = self.segmenter_config(protocol, kind, run_dir)
+        self.progress(f"segmenter ({kind}, {protocol} protocol): training "
+                      f"{config.train.steps} steps on {config.distributed.workers} worker(s), "
+                      f"ZeRO {config.distributed.zero_stage}, {config.distributed.precision}")
+        last = {"t": 0.0}
+
+        def on_record(record: dict[str, Any]) -> None:
+            import time
+
+            if record.get("event") != "log" or time.monotonic() - last["t"] < 20:
+                return
+            last["t"] = time.monotonic()
+            self.progress(f"  segmenter step {record['step']}/{record.get('steps')}: loss "
+                          f"{record['loss']:.3f}, {record['images_per_s']:.1f} images/s")
+
+        result = run_training(config, progress=on_record, verbose=self.verbose)
+        results = {k: result.results.get(k) for k in (
+            "split", "oracle", "validation", "classes_trained", "training_images", "dataset",
+            "segmenter", "training", "audit", "leakage", "seconds", "config_hash")}
+        atomic_write_json(stamp_path, {"key": key, "results": results}, indent=1)
+        training = results.get("training") or {}
+        self.progress(f"segmenter ({kind}, {protocol} protocol): done in "
+                      f"{results.get('seconds', 0):.0f} s, {training.get('images_per_s', 0):.1f}"
+                      f" images/s")
+        return SegmenterArtifact(kind, protocol, run_dir, checkpoint, key, results,
+                                 reused=False)
+
+    # -- features ----------------------------------------------------------------------------
+    def features(self, segmenter: SegmenterArtifact, kind: str, data_split: str) -> Any:
+        from zeroseg.platform.features import ExtractConfig, get_features
+
+        f = self.config.features
+        config = ExtractConfig(
+            checkpoint=segmenter.checkpoint, data=self.data_root, split=data_split,
+            benchmark=self.config.data.benchmark,
+            view="validation" if segmenter.protocol == "validation" else "test", kind=kind,
+            cache_dir=self.work / "cache" / "features", embed_dtype=f.embed_dtype,
+            mask_codec=f.mask_codec, shard_size=f.shard_size, batch_size=f.batch_size,
+            workers=f.workers, threads_per_worker=f.threads_per_worker, device=f.device)
+        result = get_features(config)
+        counts = ", ".join(f"{k} {v}" for k, v in result.cache.counts.items())
+        self.progress(f"features {kind} ({segmenter.protocol} protocol, {data_split}): "
+                      f"{result.status} ({counts}; {result.seconds:.1f} s)")
+        return result.cache
+
+    def eval_layout(self, protocol: str) -> CocoLayout:
+        layout = self.layout(self.config.data.eval_split)
+        if protocol == "test":
+            return layout
+        from zeroseg.platform.data.leakage import validation_eval_dataset
+
+        key = config_hash({"dataset": self.dataset_fingerprint, "split": self.split.name})
+        return validation_eval_dataset(layout, self.split,
+                                       self.work / "data" / f"validation-view-{key}")
+
+    def context(self, protocol: str, kind: str, *, train_features: bool = True
+                ) -> ProtocolContext:
+        """The memoised context of one protocol and segmenter kind."""
+        ctx = self._contexts.get((protocol, kind))
+        if ctx is None or (train_features and ctx.train_cache is None):
+            segmenter = self.segmenter(protocol, kind)
+            d = self.config.data
+            train_cache = (self.features(segmenter, "train_all", d.train_split)
+                           if train_features else None)
+            eval_cache = self.features(segmenter, "eval", d.eval_split)
+            label_split = self.label_split(protocol)
+            ctx = ProtocolContext(protocol=protocol, kind=kind, label_split=label_split,
+                                  class_embeddings=self.embeddings_for(label_split),
+                                  segmenter=segmenter, eval_layout=self.eval_layout(protocol),
+                                  eval_cache=eval_cache, train_cache=train_cache)
+            self._contexts[(protocol, kind)] = ctx
+        return ctx

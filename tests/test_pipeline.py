@@ -1,0 +1,312 @@
+"""``zeroseg run``: config validation, the method registry, the stages end to end on the tiny
+benchmark (real segmenter training, feature cache, methods, inference, evaluators, store).
+
+One module-scoped pipeline trains three tiny segmenters (oracle, test and validation protocols,
+20 steps each, Ray Train's local mode with DeepSpeed) and is shared by the tests below.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from zeroseg.methods.registry import StopTrial, get_method, registry
+from zeroseg.platform.config import to_dict
+from zeroseg.platform.data.layout import CocoLayout
+from zeroseg.platform.errors import ConfigError
+from zeroseg.platform.pipeline import Pipeline, pipeline_config_from_dict, run_config_hash
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(root: Path, work: Path, **changes: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "name": "test",
+        "methods": ["supervised", "seen-only", "projection", "pading"],
+        "seeds": [0],
+        "data": {"root": str(root), "synthetic": {"size": "tiny", "seed": 0}},
+        "embedding": {"provider": "attributes", "options": {"dim": 32, "noise": 0.1}},
+        "segmenter": {"model": {"size": "tiny", "train_num_points": 1024},
+                      "optim": {"lr": 0.001, "grad_clip": 1.0},
+                      "train": {"steps": 20, "batch_size": 4, "checkpoint_every": 20,
+                                "log_every": 10},
+                      "distributed": {"workers": 0, "zero_stage": 0}},
+        "features": {"batch_size": 16, "shard_size": 32},
+        "evaluation": {"protocols": ["test", "validation"], "settings": ["gzsl", "zsl"]},
+        "params": {
+            "projection": {"steps": 60, "batch_size": 128},
+            "pading": {"steps": 40, "batch_size": 64, "num_primitives": 16, "layers": 1,
+                       "classifier": {"steps": 60, "batch_size": 128, "lr": 0.01}},
+        },
+        "work_dir": str(work),
+    }
+    for key, value in changes.items():
+        node = doc
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return doc
+
+
+# -- config and registry ---------------------------------------------------------------------------
+def test_registry_lists_table1_methods_in_order():
+    names = list(registry())
+    assert names[:7] == ["supervised", "seen-only", "projection", "gmmn", "pading-p",
+                         "pading-pa", "pading"]
+    assert get_method("pading-pa").build_config({}).alignment is True
+    assert get_method("pading-pa").build_config({}).disentanglement is False
+    assert get_method("pading-p").build_config({"tau": 0.3}).tau == 0.3
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"methods": ["padding"]}, "unknown method 'padding'"),
+    ({"methods": []}, "methods: expected at least one"),
+    ({"seeds": [1, 1]}, "seeds: expected distinct"),
+    ({"params.pading.num_primitivs": 10}, "did you mean 'num_primitives'"),
+    ({"params.pading.tau": "high"}, "params.pading"),
+    ({"params.pading-p.alignment": True}, "fixed by method 'pading-p'"),
+    ({"params.supervised": {"x": 1}}, "takes no parameters"),
+    ({"evaluation.tasks": ["depth"]}, "unknown task 'depth'"),
+    ({"evaluation.protocols": ["test", "test"]}, "duplicate"),
+    ({"data.eval_split": "train"}, "eval_split must differ"),
+])
+def test_config_errors_name_the_key(tmp_path, change, needle):
+    doc = tiny_config(tmp_path / "data", tmp_path / "work", **change)
+    with pytest.raises(ConfigError, match=None) as info:
+        pipeline_config_from_dict(doc, where="exp.yaml")
+    assert needle in str(info.value), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_the_config_hash_ignores_seed_and_paths(tmp_path):
+    a = pipeline_config_from_dict(tiny_config(tmp_path / "d", tmp_path / "w"))
+    b = pipeline_config_from_dict(tiny_config(tmp_path / "d", tmp_path / "other",
+                                              seeds=[3], name="x"))
+    c = pipeline_config_from_dict(tiny_config(tmp_path / "d", tmp_path / "w",
+                                              **{"params.pading.tau": 0.5}))
+    assert run_config_hash(a, "pading") == run_config_hash(b, "pading")
+    assert run_config_hash(a, "pading") != run_config_hash(c, "pading")
+    # a knob of another method does not change this method's identity
+    assert run_config_hash(a, "projection") == run_config_hash(c, "projection")
+
+
+# -- snapshots (per-epoch evaluation) never change training ----------------------------------------
+def test_snapshots_leave_the_generator_trajectory_unchanged():
+    from zeroseg.methods.common import ClassifierConfig, retrain_classifier
+    from zeroseg.methods.pading import PADingConfig, train_generator
+
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(120, 16)).astype(np.float32)
+    labels = np.repeat(np.arange(4), 30)
+    emb = rng.normal(size=(6, 8)).astype(np.float32)
+    cfg = PADingConfig(steps=12, batch_size=24, num_primitives=8, layers=1, heads=2,
+                       classes_per_step=2, log_every=4)
+    plain = train_generator(real, labels, emb, [0, 1, 2, 3], [4, 5], cfg, seed=3)
+    seen_steps = []
+
+    def hook(step, generator):  # does real work: retrains a classifier from the snapshot
+        seen_steps.append(step)
+        queries = rng.normal(size=(50, 16)).astype(np.float32)
+        targets = np.array(list(range(4)) * 12 + [6, 6])
+        retrain_classifier(queries, targets, generator, [4, 5],
+                           ClassifierConfig(steps=3, batch_size=10), seed=1)
+        torch.rand(5)  # consuming the global RNG inside the hook must not matter either
+
+    hooked = train_generator(real, labels, emb, [0, 1, 2, 3], [4, 5], cfg, seed=3,
+                             on_snapshot=hook, snapshot_every=4)
+    assert seen_steps == [4, 8]
+    for (name, a), (_, b) in zip(plain.model.state_dict().items(),
+                                 hooked.model.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert plain.history == hooked.history
+
+
+# -- the evaluation split seen through the validation view -----------------------------------------
+def test_validation_view_dataset_erases_test_unseen_classes(tiny_data, tmp_path):
+    from zeroseg.platform.data.coco import CocoInstances, CocoPanoptic
+    from zeroseg.platform.data.leakage import validation_eval_dataset
+    from zeroseg.platform.data.synthetic.generate import load_classes_json
+    from zeroseg.platform.evaluation import evaluate_panoptic, evaluate_semantic
+
+    layout = CocoLayout(tiny_data, "val")
+    split = load_classes_json(layout.classes_json)
+    out = validation_eval_dataset(layout, split, tmp_path / "view")
+    unseen = {c.id for c in split.unseen}
+    unseen_png = {c.png_label for c in split.unseen}
+    view = split.validation_view()
+    inst = json.loads(out.instances_json.read_text())
+    assert not unseen & {c["id"] for c in inst["categories"]}
+    assert not unseen & {a["category_id"] for a in inst["annotations"]}
+    assert len(inst["images"]) == len(json.loads(layout.instances_json.read_text())["images"])
+    pan = CocoPanoptic.from_layout(out)
+    for image_id in pan.image_ids:
+        assert not unseen & {s.category_id for s in pan.segments(image_id)}
+        ids = set(np.unique(pan.read_ids(image_id)).tolist()) - {0}
+        assert ids == {s.id for s in pan.segments(image_id)}  # erased segments are VOID now
+    for png in out.semantic_pngs.glob("*.png"):
+        assert not unseen_png & set(np.unique(np.asarray(Image.open(png))).tolist())
+    CocoInstances(out.instances_json)  # readable by pycocotools
+    # the ground truth scores 100% against itself in the validation view
+    assert evaluate_semantic(out, view, out.semantic_pngs).hm["iou"] == 1.0
+    pq = evaluate_panoptic(out, view, out.panoptic_pngs, pred_json=out.panoptic_json)
+    assert pq.hm["pq"] == 1.0
+    assert validation_eval_dataset(layout, split, tmp_path / "view") == out  # reused
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    from zeroseg.platform.data.synthetic.generate import generate
+
+    root = tmp_path_factory.mktemp("pipeline") / "tiny"
+    generate("tiny", 0, root, workers=1)
+    return root
+
+
+# -- end to end ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pipeline_runs(tiny_data, tmp_path_factory) -> dict[str, Any]:
+    from zeroseg.platform.pipeline.runner import run_pipeline
+
+    work = tmp_path_factory.mktemp("pipeline") / "work"
+    config = pipeline_config_from_dict(tiny_config(tiny_data, work))
+    lines: list[str] = []
+    pipeline = Pipeline(config, progress=lines.append)
+    outcomes = run_pipeline(pipeline)
+    return {"pipeline": pipeline, "outcomes": {o.method: o for o in outcomes}, "lines": lines,
+            "work": work, "data": tiny_data}
+
+
+def _store(runs):
+    from zeroseg.platform.store import open_store
+
+    return open_store(runs["pipeline"].store_url)
+
+
+def test_every_run_is_stored_with_all_tasks_settings_and_protocols(pipeline_runs):
+    with _store(pipeline_runs) as store:
+        stored = {r["method"]: r for r in store.runs(full=True)}
+        assert set(stored) == {"supervised", "seen-only", "projection", "pading"}
+        for method, run in stored.items():
+            rows = store.run(run["id"])["metrics"]
+            keys = {(m["eval_split"], m["task"], m["setting"]) for m in rows}
+            splits = ["test"] if method == "supervised" else ["test", "val"]
+            want = {(s, t, g) for s in splits for t in ("semantic", "instance", "panoptic")
+                    for g in ("gzsl", "zsl")}
+            assert keys == want, method
+            assert run["status"] == "finished" and run["seed"] == 0
+            assert run["config"]["method"] == method and run["config_hash"]
+            assert run["dataset_fingerprint"].startswith("sha256:")
+            assert run["code_version"]
+            per_class = [m for m in rows if m["subset"] == "class"]
+            assert per_class and all(m["class_name"] for m in per_class)
+
+
+def test_seen_only_scores_exactly_zero_on_unseen_classes(pipeline_runs):
+    outcome = pipeline_runs["outcomes"]["seen-only"]
+    for protocol, pr in outcome.protocols.items():
+        for (task, setting), result in pr.evaluations.items():
+            for metric, value in result.unseen.items():
+                if value is not None and not metric.startswith("sq"):
+                    assert value == 0.0, (protocol, task, setting, metric)
+
+
+def test_leakage_audit_is_recorded_and_checked(pipeline_runs):
+    with _store(pipeline_runs) as store:
+        stored = {r["method"]: r for r in store.runs(full=True)}
+    audit = stored["pading"]["leakage_audit"]
+    assert audit["passed"] is True
+    assert audit["unseen_instances_in_training"] == 0
+    assert audit["protocol"] == "drop-images"
+    assert audit["images_kept"] < audit["images_total"]
+    assert "text only" in audit["text_encoder_pretraining"] or \
+        "no text model" in audit["text_encoder_pretraining"]
+    test, val = audit["protocols"]["test"], audit["protocols"]["validation"]
+    assert val["images_kept"] < test["images_kept"]  # held-out seen classes dropped too
+    assert set(test["excluded_from_training"]) < set(val["excluded_from_training"])
+    assert stored["supervised"]["leakage_audit"]["passed"] is False
+
+
+def test_artifacts_exist_and_synthetic_features_have_the_embedding_width(pipeline_runs):
+    with _store(pipeline_runs) as store:
+        run = next(r for r in store.runs(full=True) if r["method"] == "pading")
+    art = run["artifacts"]
+    assert Path(art["predictions"]["test"], "instances_results.json").is_file()
+    assert len(list(Path(art["predictions"]["val"], "semantic").glob("*.png"))) > 0
+    fakes = np.load(art["synthetic_unseen"])
+    ctx = pipeline_runs["pipeline"].context("test", "zero-shot")
+    assert fakes["embeddings"].shape[1] == ctx.embed_dim
+    unseen = {c.index for c in ctx.label_split.unseen}
+    assert set(fakes["class_index"].tolist()) == unseen
+    assert Path(art["method"]["test"]["generator"]).is_file()
+
+
+def test_second_run_reuses_segmenters_and_caches(pipeline_runs):
+    from zeroseg.platform.pipeline.runner import run_one
+
+    config = pipeline_runs["pipeline"].config
+    lines: list[str] = []
+    again = Pipeline(config, progress=lines.append)
+    first = pipeline_runs["outcomes"]["projection"]
+    outcome = run_one(again, "projection", 0, record=False)
+    assert any("reusing" in line for line in lines), lines
+    assert any("features train_all" in line and "reused" in line for line in lines), lines
+    assert not any("training" in line for line in lines), lines
+    # same config, same seed, same machine: the same numbers, exactly
+    for protocol, pr in outcome.protocols.items():
+        for key, result in pr.evaluations.items():
+            assert result.to_json()["per_class"] == \
+                first.protocols[protocol].evaluations[key].to_json()["per_class"], key
+
+
+def test_semantic_probe_equals_the_file_based_evaluation(pipeline_runs):
+    from zeroseg.platform.pipeline.runner import SemanticProbe
+
+    pipeline = pipeline_runs["pipeline"]
+    outcome = pipeline_runs["outcomes"]["projection"]
+    for protocol in ("test", "validation"):
+        ctx = pipeline.context(protocol, "zero-shot")
+        fast = SemanticProbe(ctx)(outcome.protocols[protocol].output.classifier)
+        slow = outcome.protocols[protocol].evaluations[("semantic", "gzsl")]
+        assert fast.to_json()["per_class"] == slow.to_json()["per_class"]
+
+
+def test_stop_trial_from_an_epoch_hook_records_a_stopped_run(pipeline_runs):
+    from zeroseg.platform.pipeline.runner import run_one
+
+    pipeline = pipeline_runs["pipeline"]
+    calls = []
+
+    def on_epoch(protocol, epoch, classifier):
+        calls.append((protocol, epoch))
+        if epoch == 2:
+            raise StopTrial()
+
+    outcome = run_one(pipeline, "pading", 1, protocols=["validation"], epochs=4,
+                      on_epoch=on_epoch)
+    assert calls == [("validation", 1), ("validation", 2)]
+    assert outcome.status == "stopped" and outcome.run_id is not None
+    with _store(pipeline_runs) as store:
+        assert store.run(outcome.run_id)["status"] == "stopped"
+
+
+def test_run_command_prints_the_table(pipeline_runs, tmp_path, capsys):
+    import yaml
+
+    from zeroseg.platform.cli import main
+
+    doc = to_dict(pipeline_runs["pipeline"].config)
+    doc["methods"] = ["seen-only"]
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["run", str(path), "--seeds", "0", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "GZSL, test split" in out and "Seen-only" in out and "ZSS mIoU" in out
+    assert main(["run", str(path), "--set", "params.pading.tau=-1"]) == 2
+    assert "tau must be > 0" in capsys.readouterr().err
