@@ -18,7 +18,7 @@ export RAY_AUTH_MODE := disabled
 export RAY_USAGE_STATS_ENABLED := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test test-slow test-all bench lint clean
+.PHONY: install browser run test test-slow test-all bench lint clean
 
 install: $(STAMP)
 
@@ -34,21 +34,30 @@ $(STAMP): pyproject.toml setup.py constraints.txt Makefile
 	$(BIN)/python -c "import torch, zeroseg.platform.cli; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 
+# Debian's Chromium for the dashboard's browser test (skipped, with its reason, without it).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
+		echo "installing Debian's chromium for the dashboard browser test"; \
+		{ $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; } \
+			>/dev/null 2>&1 || echo "chromium not installed: the dashboard browser test will be skipped"; }
+
 run: install
 	$(BIN)/zeroseg demo --out $(RUN_DIR)
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest -m "not slow" -n $(PYTEST_WORKERS) --dist loadfile
 
 test-slow: install
 	$(BIN)/python -m pytest -m slow
 
-test-all: install
+test-all: install browser
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 bench: install
 	$(BIN)/python benches/bench_synth.py --sizes small medium
 	$(BIN)/python benches/bench_eval.py
+	$(BIN)/python benches/bench_dashboard.py
 
 lint: install
 	$(BIN)/ruff check platform methods dashboards tests benches

@@ -126,7 +126,8 @@ class MethodSpec:
                 raise ConfigError(f"{where}: method {self.name!r} takes no parameters, got "
                                   f"{sorted(params)}")
             return None
-        clash = sorted(k for k in (params or {}) if k in self.fixed)
+        clash = sorted(k for k, v in (params or {}).items()
+                       if k in self.fixed and v != self.fixed[k])
         if clash:
             raise ConfigError(f"{where}.{clash[0]}: fixed by method {self.name!r} "
                               f"({', '.join(f'{k}={v}' for k, v in self.fixed.items())}); choose "

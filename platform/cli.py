@@ -21,9 +21,9 @@ log = logging.getLogger("zeroseg")
 EXIT_USER_ERROR = 2
 
 
-# ---------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # data
-# ---------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from zeroseg.platform.data.synthetic.generate import SIZES, generate
     from zeroseg.platform.progress import progress_bar
@@ -79,9 +79,9 @@ def cmd_data_filter(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # embeddings
-# ---------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 def cmd_embed(args: argparse.Namespace) -> int:
     from zeroseg.platform.embeddings import embed_command
 
@@ -104,9 +104,9 @@ def _parse_value(text: str) -> object:
         return text
 
 
-# ---------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # evaluation
-# ---------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
     from zeroseg.platform import evaluation
     from zeroseg.platform.data.layout import CocoLayout
@@ -148,9 +148,9 @@ def resolve_split(gt: str | None, benchmark: str | None):  # -> Split
     raise ZerosegError("--benchmark: required when no dataset folder (--gt) is given")
 
 
-# ---------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # feature cache
-# ---------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 def cmd_extract(args: argparse.Namespace) -> int:
     from zeroseg.platform.config import load_config
     from zeroseg.platform.features import ExtractConfig, get_features
@@ -171,9 +171,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # training
-# ---------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 def cmd_train_segmenter(args: argparse.Namespace) -> int:
     from zeroseg.platform.training.command import parse_overrides, train_segmenter_command
 
@@ -181,9 +181,9 @@ def cmd_train_segmenter(args: argparse.Namespace) -> int:
                                    quiet=args.quiet, json_output=args.json, verbose=args.verbose)
 
 
-# ---------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # experiments
-# ---------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from zeroseg.platform.pipeline.command import run_command
     from zeroseg.platform.training.command import parse_overrides
@@ -199,15 +199,43 @@ def cmd_run(args: argparse.Namespace) -> int:
                        address=args.address)
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from zeroseg.platform.training.command import parse_overrides
+    from zeroseg.platform.tuning.command import sweep_command
+
+    name = args.name or args.resume
+    if not name:
+        raise ZerosegError("--name: required (or --resume NAME)")
+    return sweep_command(args.space, name=name, trials=args.trials,
+                         concurrency=args.concurrency, address=args.address,
+                         resume=bool(args.resume), config=args.config,
+                         overrides=parse_overrides(args.set), store=args.store,
+                         searcher=args.searcher, cpus_per_trial=args.cpus_per_trial,
+                         verbose=args.verbose)
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from zeroseg.platform.tuning.command import reproduce_command
+
+    return reproduce_command(args.name, top=args.top, seeds=args.seeds, trial=args.trial,
+                             store=args.store)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from zeroseg.dashboards.launch import main as dashboard_main
+
+    return dashboard_main(args.store, args.port, args.host)
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from zeroseg.platform.pipeline.command import methods_command
 
     return methods_command(json_output=args.json)
 
 
-# ---------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # main job
-# ---------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
     from zeroseg.platform.demo import run_demo
 
@@ -215,9 +243,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # parser
-# ---------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zeroseg",
@@ -349,6 +377,53 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="Ray cluster address for the segmenter training")
     run.add_argument("--json", action="store_true", help="print the runs as JSON")
     run.set_defaults(func=cmd_run)
+
+    sw = sub.add_parser(
+        "sweep", help="hyperparameter sweep: Ray Tune + Optuna (TPE) + ASHA",
+        description="Sweep the knobs of SPACE (search_spaces/*.yaml) with Ray Tune, Optuna's "
+                    "TPE sampler and ASHA early stopping on the validation objective (held-out "
+                    "seen classes as unseen); every trial is written to the results store as it "
+                    "runs. Resume an interrupted sweep with --resume NAME.")
+    sw.add_argument("space", nargs="?", help="search space YAML (optional with --resume)")
+    sw.add_argument("--name", help="sweep name (unique in the store)")
+    sw.add_argument("--trials", type=int, default=12, help="number of trials (default 12)")
+    sw.add_argument("--concurrency", type=int, default=2, help="trials at a time (default 2)")
+    sw.add_argument("--address", help="Ray cluster, e.g. ray://HEAD:10001 (default: local)")
+    sw.add_argument("--resume", metavar="NAME", help="continue the interrupted sweep NAME")
+    sw.add_argument("--config", help="experiment config the trials start from (default: the "
+                                     "space's `config`)")
+    sw.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a key of the experiment config")
+    sw.add_argument("--store", help="results store URL or path")
+    sw.add_argument("--searcher", choices=["tpe", "random"], help="override the space's")
+    sw.add_argument("--cpus-per-trial", type=float, default=1.0)
+    sw.set_defaults(func=cmd_sweep)
+
+    rep = sub.add_parser(
+        "reproduce", help="re-run a sweep's best configs with several seeds",
+        description="Re-run the K best trials of sweep NAME from scratch with S seeds (the "
+                    "trial's seed first), reusing every stage whose inputs are unchanged; "
+                    "report mean +- std, whether the sweep value lies within the spread and "
+                    "whether the trial's seed reproduced it exactly; store the reproductions "
+                    "linked to their trial.")
+    rep.add_argument("name", help="sweep name")
+    rep.add_argument("--top", type=int, default=1)
+    rep.add_argument("--seeds", type=int, default=3)
+    rep.add_argument("--trial", help="reproduce this trial id instead of the best ones")
+    rep.add_argument("--store", help="results store URL or path")
+    rep.set_defaults(func=cmd_reproduce)
+
+    dash = sub.add_parser(
+        "dashboard", help="the Streamlit dashboard on the results store (read-only)",
+        description="Serve the dashboard (leaderboard, sweeps, run detail, reproductions) on "
+                    "the results store, read-only, bound to 127.0.0.1 unless --host says "
+                    "otherwise.")
+    dash.add_argument("--store", default=None, help="SQLite file or database URL (default: "
+                                                    "$ZEROSEG_STORE or .zeroseg/results.db)")
+    dash.add_argument("--port", type=int, default=8501, help="TCP port (default 8501)")
+    dash.add_argument("--host", default="127.0.0.1",
+                      help="address to bind (default 127.0.0.1: this machine only)")
+    dash.set_defaults(func=cmd_dashboard)
 
     meth = sub.add_parser("methods", help="list the registered methods",
                           description="Every method `zeroseg run` and `zeroseg sweep` know.")

@@ -131,6 +131,7 @@ class PipelineConfig:
     evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
     work_dir: Path = Path(".zeroseg")
     store: str | None = None
+    threads: int = 1  # torch threads of the method stages (fixed: same config + seed, same numbers)
     # How the method knobs were chosen (recorded in the leakage audit): "fixed config" for a
     # hand-written file; reproductions of a sweep say which sweep and split chose them.
     selected_by: str = "fixed config (not tuned)"
@@ -144,6 +145,8 @@ class PipelineConfig:
             raise ConfigError(f"methods: duplicate entries in {self.methods}")
         if not self.seeds:
             raise ConfigError("seeds: expected at least one seed")
+        if self.threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {self.threads}")
         if any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds: expected distinct non-negative integers, got {self.seeds}")
         for name in self.methods:
@@ -177,7 +180,8 @@ def run_identity(config: PipelineConfig, method: str) -> dict[str, Any]:
     """What one run is, as stored in ``runs.config``: everything that shapes its numbers for
     ``method`` (the seed is stored beside it; work_dir, store and name are not part of it)."""
     doc = to_dict(config)
-    for key in ("methods", "params", "seeds", "name", "work_dir", "store", "selected_by"):
+    for key in ("methods", "params", "seeds", "name", "work_dir", "store", "selected_by",
+                "threads"):
         doc.pop(key, None)
     doc["method"] = method
     doc["params"] = to_dict(config.method_config(method))

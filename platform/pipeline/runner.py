@@ -17,7 +17,7 @@ import math
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 OBJECTIVE_CURVE = "val/hm"
 
 
-# -- classifiers for the two settings --------------------------------------------------------------
+# -- classifiers for the two settings -------------------------------------------------------------
 class RestrictedClassifier:
     """A classifier whose columns outside ``allowed`` (+ no-object) score -inf: ZSL predicts
     unseen classes only."""
@@ -63,7 +63,7 @@ def setting_classifier(classifier: Callable[[Any], Any], split: Any, setting: st
     return RestrictedClassifier(classifier, unseen, split.num_classes)
 
 
-# -- evaluation ------------------------------------------------------------------------------------
+# -- evaluation -----------------------------------------------------------------------------------
 def evaluate_classifier(ctx: ProtocolContext, classifier: Callable[[Any], Any], out_dir: Path,
                         tasks: Sequence[str], settings: Sequence[str], inference: Any
                         ) -> dict[tuple[str, str], Any]:
@@ -141,7 +141,7 @@ def _image_stem(ctx: ProtocolContext, image_id: int) -> str:
     return names[image_id]
 
 
-# -- one run ---------------------------------------------------------------------------------------
+# -- one run --------------------------------------------------------------------------------------
 @dataclass
 class ProtocolResult:
     protocol: str
@@ -177,12 +177,14 @@ EpochCallback = Callable[[str, int, Any], None]  # (protocol, epoch, classifier)
 def run_one(pipeline: Pipeline, method: str, seed: int, *, kind: str = "train",
             uid: str | None = None, sweep: str | None = None, trial_id: str | None = None,
             source_run_id: int | None = None, protocols: Sequence[str] | None = None,
-            epochs: int = 1, on_epoch: EpochCallback | None = None, record: bool = True,
-            store: Any = None) -> RunOutcome:
-    """Fit ``method`` with ``seed`` on each protocol, evaluate, and (with ``record``) write the
-    run to the store. ``on_epoch(protocol, epoch, classifier)`` sees every training round's
-    classifier (``epochs`` rounds); it may raise :class:`~zeroseg.methods.registry.StopTrial`,
-    which ends the run as ``stopped`` (still recorded, with what it evaluated)."""
+            epochs: int | Mapping[str, int] = 1, on_epoch: EpochCallback | None = None,
+            record: bool = True, store: Any = None) -> RunOutcome:
+    """Fit ``method`` with ``seed`` on each protocol, evaluate, build the store record
+    (``outcome.record``) and, with ``record``, write it. ``on_epoch(protocol, epoch,
+    classifier)`` sees every training round's classifier (``epochs`` rounds, or per protocol);
+    it may raise :class:`~zeroseg.methods.registry.StopTrial`, which ends the run as
+    ``stopped`` (still recorded, with what it evaluated). Method stages run with
+    ``config.threads`` torch threads, so the same config and seed give the same numbers."""
     from zeroseg.methods.registry import StopTrial
 
     config = pipeline.config
@@ -196,13 +198,16 @@ def run_one(pipeline: Pipeline, method: str, seed: int, *, kind: str = "train",
     curves: list[tuple[str, int, float]] = []
     outcome = RunOutcome(method=method, seed=seed, uid=uid, status="finished")
     started = time.perf_counter()
+    threads = torch.get_num_threads()
     try:
+        torch.set_num_threads(config.threads)
         for protocol in protocols:
             ctx = pipeline.context(protocol, "oracle" if spec.segmenter == "oracle" else
                                    "zero-shot", train_features=bool(spec.features))
             prefix = "" if protocol == "test" else f"{EVAL_SPLIT[protocol]}/"
+            rounds = epochs.get(protocol, 1) if isinstance(epochs, Mapping) else epochs
             hooks = MethodHooks(
-                epochs=epochs,
+                epochs=rounds,
                 on_epoch=(lambda e, c, p=protocol: on_epoch(p, e, c)) if on_epoch else None,
                 on_curve=lambda n, s, v, pre=prefix: curves.append((pre + n, s, v)))
             outcome.protocols[protocol] = _fit_and_evaluate(pipeline, spec, method_config, ctx,
@@ -213,11 +218,12 @@ def run_one(pipeline: Pipeline, method: str, seed: int, *, kind: str = "train",
         outcome.status, outcome.error = "failed", str(exc)
         if not record:
             raise
+    finally:
+        torch.set_num_threads(threads)
     outcome.seconds = time.perf_counter() - started
+    outcome.record = build_record(pipeline, spec, method_config, outcome, curves, kind=kind,
+                                  sweep=sweep, trial_id=trial_id, source_run_id=source_run_id)
     if record:
-        outcome.record = build_record(pipeline, spec, method_config, outcome, curves, kind=kind,
-                                      sweep=sweep, trial_id=trial_id,
-                                      source_run_id=source_run_id)
         outcome.run_id = write_record(pipeline, outcome.record, store)
     if outcome.status == "failed":
         raise ZerosegError(outcome.error or f"run of {method} failed")
@@ -256,7 +262,7 @@ def _fit_and_evaluate(pipeline: Pipeline, spec: MethodSpec, method_config: Any,
                           time.perf_counter() - started)
 
 
-# -- the store record ------------------------------------------------------------------------------
+# -- the store record -----------------------------------------------------------------------------
 def leakage_audit(pipeline: Pipeline, spec: MethodSpec, outcome: RunOutcome) -> dict[str, Any]:
     """The run's leakage audit (DESIGN.md section 3), flat for the dashboard, per protocol in
     ``protocols``."""
@@ -378,7 +384,7 @@ def write_record(pipeline: Pipeline, record: Any, store: Any = None) -> int:
         return opened.record_run(record)
 
 
-# -- a whole config --------------------------------------------------------------------------------
+# -- a whole config -------------------------------------------------------------------------------
 def run_pipeline(pipeline: Pipeline, *, on_run: Callable[[RunOutcome], None] | None = None
                  ) -> list[RunOutcome]:
     """Every method x seed of the config, in order; each run is stored as it finishes."""

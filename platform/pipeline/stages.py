@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from zeroseg.platform.config import config_hash
+from zeroseg.platform.config import config_hash, to_dict
 from zeroseg.platform.data.classes import Split
 from zeroseg.platform.data.layout import CocoLayout
 from zeroseg.platform.errors import ConfigError
@@ -116,6 +116,20 @@ class Pipeline:
         self._fingerprint: str | None = None
         self._embeddings: Any = None
         self._contexts: dict[tuple[str, str], ProtocolContext] = {}
+
+    def derive(self, config: PipelineConfig) -> Pipeline:
+        """A pipeline for ``config`` that shares this one's resolved stages. ``config`` may
+        differ in method params, seeds, name, store and selection note; anything that shapes the
+        stages (data, embedding, segmenter, features, work_dir) must be equal."""
+        shared = ("data", "embedding", "segmenter", "features", "work_dir")
+        changed = [k for k in shared if to_dict(getattr(config, k)) !=
+                   to_dict(getattr(self.config, k))]
+        other = Pipeline(config, progress=self.progress, verbose=self.verbose,
+                         ray_address=self.ray_address)
+        if not changed:
+            other._split, other._fingerprint = self._split, self._fingerprint
+            other._embeddings, other._contexts = self._embeddings, self._contexts
+        return other
 
     # -- paths -------------------------------------------------------------------------------
     @property

@@ -200,6 +200,32 @@ class RunRecord:
     curves: list[CurveRecord] = field(default_factory=list)
     uid: str = field(default_factory=lambda: uuid.uuid4().hex)
 
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON data (a sweep trial sends its record to the driver this way)."""
+        from zeroseg.platform.config import to_dict
+
+        out = {k: v for k, v in self.__dict__.items() if k not in ("metrics", "curves")}
+        for key in ("created_at", "finished_at"):
+            out[key] = out[key].isoformat() if out[key] is not None else None
+        out = to_dict(out)
+        out["metrics"] = [m.to_dict() for m in self.metrics]
+        out["curves"] = [[c.name, c.step, c.value] for c in self.curves]
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunRecord:
+        """The record :meth:`to_json` wrote."""
+        fields_ = dict(data)
+        for key in ("created_at", "finished_at"):
+            if fields_.get(key):
+                fields_[key] = datetime.fromisoformat(fields_[key])
+        fields_["metrics"] = [MetricRecord(m["task"], m["setting"], m["eval_split"],
+                                           m["subset"], m["metric"], m["value"],
+                                           m.get("class_name"))
+                              for m in fields_.get("metrics", [])]
+        fields_["curves"] = [CurveRecord(n, int(s), v) for n, s, v in fields_.get("curves", [])]
+        return cls(**fields_)
+
     def add_evaluation(self, result: Mapping[str, Any], eval_split: str, *,
                        per_class: bool = True) -> None:
         """Add the rows of one ``EvalResult.to_json()`` and remember how it was obtained."""
@@ -272,7 +298,7 @@ def _json_document(where: str, value: Any) -> dict[str, Any]:
         raise StoreError(f"{where}: not storable as JSON ({e})") from None
 
 
-# -- provenance ---------------------------------------------------------------------------------
+# -- provenance -----------------------------------------------------------------------------------
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 

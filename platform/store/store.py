@@ -581,7 +581,7 @@ class Store:
                 leakage_audit=rec.leakage_audit, artifacts=rec.artifacts,
                 evaluations=rec.evaluations, tasks=",".join(rec.tasks) or None,
                 dataset_fingerprint=rec.dataset_fingerprint, duration_s=rec.duration_s,
-                error=rec.error, updated_at=now,
+                error=rec.error, host=rec.host, updated_at=now,
                 finished_at=_utc(rec.finished_at) if rec.status != "running" else None))
             conn.execute(delete(Metric).where(Metric.run_id == run_id))
             self._insert_metrics(conn, run_id, rec.metrics)

@@ -383,6 +383,9 @@ def _fit(prepared: PreparedRun, progress: Progress | None, fault: dict[str, Any]
     dist_cfg = cfg.distributed
     local = dist_cfg.workers == 0
     if local:
+        if not verbose:  # local mode logs every report at INFO in this process
+            logging.getLogger("ray.train.v2._internal.execution.train_fn_utils").setLevel(
+                logging.WARNING)
         sink: Any = _LocalSink(progress)
         poller = None
         checkpoint_root: Path | None = prepared.run_dir / "checkpoints"

@@ -1,0 +1,2 @@
+"""The papers' reported figures, shipped as package data (see SOURCES.md); loaded with
+``importlib.resources.files("zeroseg.dashboards.reference")``."""

@@ -1,0 +1,2 @@
+"""The dashboard's pages: Streamlit scripts run by ``st.navigation`` in ``app.py`` (not meant
+to be imported)."""

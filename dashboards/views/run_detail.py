@@ -1,0 +1,155 @@
+"""Run detail page: one run's provenance, leakage audit, metrics, curves and pictures.
+
+Pick the run in the sidebar (newest first) or open ``/run?run=ID`` (an id or a uid prefix).
+Every part degrades to a one-line "not available for this run" note when the run lacks the
+field or the file it points at is gone.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from zeroseg.dashboards import data, media, plots, ui
+from zeroseg.platform.errors import ZerosegError
+
+MAX_CHOICES = 1000  # newest runs offered in the sidebar; others open by /run?run=ID
+
+st.title("Run detail")
+store, url = ui.page_store()
+rev = ui.revision(url)["live"]
+runs = ui.run_list(url, rev)
+
+labels = {int(r.id): (f"{r.id} · {r.kind} · {data.method_label(r.method)} · "
+                      f"{data.split_label(r.dataset, r.split)} · seed "
+                      f"{'-' if r.seed is None or r.seed != r.seed else int(r.seed)} · "
+                      f"{r.status}") for r in runs.itertuples(index=False)}
+ids = list(labels)[:MAX_CHOICES]
+wanted = st.query_params.get("run")
+index = 0
+if wanted:
+    try:
+        found = store.resolve_run(wanted)
+        if found not in ids:
+            ids.insert(0, found)
+            labels.setdefault(found, str(found))
+        index = ids.index(found)
+    except ZerosegError:
+        st.warning(f"Run {wanted!r} from the address is not in this store; showing the newest "
+                   "run instead.")
+with st.sidebar:
+    run_id = st.selectbox("Run", ids, index=index, format_func=labels.get, key="rd_run")
+st.query_params["run"] = str(run_id)
+
+run = ui.run_detail(url, int(run_id), rev)
+dirty = {True: " (uncommitted changes)", False: "", None: ""}[run.get("code_dirty")]
+st.subheader(f"Run {run['id']} — {data.method_label(run.get('method'))} "
+             f"({run.get('kind')}, {run.get('status')})")
+if run.get("error"):
+    st.error(f"This run failed: {run['error'].strip().splitlines()[0]}")
+
+facts = {
+    "method": run.get("method"), "dataset / split": data.split_label(run.get("dataset"),
+                                                                      run.get("split")),
+    "embedding": run.get("embedding"), "backbone": run.get("backbone"),
+    "tasks": ", ".join(run.get("tasks") or []) or None, "seed": run.get("seed"),
+    "sweep / trial": f"{run.get('sweep')} / {run.get('trial_id')}" if run.get("sweep") else None,
+    "reproduces run": run.get("source_run_id"),
+    "code version": f"{run.get('code_version')}{dirty}" if run.get("code_version") else None,
+    "config hash": run.get("config_hash"),
+    "dataset fingerprint": run.get("dataset_fingerprint"),
+    "host": run.get("host"), "created": run.get("created_at"),
+    "duration": f"{run['duration_s']:.0f} s" if run.get("duration_s") else None,
+    "uid": run.get("uid"),
+}
+left, right = st.columns([3, 2])
+with left:
+    st.markdown("**Results (percent)**")
+    with ui.section("Results"):
+        head = data.headline_table(run.get("metrics") or [])
+        if head.empty:
+            ui.not_available("Metrics")
+        else:
+            st.dataframe(head, hide_index=True, placeholder="–",
+                         column_config=ui.pct_config(["Seen", "Unseen", "HM"]))
+    st.markdown("**Provenance**")
+    st.dataframe({"field": list(facts), "value": ["-" if v is None else str(v)
+                                                  for v in facts.values()]},
+                 hide_index=True, placeholder="–")
+with right:
+    st.markdown("**Leakage audit**")
+    with ui.section("Leakage audit"):
+        audit = run.get("leakage_audit") or {}
+        if not audit:
+            ui.not_available("Leakage audit")
+        else:
+            for line in data.audit_warnings(audit):
+                st.error(line, icon=":material/gpp_bad:")
+            if audit.get("passed") is True:
+                st.success("Leakage audit passed.", icon=":material/verified_user:")
+            st.dataframe(data.audit_table(audit), hide_index=True, placeholder="–",
+                         column_config={"Check": st.column_config.TextColumn(width="medium"),
+                                        "Value": st.column_config.TextColumn(width="large")})
+
+with st.expander("Config"):
+    if run.get("config"):
+        st.json(run["config"], expanded=2)
+    else:
+        ui.not_available("Config")
+
+roles_result = media.class_roles(run)
+roles = roles_result.value
+
+st.subheader("Per-class metrics")
+with ui.section("Per-class metrics"):
+    metrics = [m for m in (run.get("metrics") or []) if m.get("subset") == "class"]
+    if not metrics:
+        ui.not_available("Per-class metrics")
+    else:
+        combos = sorted({(m["task"], m["setting"], m["eval_split"], m["metric"])
+                         for m in metrics}, key=lambda c: (c[2] != "test", c))
+        combo = st.selectbox(
+            "Evaluation", combos, key="rd_class_combo",
+            format_func=lambda c: f"{c[0]} {data.metric_label(c[3])} · {c[1].upper()} · "
+                                  f"{c[2]}")
+        table = data.per_class_table(metrics, roles.unseen, task=combo[0], setting=combo[1],
+                                     eval_split=combo[2], metric=combo[3])
+        if combo[2] == "val":
+            st.caption("Validation split: held-out seen classes play unseen; the colours "
+                       "show the test split's roles.")
+        st.plotly_chart(plots.per_class(table, data.metric_label(combo[3])), key="rd_per_class")
+        st.dataframe(table, hide_index=True, placeholder="–",
+                     column_config=ui.pct_config(["Value"]))
+    for note in roles_result.notes:
+        st.caption(f":material/info: {note}")
+
+st.subheader("Training curves")
+with ui.section("Training curves"):
+    curves = data.curves_table(run.get("curves") or [])
+    if curves.empty:
+        ui.not_available("Training curves")
+    else:
+        st.plotly_chart(plots.curves(curves), key="rd_curves")
+
+st.subheader("Real seen vs synthetic unseen embeddings (PCA)")
+with ui.section("Embeddings"):
+    result = media.embedding_points(run, roles)
+    if result.value is not None:
+        st.plotly_chart(plots.embeddings(result.value), key="rd_embeddings")
+        st.caption("PADing's Figure 5 uses t-SNE; this is a PCA (two principal components) of "
+                   "the same features.")
+    for note in result.notes:
+        st.info(note, icon=":material/info:")
+
+st.subheader("Qualitative predictions on unseen classes")
+with ui.section("Qualitative predictions"):
+    examples = media.qualitative_examples(run, roles)
+    for ex in examples.value or []:
+        st.markdown(f"**{ex.stem}** — unseen classes in the ground truth: "
+                    f"{', '.join(ex.unseen_present)}")
+        c1, c2, c3 = st.columns(3)
+        c1.image(ex.image, caption="image", width="stretch")
+        c2.image(ex.ground_truth, caption="ground truth (unseen classes tinted strongly)",
+                 width="stretch")
+        c3.image(ex.prediction, caption="prediction", width="stretch")
+    for note in examples.notes:
+        st.info(note, icon=":material/info:")
