@@ -414,6 +414,86 @@ class TrainedGenerator:
 
 
 # ------------------------------------------------------------------------------------------------
+# The generator training loop, shared by GMMN and PADing, in one process or on DeepSpeed engines
+# ------------------------------------------------------------------------------------------------
+
+#: ``loss(real [B, D], labels [B], rng) -> (total, {term: value})`` of one step.
+StepLoss = Callable[[Tensor, Tensor, "torch.Generator | None"], tuple[Tensor, dict[str, Tensor]]]
+
+
+@dataclass
+class GeneratorRecipe:
+    """Everything a generator's training loop needs, built by the method under the seed (so
+    the initial weights are the same wherever the loop runs)."""
+
+    kind: str  # "gmmn" | "primitives"
+    model: nn.Module  # every trained part (the generator, plus PADing's helper nets)
+    net: nn.Module  # the generator itself (what is exported and sampled)
+    class_embeddings: Tensor  # [C, d], as fed to the generator
+    x: Tensor  # real embeddings [N, D]
+    y: Tensor  # their class indices [N]
+    loss: StepLoss
+    config: Any  # the method config: steps, batch_size, lr, mmd_grouping, classes_per_step, ...
+    milestones: list[int] = field(default_factory=list)  # steps where the lr drops 10x
+
+    def trained(self) -> TrainedGenerator:
+        from zeroseg.platform.config import to_dict
+
+        return TrainedGenerator(net=self.net, class_embeddings=self.class_embeddings,
+                                kind=self.kind, config=to_dict(self.config))
+
+
+class AdamStepper:
+    """One process: Adam on the recipe's parameters, lr x 0.1 at the milestones."""
+
+    def __init__(self, recipe: GeneratorRecipe):
+        self.optimizer = torch.optim.Adam(recipe.model.parameters(), lr=recipe.config.lr)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, recipe.milestones,
+                                                              gamma=0.1)
+
+    def step(self, total: Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+
+def run_generator_loop(recipe: GeneratorRecipe, rng: torch.Generator, stepper: Any, *,
+                       on_step: StepCallback | None = None,
+                       on_snapshot: SnapshotCallback | None = None,
+                       snapshot_every: int | None = None) -> list[dict[str, float]]:
+    """``config.steps`` steps: a batch from the MMD grouping's sampler, the recipe's loss,
+    ``stepper.step(total)``; history every ``log_every`` steps; snapshots as documented at
+    :data:`SnapshotCallback`. Returns the history."""
+    config = recipe.config
+    sampler = generator_sampler(recipe.y, config.batch_size, config.mmd_grouping,
+                                config.classes_per_step, rng)
+    history: list[dict[str, float]] = []
+    recipe.model.train()
+    for step in range(1, config.steps + 1):
+        rows = sampler.next()
+        total, raw = recipe.loss(recipe.x[rows], recipe.y[rows], rng)
+        stepper.step(total)
+        if step % config.log_every == 0 or step == config.steps:
+            metrics = {"step": float(step), "lr": stepper.lr()}
+            metrics.update({k: float(v.detach()) for k, v in raw.items()})
+            metrics["total"] = float(total.detach())
+            history.append(metrics)
+            if on_step is not None:
+                on_step(step, metrics)
+        if on_snapshot is not None and snapshot_due(step, config.steps, snapshot_every):
+            recipe.model.eval()
+            with frozen_rng():
+                on_snapshot(step, recipe.trained())
+            recipe.model.train()
+    recipe.model.eval()
+    return history
+
+
+# ------------------------------------------------------------------------------------------------
 # Classifier retraining (PADing Algorithm 1 step 4)
 # ------------------------------------------------------------------------------------------------
 
@@ -663,7 +743,7 @@ SYNTHETIC_PER_CLASS = 64
 
 
 def fit_generative(train: Callable[..., Any], config: Any, inputs: Any, hooks: Any,
-                   save: Callable[[Path, TrainedGenerator], None]) -> Any:
+                   save: Callable[[Path, TrainedGenerator], None], kind: str) -> Any:
     """Algorithm 1 steps 3-4 for any generator trainer with the ``train_generator`` signature.
 
     ``train(real, labels, class_embeddings, seen_idx, unseen_idx, config, seed, on_step=...,
@@ -671,7 +751,9 @@ def fit_generative(train: Callable[..., Any], config: Any, inputs: Any, hooks: A
     cut into ``hooks.epochs`` rounds; after each, the classifier is retrained from the generator
     as it is then and handed to ``hooks.on_epoch`` (the last round's classifier is the output).
     Real features are the matched query embeddings (``train`` cache); the classifier trains on
-    every query (``train_all``), no-object included.
+    every query (``train_all``), no-object included. With ``inputs.training.workers > 1`` the
+    generator trains on Ray Train + DeepSpeed (``kind``: gmmn or pading) and the rounds
+    collapse into one.
     """
     from zeroseg.methods.registry import MethodOutput
 
@@ -695,10 +777,19 @@ def fit_generative(train: Callable[..., Any], config: Any, inputs: Any, hooks: A
     def on_step(step: int, metrics: dict[str, float]) -> None:
         hooks.curve("generator/loss", step, metrics.get("total", metrics.get("gen", math.nan)))
 
-    result = train(real.embeddings, real.class_index, inputs.class_embeddings, seen_idx,
-                   unseen_idx, config, inputs.seed, on_step=on_step, on_snapshot=on_snapshot,
-                   snapshot_every=every)
-    generator = result.generator
+    training = getattr(inputs, "training", None)
+    if training is not None and training.distributed:
+        # Ray Train + DeepSpeed workers; no per-epoch snapshots in this mode (one report).
+        from zeroseg.platform.training.generator import train_generator_distributed
+
+        generator, history = train_generator_distributed(kind, config, inputs, training,
+                                                         inputs.train_cache)
+        for point in history:
+            on_step(int(point["step"]), point)
+    else:
+        generator = train(real.embeddings, real.class_index, inputs.class_embeddings, seen_idx,
+                          unseen_idx, config, inputs.seed, on_step=on_step,
+                          on_snapshot=on_snapshot, snapshot_every=every).generator
     head = classifier_for(generator)
     for point in head.history:
         hooks.curve("classifier/loss", int(point["step"]), point["loss"])

@@ -34,8 +34,10 @@ import torch
 from torch import Tensor, nn
 
 from zeroseg.methods.common import (
+    AdamStepper,
     ClassifierConfig,
     ClassRoles,
+    GeneratorRecipe,
     KernelScale,
     MMDForm,
     MMDGrouping,
@@ -45,14 +47,11 @@ from zeroseg.methods.common import (
     TrainedGenerator,
     as_float_tensor,
     check_real_features,
-    frozen_rng,
-    generator_sampler,
     grouped_mmd_loss,
     resolve_sigmas,
+    run_generator_loop,
     seeded,
-    snapshot_due,
 )
-from zeroseg.platform.config import to_dict
 from zeroseg.platform.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -182,46 +181,39 @@ def train_gmmn(real_embeddings: Any, real_labels: Any, class_embeddings: Any, se
     ``seed`` defaults to ``config.seed``.
     """
     config = config or GMMNConfig()
-    config.validate()
     seed = config.seed if seed is None else seed
+    start = time.perf_counter()
+    with seeded(seed) as rng:
+        recipe = generator_recipe(real_embeddings, real_labels, class_embeddings, seen_idx,
+                                  unseen_idx, config)
+        history = run_generator_loop(recipe, rng, AdamStepper(recipe), on_step=on_step,
+                                     on_snapshot=on_snapshot, snapshot_every=snapshot_every)
+    log.info("GMMN trained: %d steps in %.1f s, final MMD %.4f", config.steps,
+             time.perf_counter() - start, history[-1]["gen"])
+    return GMMNResult(recipe.trained(), history)
+
+
+def generator_recipe(real_embeddings: Any, real_labels: Any, class_embeddings: Any,
+                     seen_idx: Any, unseen_idx: Any, config: GMMNConfig) -> GeneratorRecipe:
+    """The GMMN network (initialised from the current RNG) and its MMD step loss."""
+    config.validate()
     a = prepare_class_embeddings(class_embeddings, config.normalize_class_embeddings)
     roles = ClassRoles.build(len(a), seen_idx, unseen_idx)
     x, y = check_real_features(real_embeddings, real_labels, roles, allow_no_object=False,
                                names=("real_embeddings", "real_labels"))
     sigmas = resolve_sigmas(config.sigmas)
-    history: list[dict[str, float]] = []
-    start = time.perf_counter()
-    with seeded(seed) as rng:
-        net = GMMNGenerator(a.shape[1], x.shape[1], config.net)
-        optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
-        sampler = generator_sampler(y, config.batch_size, config.mmd_grouping,
-                                    config.classes_per_step, rng)
-        net.train()
-        for step in range(1, config.steps + 1):
-            rows = sampler.next()
-            fake = net(a[y[rows]], rng)
-            loss = grouped_mmd_loss(fake, x[rows], y[rows], sigmas, grouping=config.mmd_grouping,
-                                    kernel_scale=config.kernel_scale, form=config.mmd_form)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if step % config.log_every == 0 or step == config.steps:
-                metrics = {"step": float(step), "gen": float(loss.detach())}
-                metrics["total"] = metrics["gen"]
-                history.append(metrics)
-                if on_step is not None:
-                    on_step(step, metrics)
-            if on_snapshot is not None and snapshot_due(step, config.steps, snapshot_every):
-                net.eval()
-                with frozen_rng():
-                    on_snapshot(step, TrainedGenerator(net=net, class_embeddings=a, kind="gmmn",
-                                                       config=to_dict(config)))
-                net.train()
-    net.eval()
-    log.info("GMMN trained: %d steps in %.1f s, final MMD %.4f", config.steps,
-             time.perf_counter() - start, history[-1]["gen"])
-    trained = TrainedGenerator(net=net, class_embeddings=a, kind="gmmn", config=to_dict(config))
-    return GMMNResult(trained, history)
+    net = GMMNGenerator(a.shape[1], x.shape[1], config.net)
+
+    def loss(real: Tensor, labels: Tensor, rng: torch.Generator | None
+             ) -> tuple[Tensor, dict[str, Tensor]]:
+        fake = net(a[labels], rng)
+        mmd = grouped_mmd_loss(fake, real, labels, sigmas, grouping=config.mmd_grouping,
+                               kernel_scale=config.kernel_scale, form=config.mmd_form)
+        return mmd, {"gen": mmd}
+
+    return GeneratorRecipe(kind="gmmn", model=net, net=net, class_embeddings=a, x=x, y=y,
+                           loss=loss, config=config)
+
 
 
 
@@ -239,7 +231,7 @@ def save_gmmn(path: Any, generator: TrainedGenerator) -> None:
 def _fit(config: GMMNConfig, inputs: Any, hooks: Any) -> Any:
     from zeroseg.methods.common import fit_generative
 
-    return fit_generative(train_gmmn, config, inputs, hooks, save_gmmn)
+    return fit_generative(train_gmmn, config, inputs, hooks, save_gmmn, "gmmn")
 
 
 def _methods() -> list[Any]:

@@ -72,8 +72,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zeroseg.methods.common import (
+    AdamStepper,
     ClassifierConfig,
     ClassRoles,
+    GeneratorRecipe,
     KernelScale,
     KLDirection,
     MMDForm,
@@ -84,18 +86,16 @@ from zeroseg.methods.common import (
     TrainedGenerator,
     check_real_features,
     cosine_similarity_matrix,
-    frozen_rng,
-    generator_sampler,
     grouped_mmd_loss,
     load_state,
     resolve_sigmas,
+    run_generator_loop,
     save_state,
     seeded,
-    snapshot_due,
     softmax_kl,
 )
 from zeroseg.methods.gmmn import GMMNGenerator, GMMNNetConfig, prepare_class_embeddings
-from zeroseg.platform.config import from_dict, to_dict
+from zeroseg.platform.config import from_dict
 from zeroseg.platform.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -543,51 +543,41 @@ def train_generator(real_embeddings: Any, real_labels: Any, class_embeddings: An
     ``log_every`` steps. ``seed`` defaults to ``config.seed``.
     """
     config = config or PADingConfig()
-    config.validate()
     seed = config.seed if seed is None else seed
-    a = prepare_class_embeddings(class_embeddings, config.normalize_class_embeddings)
-    roles = ClassRoles.build(len(a), seen_idx, unseen_idx)
-    x, y = check_real_features(real_embeddings, real_labels, roles, allow_no_object=False,
-                               names=("real_embeddings", "real_labels"))
-    history: list[dict[str, float]] = []
     start = time.perf_counter()
     with seeded(seed) as rng:
-        model = PADingModel(a.shape[1], x.shape[1], config)
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-        milestones = sorted({max(1, round(m * config.steps)) for m in config.lr_milestones})
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
-        sampler = generator_sampler(y, config.batch_size, config.mmd_grouping,
-                                    config.classes_per_step, rng)
-        model.train()
-        for step in range(1, config.steps + 1):
-            rows = sampler.next()
-            terms = pading_losses(model, x[rows], y[rows], a, roles.unseen, config, rng)
-            optimizer.zero_grad(set_to_none=True)
-            terms.total.backward()
-            optimizer.step()
-            scheduler.step()
-            if step % config.log_every == 0 or step == config.steps:
-                metrics = {"step": float(step), "lr": float(optimizer.param_groups[0]["lr"])}
-                metrics.update({k: float(v.detach()) for k, v in terms.raw.items()})
-                metrics["total"] = float(terms.total.detach())
-                history.append(metrics)
-                if on_step is not None:
-                    on_step(step, metrics)
-            if on_snapshot is not None and snapshot_due(step, config.steps, snapshot_every):
-                model.eval()
-                with frozen_rng():
-                    on_snapshot(step, TrainedGenerator(net=model.generator, class_embeddings=a,
-                                                       kind=config.generator_type,
-                                                       config=to_dict(config)))
-                model.train()
-    model.eval()
+        recipe = generator_recipe(real_embeddings, real_labels, class_embeddings, seen_idx,
+                                  unseen_idx, config)
+        history = run_generator_loop(recipe, rng, AdamStepper(recipe), on_step=on_step,
+                                     on_snapshot=on_snapshot, snapshot_every=snapshot_every)
     log.info("PADing generator (%s, alignment=%s, disentanglement=%s) trained: %d steps in "
              "%.1f s, final total %.4f", config.generator_type, config.alignment,
              config.disentanglement, config.steps, time.perf_counter() - start,
              history[-1]["total"])
-    trained = TrainedGenerator(net=model.generator, class_embeddings=a,
-                               kind=config.generator_type, config=to_dict(config))
-    return PADingResult(trained, model, history)
+    return PADingResult(recipe.trained(), recipe.model, history)
+
+
+def generator_recipe(real_embeddings: Any, real_labels: Any, class_embeddings: Any,
+                     seen_idx: Any, unseen_idx: Any, config: PADingConfig) -> GeneratorRecipe:
+    """PADing's model (generator + helper nets, initialised from the current RNG) and the
+    Eq. 7 step loss, for :func:`~zeroseg.methods.common.run_generator_loop`."""
+    config.validate()
+    a = prepare_class_embeddings(class_embeddings, config.normalize_class_embeddings)
+    roles = ClassRoles.build(len(a), seen_idx, unseen_idx)
+    x, y = check_real_features(real_embeddings, real_labels, roles, allow_no_object=False,
+                               names=("real_embeddings", "real_labels"))
+    model = PADingModel(a.shape[1], x.shape[1], config)
+    milestones = sorted({max(1, round(m * config.steps)) for m in config.lr_milestones})
+
+    def loss(real: Tensor, labels: Tensor, rng: torch.Generator | None
+             ) -> tuple[Tensor, dict[str, Tensor]]:
+        terms = pading_losses(model, real, labels, a, roles.unseen, config, rng)
+        return terms.total, terms.raw
+
+    return GeneratorRecipe(kind=config.generator_type, model=model, net=model.generator,
+                           class_embeddings=a, x=x, y=y, loss=loss, config=config,
+                           milestones=milestones)
+
 
 
 # ------------------------------------------------------------------------------------------------
@@ -635,7 +625,7 @@ def load_generator(path: str | Path) -> TrainedGenerator:
 def _fit(config: PADingConfig, inputs: Any, hooks: Any) -> Any:
     from zeroseg.methods.common import fit_generative
 
-    return fit_generative(train_generator, config, inputs, hooks, save_generator)
+    return fit_generative(train_generator, config, inputs, hooks, save_generator, "pading")
 
 
 def _spec(name: str, label: str, row: str, order: int, description: str) -> Any:

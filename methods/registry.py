@@ -61,6 +61,10 @@ class MethodInputs:
     embed_dim: int  # D, the segmenter's query-embedding width
     seed: int
     work_dir: Path  # where the method writes its artifacts (weights)
+    # Where method stages train (platform/training/generator.py MethodTrainingConfig): workers
+    # > 1 runs a generator on Ray Train + DeepSpeed, reading train_cache from the filesystem.
+    training: Any = None
+    train_cache: Path | None = None
 
     @property
     def seen_idx(self) -> np.ndarray:

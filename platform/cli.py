@@ -178,7 +178,8 @@ def cmd_train_segmenter(args: argparse.Namespace) -> int:
     from zeroseg.platform.training.command import parse_overrides, train_segmenter_command
 
     return train_segmenter_command(args.config, parse_overrides(args.set), address=args.address,
-                                   quiet=args.quiet, json_output=args.json, verbose=args.verbose)
+                                   quiet=args.quiet, json_output=args.json, verbose=args.verbose,
+                                   store=args.store)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -239,7 +240,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from zeroseg.platform.demo import run_demo
 
-    run_demo(args.out, size=args.size, seed=args.seed, workers=args.workers, quiet=args.quiet)
+    run_demo(args.out, size=args.size, seed=args.seed, trials=args.trials,
+             concurrency=args.concurrency, quiet=args.quiet)
     return 0
 
 
@@ -357,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "--set distributed.workers=2")
     tseg.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     tseg.add_argument("--json", action="store_true", help="print results.json's content")
+    tseg.add_argument("--store", help="results store for the evaluation (default: "
+                                      "RUN_DIR/results.db)")
     tseg.add_argument("--quiet", action="store_true", help="no progress display")
     tseg.set_defaults(func=cmd_train_segmenter)
 
@@ -433,13 +437,17 @@ def build_parser() -> argparse.ArgumentParser:
     # demo ----------------------------------------------------------------------------------
     demo = sub.add_parser(
         "demo", help="the main job on the embedded synthetic benchmark (make run)",
-        description="Synthetic benchmark -> leakage filter -> class embeddings -> seen / unseen / "
-                    "HM evaluation of all three tasks; everything under OUT.")
+        description="Synthetic benchmark -> segmenters (Ray Train + DeepSpeed) -> feature "
+                    "caches -> a PADing sweep (Ray Tune + Optuna + ASHA) with the baselines "
+                    "beside it -> the best config reproduced with 3 seeds -> leaderboard; "
+                    "everything under OUT (results store OUT/results.db). Re-running reuses "
+                    "every finished stage.")
     demo.add_argument("--out", default="runs/main", help="run folder (default: runs/main)")
-    demo.add_argument("--size", default="small", choices=["tiny", "small", "medium", "large"])
+    demo.add_argument("--size", default="small", choices=["tiny", "small"])
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--workers", type=int, default=None)
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--trials", type=int, default=12, help="sweep trials (default 12)")
+    demo.add_argument("--concurrency", type=int, default=2, help="trials at a time")
+    demo.add_argument("--quiet", action="store_true", help="only the stage headers and results")
     demo.set_defaults(func=cmd_demo)
 
     # results (the results store; commands in platform/store/commands.py) ------------------

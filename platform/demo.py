@@ -1,192 +1,239 @@
 """The main job on the embedded synthetic benchmark (``zeroseg demo``, run by ``make run``).
 
-What it runs today, end to end, through the same code a real COCO run uses:
+End to end, through the same code a real COCO run uses, everything under ``OUT``:
 
-1. the synthetic benchmark (generated once per size/seed, reused after);
-2. the protocol's leakage filter on the training split, for the test split (unseen classes out)
-   and the validation split (held-out seen classes out as well), with counts;
-3. class embeddings from the attribute provider (cached), with each unseen class's nearest seen
-   class;
-4. evaluation of the three tasks on the validation images, seen / unseen / HM, GZSL, of a
-   *reference prediction*: the ground-truth masks labelled by a classifier that knows only the
-   seen classes (each unseen class is named as its nearest seen class in embedding space). That is
-   the best a seen-only classifier can do with perfect masks: the bias towards seen classes that
-   zero-shot methods exist to fix, measured exactly.
+1. the synthetic benchmark (generated once per size / seed, reused after);
+2. the segmenters of the test and validation protocols (Mask2Former on Ray Train + DeepSpeed,
+   2 workers, ZeRO 2), each trained on its leakage-filtered training images, and their feature
+   caches;
+3. a PADing sweep (Ray Tune + Optuna TPE + ASHA) of ``trials`` trials over the number of
+   primitives, lambda, tau, the MMD bandwidths, the learning rate, the number of layers and the
+   unseen class weight, scored on the validation protocol (held-out seen classes as unseen);
+4. the baselines beside it (seen-only, projection, GMMN, PADing with the paper's defaults) on
+   both protocols;
+5. the best trial reproduced from scratch with 3 seeds (the trial's own seed first: it must give
+   the trial's numbers exactly);
+6. the leaderboard (test split, GZSL: seen / unseen / HM of ZSS mIoU, ZSI mAP@0.5 and
+   Recall@100, ZSP PQ) and the command that opens the dashboard on ``OUT/results.db``.
 
-Training stages (segmenter, generators, sweeps) slot in between steps 3 and 4 as they land.
-Everything is written under ``OUT`` atomically; ``OUT/results.json`` gathers the figures.
+The experiment config and the search space are written to ``OUT/experiment.yaml`` and
+``OUT/space.yaml`` first, so every step can be re-run by hand with ``zeroseg run`` /
+``zeroseg sweep`` / ``zeroseg reproduce``. Running the job again reuses every finished stage
+(and resumes an interrupted sweep); ``OUT/summary.json`` records the figures and timings.
 """
 
 from __future__ import annotations
 
-import json
+import copy
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
+import yaml
 
-from zeroseg.platform.data.classes import IGNORE_LABEL, Split
-from zeroseg.platform.data.layout import CocoLayout
-from zeroseg.platform.io import atomic_directory, atomic_write_json
+from zeroseg.platform.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-EVAL_SPLIT = "val"
+SWEEP_NAME = "main-pading"
+BASELINES = ("seen-only", "projection", "gmmn", "pading")
+
+#: Per benchmark size: the segmenter's schedule and the method stages' budgets. ``small`` is
+#: the main job (about 20 minutes on 2 cores); ``tiny`` runs in a few minutes (tests).
+PROFILES: dict[str, dict[str, Any]] = {
+    "small": {"segmenter_steps": 1200, "workers": 2, "generator_steps": 300,
+              "classifier_steps": 600, "projection_steps": 600, "primitives": 400,
+              "layers": 3},
+    "tiny": {"segmenter_steps": 20, "workers": 0, "generator_steps": 40,
+             "classifier_steps": 60, "projection_steps": 60, "primitives": 16, "layers": 1},
+}
 
 
-def _stage(title: str) -> None:
-    print(f"\n== {title}", flush=True)
+def experiment(out: Path, size: str, seed: int) -> dict[str, Any]:
+    """The main job's experiment config (plain data, as written to ``OUT/experiment.yaml``)."""
+    p = PROFILES.get(size, PROFILES["small"])
+    classifier = {"steps": p["classifier_steps"], "batch_size": 1200, "lr": 0.01,
+                  "unseen_weight": 5.0, "num_choose": 7, "fakes_per_class": 8}
+    pading = {"steps": p["generator_steps"], "batch_size": 128,
+              "num_primitives": p["primitives"], "layers": p["layers"],
+              "structure_weight": 0.002, "tau": 0.1, "sigmas": "paper",
+              "classifier": dict(classifier)}
+    return {
+        "name": "main",
+        "methods": list(BASELINES),
+        "seeds": [0],
+        "data": {"root": str(out / "data"), "synthetic": {"size": size, "seed": seed}},
+        "embedding": {"provider": "attributes", "options": {"dim": 64, "noise": 0.1}},
+        "segmenter": {
+            "model": {"size": "tiny", "image_size": 128},
+            "optim": {"lr": 0.001, "weight_decay": 0.05, "grad_clip": 1.0, "schedule": "poly",
+                      "warmup_steps": min(100, p["segmenter_steps"] // 10)},
+            "train": {"steps": p["segmenter_steps"], "batch_size": 4, "seed": seed,
+                      "checkpoint_every": max(1, p["segmenter_steps"] // 4), "log_every": 50
+                      if p["segmenter_steps"] >= 50 else 10},
+            "distributed": {"workers": p["workers"], "cpus_per_worker": 1, "zero_stage":
+                            2 if p["workers"] else 0, "precision": "fp32", "max_failures": 1},
+        },
+        "features": {"batch_size": 16, "shard_size": 128},
+        "evaluation": {"protocols": ["test", "validation"], "settings": ["gzsl"]},
+        "params": {
+            "projection": {"steps": p["projection_steps"], "batch_size": 1200},
+            "gmmn": {"steps": p["generator_steps"], "batch_size": 128,
+                     "classifier": dict(classifier)},
+            "pading": pading,
+        },
+        "work_dir": str(out),
+        "store": str(out / "results.db"),
+    }
 
 
-def ensure_dataset(root: Path, size: str, seed: int, workers: int | None, quiet: bool) -> Path:
-    """Generate the synthetic benchmark into ``root`` unless the same size/seed is already there."""
-    from zeroseg.platform.data.synthetic.generate import SIZES, generate
-    from zeroseg.platform.progress import progress_bar
-
-    stamp = root / "zeroseg_synth.json"
-    if stamp.is_file():
-        recorded = json.loads(stamp.read_text())
-        if recorded.get("size") == size and recorded.get("seed") == seed:
-            print(f"reusing {root} (synthetic '{size}', seed {seed})")
-            return root
-    spec = SIZES[size] if size in SIZES else None
-    total = spec.train + spec.val if spec else 0
-    with progress_bar(f"synth {size}", total, enabled=not quiet) as advance:
-        summary = generate(size, seed, root, workers=workers, overwrite=True, progress=advance)
-    atomic_write_json(stamp, {"size": size, "seed": seed, "summary": summary}, indent=2)
-    tr, va = summary["splits"]["train"], summary["splits"]["val"]
-    print(f"generated {tr['images']} train / {va['images']} val images "
-          f"({summary['image_size']} px) in {summary['seconds']:.1f} s")
-    return root
-
-
-def nearest_seen(split: Split, embeddings: np.ndarray) -> dict[int, int]:
-    """Category id of each class -> the id of the most similar *seen* class of the same kind
-    (thing or stuff) by cosine similarity; seen classes map to themselves."""
-    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
-    mapping: dict[int, int] = {}
-    for c in split.classes:
-        if not c.unseen:
-            mapping[c.id] = c.id
-            continue
-        candidates = [s for s in split.seen if s.isthing == c.isthing]
-        sims = [float(unit[c.index] @ unit[s.index]) for s in candidates]
-        mapping[c.id] = candidates[int(np.argmax(sims))].id
-    return mapping
+def search_space(experiment_path: Path, size: str) -> dict[str, Any]:
+    """The main job's PADing search space (as written to ``OUT/space.yaml``)."""
+    primitives = ({"type": "int", "low": 100, "high": 700, "step": 100} if size != "tiny"
+                  else {"type": "int", "low": 8, "high": 32, "step": 8})
+    return {
+        "method": "pading",
+        "config": str(experiment_path),
+        "description": "the main job's PADing sweep",
+        "objective": {"task": "semantic", "metric": "iou", "setting": "gzsl"},
+        "mode": "max",
+        "epochs": 3,
+        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        "searcher": {"type": "tpe", "seed": 0, "n_startup_trials": 4},
+        "knobs": {
+            "num_primitives": primitives,
+            "structure_weight": {"type": "loguniform", "low": 1.0e-4, "high": 1.0e-1},
+            "tau": {"type": "uniform", "low": 0.05, "high": 0.5},
+            "sigmas": {"type": "choice", "values": ["paper", "code", [1, 2, 5, 10, 20]]},
+            "lr": {"type": "loguniform", "low": 1.0e-4, "high": 2.0e-3},
+            "layers": {"type": "int", "low": 1, "high": 3},
+            "classifier.unseen_weight": {"type": "loguniform", "low": 1.0, "high": 20.0},
+        },
+    }
 
 
-def write_reference_predictions(layout: CocoLayout, split: Split, relabel: dict[int, int],
-                                out: Path) -> dict[str, Path]:
-    """Ground-truth masks relabelled through ``relabel``, in the three COCO result formats."""
-    by_id = {c.id: c for c in split.classes}
-    png_relabel = np.arange(256, dtype=np.uint8)
-    for cid, target in relabel.items():
-        if by_id[cid].png_label is not None:
-            png_relabel[by_id[cid].png_label] = by_id[target].png_label
-    png_relabel[IGNORE_LABEL] = IGNORE_LABEL
-
-    with atomic_directory(out, overwrite=True) as tmp:
-        semantic = tmp / "semantic"
-        semantic.mkdir()
-        for png in sorted(layout.semantic_pngs.glob("*.png")):
-            with Image.open(png) as im:
-                labels = np.asarray(im)
-            Image.fromarray(png_relabel[labels]).save(semantic / png.name)
-
-        panoptic = tmp / "panoptic"
-        panoptic.mkdir()
-        gt = json.loads(layout.panoptic_json.read_text())
-        annotations = []
-        for ann in gt["annotations"]:
-            src = layout.panoptic_pngs / ann["file_name"]
-            (panoptic / ann["file_name"]).write_bytes(src.read_bytes())
-            annotations.append({
-                "image_id": ann["image_id"], "file_name": ann["file_name"],
-                "segments_info": [{"id": s["id"], "category_id": relabel[s["category_id"]]}
-                                  for s in ann["segments_info"]],
-            })
-        (panoptic / "predictions.json").write_text(json.dumps({"annotations": annotations}))
-
-        instances = json.loads(layout.instances_json.read_text())
-        results = [
-            {"image_id": a["image_id"], "category_id": relabel[a["category_id"]],
-             "segmentation": a["segmentation"], "bbox": a["bbox"], "score": 1.0}
-            for a in instances["annotations"] if not a.get("iscrowd", 0)
-        ]
-        (tmp / "instances_results.json").write_text(json.dumps(results))
-    return {"semantic": out / "semantic", "panoptic": out / "panoptic",
-            "instance": out / "instances_results.json"}
+def _stage(number: int, title: str, started: float) -> None:
+    print(f"\n== {number}/6 {title}  [{time.perf_counter() - started:.0f} s]", flush=True)
 
 
-def run_demo(out: str | Path, *, size: str = "small", seed: int = 0, workers: int | None = None,
-             quiet: bool = False) -> dict[str, Any]:
-    from zeroseg.platform.data.leakage import filter_training
-    from zeroseg.platform.data.synthetic.generate import load_classes_json
-    from zeroseg.platform.embeddings import compute_class_embeddings
-    from zeroseg.platform.evaluation import (
-        evaluate_instance,
-        evaluate_panoptic,
-        evaluate_semantic,
-    )
+def run_demo(out: str | Path, *, size: str = "small", seed: int = 0, trials: int = 12,
+             concurrency: int = 2, quiet: bool = False) -> dict[str, Any]:
+    from zeroseg.platform.pipeline import Pipeline, pipeline_config_from_dict
+    from zeroseg.platform.pipeline.runner import run_one
+    from zeroseg.platform.store import open_store
+    from zeroseg.platform.tuning.reproduce import format_reproductions, reproduce
+    from zeroseg.platform.tuning.sweep import prepare_job, run_sweep
 
-    out = Path(out)
+    out = Path(out).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    results: dict[str, Any] = {"size": size, "seed": seed}
+    timings: dict[str, float] = {}
+    say = (lambda line: None) if quiet else (lambda line: print(line, flush=True))
 
-    _stage(f"1/4 synthetic benchmark '{size}' (seed {seed})")
-    data = ensure_dataset(out / "data", size, seed, workers, quiet)
-    split = load_classes_json(CocoLayout(data, "train").classes_json)
-    print(f"split {split.name}: {split.num_classes} classes, {len(split.seen)} seen, "
-          f"{len(split.unseen)} unseen ({', '.join(c.name for c in split.unseen)})")
+    doc = experiment(out, size, seed)
+    experiment_path, space_path = out / "experiment.yaml", out / "space.yaml"
+    atomic_write_text(experiment_path, yaml.safe_dump(doc, sort_keys=False))
+    atomic_write_text(space_path, yaml.safe_dump(search_space(experiment_path, size),
+                                                 sort_keys=False))
+    config = pipeline_config_from_dict(copy.deepcopy(doc), where=str(experiment_path))
+    store_url = config.store
 
-    _stage(f"2/4 leakage filter on the training split ({split.protocol})")
-    audit: dict[str, Any] = {}
-    for view, validation in (("test", False), ("validation", True)):
-        res = filter_training(CocoLayout(data, "train"), split, validation=validation,
-                              out_dir=out / "filtered" / view, overwrite=True)
-        d = res.to_dict()
-        d.pop("kept_image_ids", None)
-        audit[view] = d
-        print(f"{view:>10}: kept {res.images_kept}/{res.images_total} images, removed "
-              f"{res.annotations_removed} instances ({res.crowd_removed} crowd) and "
-              f"{res.segments_removed} panoptic segments of {len(res.excluded_classes)} "
-              f"excluded classes; checked: no excluded class left")
-    results["leakage"] = audit
+    _stage(1, f"synthetic benchmark '{size}' (seed {seed})", started)
+    pipeline = Pipeline(config, progress=say)
+    split = pipeline.split  # generates the benchmark on first use
+    print(f"{pipeline.data_root}: split {split.name}, {split.num_classes} classes, "
+          f"{len(split.seen)} seen, {len(split.unseen)} unseen "
+          f"({', '.join(c.name for c in split.unseen)}); validation holds out "
+          f"{', '.join(c.name for c in split.classes if c.val_unseen)}")
+    timings["benchmark"] = time.perf_counter() - started
 
-    _stage("3/4 class embeddings (attributes provider)")
-    emb = compute_class_embeddings(split, {"provider": "attributes"}, out / "cache" / "embeddings")
-    print(f"{emb.matrix.shape[0]} x {emb.matrix.shape[1]} ({emb.cache_status})")
-    relabel = nearest_seen(split, emb.matrix)
-    for c in split.unseen:
-        print(f"  unseen {c.name!r} -> nearest seen {split.by_id(relabel[c.id]).name!r}")
+    _stage(2, "segmenters (test and validation protocols) and feature caches", started)
+    t = time.perf_counter()
+    for protocol in ("test", "validation"):
+        ctx = pipeline.context(protocol, "zero-shot")
+        leak = ctx.segmenter.results.get("leakage") or {}
+        print(f"{protocol}: segmenter trained on {ctx.segmenter.results.get('classes_trained')} "
+              f"classes, {leak.get('images_kept')}/{leak.get('images_total')} training images "
+              f"kept by the {leak.get('protocol')} filter")
+    timings["segmenters_and_features"] = time.perf_counter() - t
 
-    _stage("4/4 evaluation on val: seen-only reference prediction (perfect masks, "
-           "unseen named as nearest seen class)")
-    layout = CocoLayout(data, EVAL_SPLIT)
-    preds = write_reference_predictions(layout, split, relabel, out / "predictions" / "reference")
-    summary_rows = []
-    results["metrics"] = {}
-    for task, fn in (("semantic", evaluate_semantic), ("instance", evaluate_instance),
-                     ("panoptic", evaluate_panoptic)):
-        result = fn(layout, split, preds[task], "gzsl")
-        results["metrics"][task] = result.to_json()
-        for metric in result.metrics:
-            summary_rows.append((task, metric, result.seen.get(metric), result.unseen.get(metric),
-                                 result.hm.get(metric)))
-    print(format_summary(summary_rows))
-    results["seconds"] = time.perf_counter() - started
-    atomic_write_json(out / "results.json", results, indent=2)
-    print(f"\nresults: {out / 'results.json'}  ({results['seconds']:.0f} s)")
-    return results
+    _stage(3, f"PADing sweep: {trials} trials, {concurrency} at a time, TPE + ASHA on the "
+              "validation HM", started)
+    t = time.perf_counter()
+    job = prepare_job(space_path, SWEEP_NAME, store=store_url)
+    with open_store(store_url) as store:
+        sweeps = {s["name"]: s for s in store.sweeps()}
+    previous = sweeps.get(SWEEP_NAME)
+    if previous is not None and previous["status"] == "finished":
+        print(f"sweep {SWEEP_NAME} already finished in {store_url}; reusing it")
+    else:
+        result = run_sweep(job, trials=trials, concurrency=concurrency,
+                           resume=previous is not None, progress=say)
+        print(f"{result.trials} trials: {result.finished} finished, {result.stopped} stopped "
+              f"early by ASHA, {result.failed} failed, in {result.seconds:.0f} s")
+    timings["sweep"] = time.perf_counter() - t
+
+    _stage(4, f"baselines: {', '.join(BASELINES)} (both protocols)", started)
+    t = time.perf_counter()
+    with open_store(store_url) as store:
+        done = {(r["method"], r["seed"]) for r in store.runs(kind="train", status="finished")}
+    for method in BASELINES:
+        if (method, 0) in done:
+            print(f"{method}: already in the store")
+            continue
+        outcome = run_one(pipeline, method, 0)
+        hm = outcome.metric("test", "semantic", "gzsl", "hm", "iou")
+        print(f"{method}: {outcome.seconds:.0f} s, test ZSS HM {_pct(hm)} (run {outcome.run_id})")
+    timings["baselines"] = time.perf_counter() - t
+
+    _stage(5, "reproduce the best trial from scratch with 3 seeds", started)
+    t = time.perf_counter()
+    with open_store(store_url) as store:
+        reproduced = store.runs(kind="reproduction")
+    if reproduced:
+        print(f"{len(reproduced)} reproductions already in the store")
+        reps: list[Any] = []
+    else:
+        reps = reproduce(store_url, SWEEP_NAME, top=1, seeds=3, progress=say)
+        print(format_reproductions(reps))
+    timings["reproduction"] = time.perf_counter() - t
+
+    _stage(6, "leaderboard (test split, GZSL)", started)
+    with open_store(store_url) as store:
+        table = leaderboard(store)
+    print(table)
+    seconds = time.perf_counter() - started
+    summary = {"size": size, "seed": seed, "trials": trials, "seconds": round(seconds, 1),
+               "timings": {k: round(v, 1) for k, v in timings.items()}, "store": store_url,
+               "experiment": str(experiment_path), "space": str(space_path),
+               "reproductions": [{"trial": r.trial_id, "sweep_value": r.sweep_value,
+                                  "values": r.values, "exact": r.exact,
+                                  "within_spread": r.within_spread} for r in reps]}
+    atomic_write_json(out / "summary.json", summary, indent=2)
+    print(f"\nmain job done in {seconds / 60:.1f} min; results in {store_url}")
+    print(f"open the dashboard:  zeroseg dashboard --store {store_url}")
+    return summary
 
 
-def format_summary(rows: list[tuple[str, str, float | None, float | None, float | None]]) -> str:
-    def pct(v: float | None) -> str:
-        return "-" if v is None else f"{100 * v:6.1f}"
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
 
-    lines = [f"{'task':<9} {'metric':<16} {'seen':>6} {'unseen':>6} {'HM':>6}"]
-    lines += [f"{t:<9} {m:<16} {pct(s)} {pct(u)} {pct(h)}" for t, m, s, u, h in rows]
-    return "\n".join(lines)
+
+def leaderboard(store: Any) -> str:
+    """Baselines and reproductions of the sweep's best config, test split, GZSL, mean +- std."""
+    from zeroseg.platform.pipeline.report import method_table, store_rows
+
+    rows = store.metrics_frame(per_class=False, setting="gzsl", eval_split="test",
+                               status="finished")
+    labelled = []
+    for r in rows:
+        if r["kind"] == "reproduction":
+            r = {**r, "method": "pading"}
+            labelled.append(("pading (swept)", *store_rows([r])[0][1:]))
+        elif r["kind"] == "train":
+            labelled.append(store_rows([r])[0])
+    methods = [m for m in (*BASELINES, "pading (swept)") if any(x[0] == m for x in labelled)]
+    return method_table(labelled, protocol="test", setting="gzsl", methods=methods,
+                        title="GZSL, test split (unseen = the split's unseen classes), % "
+                              "(mean±std over seeds)")

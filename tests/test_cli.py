@@ -229,15 +229,67 @@ def test_embed_file_with_nan_is_a_one_line_error_and_writes_nothing(capsys, tmp_
 
 
 # -- the main job ------------------------------------------------------------------------------
-def test_demo_runs_end_to_end_on_tiny(capsys, tmp_path):
-    code, out, _ = run(capsys, "demo", "--out", str(tmp_path / "run"), "--size", "tiny",
+def test_demo_runs_the_main_job_end_to_end_on_tiny(capsys, tmp_path):
+    """The main job on `tiny`: sweep, baselines, reproduction, leaderboard, all in the store."""
+    from zeroseg.platform.store import open_store
+
+    out_dir = tmp_path / "run"
+    code, out, _ = run(capsys, "demo", "--out", str(out_dir), "--size", "tiny", "--trials", "3",
                        "--quiet")
-    assert code == 0
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert results["leakage"]["test"]["images_dropped"] > 0
-    # The seen-only reference classifier cannot name an unseen class: unseen 0, HM 0.
-    for task, metric in (("semantic", "iou"), ("instance", "ap50"), ("panoptic", "pq")):
-        m = results["metrics"][task]
-        assert m["unseen"][metric] == 0.0 and m["hm"][metric] == 0.0
-        assert 0.5 < m["seen"][metric] < 1.0
-    assert "HM" in out
+    assert code == 0, out
+    summary = json.loads((out_dir / "summary.json").read_text())
+    with open_store(out_dir / "results.db") as store:
+        trials = store.runs(kind="trial", sweep="main-pading")
+        baselines = {r["method"] for r in store.runs(kind="train", status="finished")}
+        reps = store.runs(kind="reproduction")
+    assert len(trials) == 3
+    assert baselines == {"seen-only", "projection", "gmmn", "pading"}
+    assert len(reps) == 3 and {r["seed"] for r in reps} == {0, 1, 2}
+    assert summary["reproductions"][0]["exact"] is True
+    assert "GZSL, test split" in out and "pading (swept)" in out
+    assert f"zeroseg dashboard --store {out_dir / 'results.db'}" in out
+    # a second run reuses everything: nothing trains again
+    code, again, _ = run(capsys, "demo", "--out", str(out_dir), "--size", "tiny", "--trials",
+                         "3", "--quiet")
+    assert code == 0 and "already finished" in again and "already in the store" in again
+
+
+# -- the README --------------------------------------------------------------------------------
+def _readme_commands() -> list[str]:
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  #")[0].strip()
+            if "zeroseg " in line:
+                commands.append(line[line.index("zeroseg "):])
+    return commands
+
+
+def test_every_readme_command_parses_and_names_files_that_exist():
+    """Each `zeroseg ...` line of the README is a valid command line; the configs and search
+    spaces it names ship with the repository (what they do is covered by the tests of each
+    command and by the main job)."""
+    import shlex
+
+    from zeroseg.platform.cli import build_parser
+
+    repo = Path(__file__).resolve().parents[1]
+    commands = _readme_commands()
+    assert len(commands) >= 25
+    parser = build_parser()
+    subcommands = set()
+    for command in commands:
+        argv = shlex.split(command)[1:]
+        try:
+            parser.parse_args(argv)
+        except SystemExit as exc:  # argparse's way of saying no
+            raise AssertionError(f"README command does not parse: {command}") from exc
+        subcommands.add(argv[0])
+        for arg in argv:
+            if arg.startswith(("configs/", "search_spaces/")):
+                assert (repo / arg).is_file(), f"{command}: {arg} is not in the repository"
+    assert {"data", "embed", "eval", "train", "extract", "run", "methods", "sweep", "reproduce",
+            "results", "dashboard", "demo"} <= subcommands

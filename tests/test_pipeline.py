@@ -310,3 +310,29 @@ def test_run_command_prints_the_table(pipeline_runs, tmp_path, capsys):
     assert "GZSL, test split" in out and "Seen-only" in out and "ZSS mIoU" in out
     assert main(["run", str(path), "--set", "params.pading.tau=-1"]) == 2
     assert "tau must be > 0" in capsys.readouterr().err
+
+
+@pytest.mark.ray
+def test_generator_trains_on_two_deepspeed_workers(pipeline_runs):
+    """method_training.workers = 2: PADing's generator on Ray Train + DeepSpeed (ZeRO 2)."""
+    import dataclasses
+
+    from zeroseg.platform.pipeline.runner import run_one
+    from zeroseg.platform.training.generator import MethodTrainingConfig
+
+    pipeline = pipeline_runs["pipeline"]
+    config = dataclasses.replace(pipeline.config, method_training=MethodTrainingConfig(
+        workers=2, zero_stage=2))
+    outcome = run_one(pipeline.derive(config), "pading", 0, protocols=["test"], record=False)
+    assert outcome.status == "finished"
+    pr = outcome.protocols["test"]
+    assert Path(pr.output.artifacts["generator"]).is_file()
+    assert ("semantic", "gzsl") in pr.evaluations
+    # trained on 2 ranks with different batches: not the one-process generator
+    single = pipeline_runs["outcomes"]["pading"].protocols["test"]
+    from zeroseg.methods.pading import load_generator
+
+    a = load_generator(pr.output.artifacts["generator"]).net.state_dict()
+    b = load_generator(single.output.artifacts["generator"]).net.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert outcome.record.config["method_training"]["workers"] == 2

@@ -254,6 +254,16 @@ def test_two_workers_zero2_end_to_end(two_worker_run, tiny):
         # The zero-shot segmenter's head has no unseen column: unseen classes are never
         # predicted, so their scores are exactly 0 (the "seen only" baseline).
         assert doc["unseen"][metric] == 0.0 and doc["hm"][metric] == 0.0
+    # ... and the same figures are in the results store, as a "seen-only" run
+    from zeroseg.platform.store import open_store
+
+    assert "stored as run 1" in two_worker_run["stdout"]
+    with open_store(run_dir / "results.db") as store:
+        stored = store.run(1)
+    assert stored["method"] == "seen-only" and stored["leakage_audit"]["passed"] is True
+    hm = {(m["task"], m["metric"]): m["value"] for m in stored["metrics"]
+          if m["subset"] == "seen" and m["eval_split"] == "test"}
+    assert hm[("semantic", "iou")] == results["metrics"]["semantic"]["seen"]["iou"]
     assert results["training"]["start_step"] == 0 and results["training"]["attempts"] == 1
     assert results["leakage"]["images_dropped"] > 0
     assert results["training_images"] == results["leakage"]["images_kept"]

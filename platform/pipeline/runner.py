@@ -242,7 +242,9 @@ def _fit_and_evaluate(pipeline: Pipeline, spec: MethodSpec, method_config: Any,
         check_no_leakage(ctx)
     inputs = MethodInputs(split=ctx.label_split, class_embeddings=ctx.class_embeddings,
                           features=ctx.features, segmenter_head=ctx.segmenter_head,
-                          embed_dim=ctx.embed_dim, seed=seed, work_dir=work)
+                          embed_dim=ctx.embed_dim, seed=seed, work_dir=work,
+                          training=pipeline.config.method_training,
+                          train_cache=ctx.train_cache.path if ctx.train_cache else None)
     with seeded(seed):
         output = spec.fit(method_config, inputs, hooks)
     if output.classifier is None:

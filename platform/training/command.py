@@ -82,9 +82,42 @@ class _Display:
             print(f"step {step}{total}  {info}", flush=True)
 
 
+def record_training(result: Any, config: Any, store_url: str | None) -> int | None:
+    """Store a trained segmenter's own-head evaluation as a run: ``supervised`` for the oracle,
+    ``seen-only`` for a zero-shot segmenter (its unseen figures are 0 by construction)."""
+    from zeroseg.platform.store import RunRecord, open_store
+
+    results = result.results
+    if not results.get("metrics"):
+        return None
+    split_name = results.get("split") or ""
+    audit = {**(results.get("audit") or {}), "passed": not config.data.oracle,
+             "unseen_instances_in_training": None if config.data.oracle else 0}
+    leak = results.get("leakage") or {}
+    audit.update({k: leak.get(k) for k in ("images_total", "images_kept", "images_dropped")})
+    record = RunRecord(
+        kind="train", status="finished",
+        method="supervised" if config.data.oracle else "seen-only",
+        dataset=split_name.split("/")[0] or None, split=split_name or None,
+        backbone=config.model.size, seed=config.train.seed, config=results["config"],
+        config_hash=results.get("config_hash"), dataset_fingerprint=results.get("dataset"),
+        leakage_audit=audit, name=f"train segmenter {config.output.run_dir.name}",
+        artifacts={"segmenter": results["segmenter"]["path"],
+                   "predictions": {"test": str(result.run_dir / "predictions")},
+                   "dataset_root": str(config.data.root),
+                   "eval_data_split": results.get("eval_split")},
+        duration_s=results.get("seconds"))
+    for evaluation in results["metrics"].values():
+        record.add_evaluation(evaluation, "test")
+    url = store_url or str(Path(result.run_dir) / "results.db")
+    with open_store(url) as store:
+        return store.record_run(record)
+
+
 def train_segmenter_command(config_path: str | Path, overrides: dict[str, Any], *,
                             address: str | None = None, quiet: bool = False,
-                            json_output: bool = False, verbose: bool = False) -> int:
+                            json_output: bool = False, verbose: bool = False,
+                            store: str | None = None) -> int:
     from zeroseg.platform.training.config import load_train_config
 
     config = load_train_config(config_path, overrides)  # typos fail here, before Ray
@@ -98,6 +131,7 @@ def train_segmenter_command(config_path: str | Path, overrides: dict[str, Any], 
     display = _Display(quiet or json_output)
     with display.active():
         result = run_training(config, progress=display, verbose=verbose)
+    run_id = record_training(result, config, store)
     if json_output:
         print(json.dumps(result.results, indent=2))
         return 0
@@ -118,6 +152,8 @@ def train_segmenter_command(config_path: str | Path, overrides: dict[str, Any], 
         print(_table_from_json(rows, f"{result.results.get('eval_split')} split, GZSL, "
                                      f"the segmenter's own classifier (%)"))
     print(f"\nresults: {result.run_dir / 'results.json'}")
+    if run_id is not None:
+        print(f"stored as run {run_id} in {store or result.run_dir / 'results.db'}")
     return 0
 
 

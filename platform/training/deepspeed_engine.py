@@ -73,44 +73,57 @@ def restore_env() -> None:
     _defined_here.clear()
 
 
-def deepspeed_config(config: SegmenterTrainConfig) -> dict[str, Any]:
-    """The DeepSpeed config dict for one training run."""
-    stage = config.distributed.zero_stage
-    zero: dict[str, Any] = {"stage": stage}
-    if stage == 3:
+def engine_config(micro_batch: int, zero_stage: int, grad_clip: float,
+                  precision: str) -> dict[str, Any]:
+    """A DeepSpeed config dict: micro-batch, ZeRO stage, clipping, fp32 or bf16 autocast."""
+    zero: dict[str, Any] = {"stage": zero_stage}
+    if zero_stage == 3:
         # Export gathers the full weights on rank 0 (GatheredParameters), nothing else needed.
         zero["stage3_gather_16bit_weights_on_model_save"] = False
     ds: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": config.train.batch_size,
+        "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": 1,
         "zero_optimization": zero,
-        "gradient_clipping": config.optim.grad_clip,
+        "gradient_clipping": grad_clip,
         "steps_per_print": 1 << 30,  # our own progress reporting
         "wall_clock_breakdown": False,
     }
-    if config.distributed.precision == "bf16":
+    if precision == "bf16":
         ds["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
     return ds
 
 
-def build_engine(model: torch.nn.Module, config: SegmenterTrainConfig) -> Any:
-    """``deepspeed.initialize`` with the client AdamW; returns the engine."""
-    select_accelerator(config.distributed.use_gpu)
+def deepspeed_config(config: SegmenterTrainConfig) -> dict[str, Any]:
+    """The DeepSpeed config dict for one segmenter training run."""
+    return engine_config(config.train.batch_size, config.distributed.zero_stage,
+                         config.optim.grad_clip, config.distributed.precision)
+
+
+def initialize_engine(model: torch.nn.Module, optimizer: Any, scheduler: Any,
+                      ds_config: dict[str, Any], *, use_gpu: bool) -> Any:
+    """``deepspeed.initialize`` with a client optimizer and scheduler (stepped by DeepSpeed
+    with the optimizer, kept in its checkpoints), over gloo on CPU or NCCL on GPU."""
+    select_accelerator(use_gpu)
     ensure_single_process_env()
     import deepspeed
 
+    backend = "nccl" if os.environ["DS_ACCELERATOR"] == "cuda" else "gloo"
+    deepspeed.init_distributed(dist_backend=backend)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=model.parameters(), optimizer=optimizer,
+        lr_scheduler=scheduler, config=ds_config)
+    return engine
+
+
+def build_engine(model: torch.nn.Module, config: SegmenterTrainConfig) -> Any:
+    """The segmenter's engine: client AdamW, warm-up + poly schedule (:func:`lr_factor`)."""
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.optim.lr, betas=tuple(config.optim.betas),
         weight_decay=config.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, config))
-    backend = "nccl" if os.environ["DS_ACCELERATOR"] == "cuda" else "gloo"
-    deepspeed.init_distributed(dist_backend=backend)
-    # DeepSpeed steps the scheduler with the optimizer and keeps its state in checkpoints.
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=model.parameters(), optimizer=optimizer,
-        lr_scheduler=scheduler, config=deepspeed_config(config))
-    return engine
+    return initialize_engine(model, optimizer, scheduler, deepspeed_config(config),
+                             use_gpu=config.distributed.use_gpu)
 
 
 def lr_factor(step: int, config: SegmenterTrainConfig) -> float:

@@ -298,6 +298,10 @@ def prepare_job(space_path: str | Path, name: str, *, config: str | Path | None 
     store_url = store or base.get("store") or os.environ.get("ZEROSEG_STORE") or str(
         work / "results.db")
     base["store"] = store_url
+    if (base.get("method_training") or {}).get("workers", 1) > 1:
+        # The trial only drives a Ray Train job whose workers hold the CPUs (STACK.md: a
+        # zero share is refused, a small one lets the workers be placed).
+        cpus_per_trial = 0.01
     return SweepJob(name=name, space=space, base=base, store_url=store_url,
                     cpus_per_trial=cpus_per_trial)
 
