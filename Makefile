@@ -57,6 +57,10 @@ test-all: install browser
 bench: install
 	$(BIN)/python benches/bench_synth.py --sizes small medium
 	$(BIN)/python benches/bench_eval.py
+	$(BIN)/python benches/bench_train.py
+	$(BIN)/python benches/bench_feature_cache.py --size small
+	$(BIN)/python benches/bench_generator.py
+	$(BIN)/python benches/bench_sweep.py
 	$(BIN)/python benches/bench_dashboard.py
 
 lint: install

@@ -13,9 +13,9 @@ when alignment or disentanglement is on), after ``--warmup`` steps; the ratio co
 with the paper's default (400 primitives, 3 layers). ``--losses mmd`` times the P-only row of
 Table 1 (MMD only); ``full`` the whole of Eq. 7.
 
-Not yet wired: ``--trial-cache CACHE`` will time one full PADing trial (generator, classifier
-retraining, inference and evaluation) from a feature cache of the ``small`` synthetic benchmark,
-once the pipeline that chains them exists; :func:`full_trial_seconds` is the hook.
+``--trial-config configs/pading_small.yaml`` times one full PADing trial (generator,
+classifier retraining, inference and evaluation on both protocols) from that config's cached
+segmenters and feature caches.
 """
 
 from __future__ import annotations
@@ -35,17 +35,23 @@ NUM_CLASSES, NUM_UNSEEN = 133, 14
 DEFAULT_ROW = (400, 3)
 
 
-def full_trial_seconds(cache: Path, config: PADingConfig) -> float:
-    """Wall time of one PADing trial from a feature cache (hook for the pipeline).
+def full_trial_seconds(config_path: Path, method: str = "pading") -> dict[str, float]:
+    """Wall time of one PADing trial from the cached stages of an experiment config (the
+    segmenters and feature caches are built first, untimed, if missing): the validation
+    protocol (generator, classifier, inference + evaluation of the configured tasks) and the
+    test protocol, as a sweep trial runs them. Returns seconds per protocol and in total."""
+    from zeroseg.platform.pipeline import Pipeline, load_pipeline_config
+    from zeroseg.platform.pipeline.runner import run_one
 
-    To be implemented with the pipeline: read the ``train``, ``train_all`` and ``eval`` caches
-    under ``cache``, run :func:`zeroseg.methods.pading.train_generator`,
-    :func:`zeroseg.methods.common.retrain_classifier`, the segmenter's inference for the three
-    tasks and their evaluation, and return the total seconds.
-    """
-    raise NotImplementedError(
-        f"{cache}: timing a full PADing trial needs the PADing pipeline, which does not exist "
-        "yet; only the generator throughput is measured for now")
+    config = load_pipeline_config(config_path)
+    pipeline = Pipeline(config, progress=lambda line: print(f"  {line}", file=sys.stderr))
+    for protocol in config.evaluation.protocols:
+        pipeline.context(protocol, "zero-shot")  # untimed: what every trial reuses
+    started = time.perf_counter()
+    outcome = run_one(pipeline, method, 0, record=False)
+    out = {protocol: pr.seconds for protocol, pr in outcome.protocols.items()}
+    out["total"] = time.perf_counter() - started
+    return out
 
 
 def measure(primitives: int, layers: int, args: argparse.Namespace) -> tuple[float, float]:
@@ -82,19 +88,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu: this process's CPU time (with --threads 1, a figure that "
                              "other processes on a shared machine disturb less)")
-    parser.add_argument("--trial-cache", type=Path, default=None,
-                        help="time one full PADing trial from this feature cache (not yet wired)")
+    parser.add_argument("--trial-config", type=Path, default=None,
+                        help="time one full PADing trial on this experiment config's cached "
+                             "stages (e.g. configs/pading_small.yaml)")
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:
         parser.error("--warmup and --steps must be >= 1")
     torch.set_num_threads(args.threads)
     args.clock_fn = time.perf_counter if args.clock == "wall" else time.process_time
-    if args.trial_cache is not None:
-        try:
-            print(f"full trial: {full_trial_seconds(args.trial_cache, PADingConfig()):.1f} s")
-        except NotImplementedError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+    if args.trial_config is not None:
+        times = full_trial_seconds(args.trial_config)
+        parts = ", ".join(f"{k} {v:.1f} s" for k, v in times.items() if k != "total")
+        print(f"one full PADing trial from the cache: {times['total']:.1f} s ({parts})")
         return 0
 
     print(f"cpus={os.cpu_count()} threads={args.threads} clock={args.clock} "

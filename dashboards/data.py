@@ -41,8 +41,6 @@ log = logging.getLogger(__name__)
 
 # -- vocabulary ---------------------------------------------------------------------------------
 #: Registry method names -> the labels the papers use (unknown names are shown as they are).
-METHOD_LABELS = {"supervised": "Supervised", "projection": "Projection", "gmmn": "GMMN",
-                 "pading-p": "P-only", "pading-pa": "P&A", "pading": "PADing"}
 METHOD_ORDER = ("Supervised", "Projection", "GMMN", "P-only", "P&A", "PADing")
 TASK_ORDER = ("semantic", "instance", "panoptic", "detection")
 #: Our task names <-> the papers' abbreviations (ZSD, zero-shot detection, is paper-only).
@@ -82,9 +80,12 @@ VIEW_COLUMNS = VIEW_KEYS + VIEW_VALUES + ["Runs", "Seeds"]
 
 
 def method_label(name: Any) -> str:
+    """The table label of a registered method (PADing Table 1 names); others as they are."""
+    from zeroseg.methods.registry import method_label as registry_label
+
     if name is None or (isinstance(name, float) and math.isnan(name)):
         return "-"
-    return METHOD_LABELS.get(str(name), str(name))
+    return registry_label(str(name))
 
 
 def metric_label(key: str) -> str:

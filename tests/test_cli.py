@@ -228,32 +228,6 @@ def test_embed_file_with_nan_is_a_one_line_error_and_writes_nothing(capsys, tmp_
     assert not out.exists()
 
 
-# -- the main job ------------------------------------------------------------------------------
-def test_demo_runs_the_main_job_end_to_end_on_tiny(capsys, tmp_path):
-    """The main job on `tiny`: sweep, baselines, reproduction, leaderboard, all in the store."""
-    from zeroseg.platform.store import open_store
-
-    out_dir = tmp_path / "run"
-    code, out, _ = run(capsys, "demo", "--out", str(out_dir), "--size", "tiny", "--trials", "3",
-                       "--quiet")
-    assert code == 0, out
-    summary = json.loads((out_dir / "summary.json").read_text())
-    with open_store(out_dir / "results.db") as store:
-        trials = store.runs(kind="trial", sweep="main-pading")
-        baselines = {r["method"] for r in store.runs(kind="train", status="finished")}
-        reps = store.runs(kind="reproduction")
-    assert len(trials) == 3
-    assert baselines == {"seen-only", "projection", "gmmn", "pading"}
-    assert len(reps) == 3 and {r["seed"] for r in reps} == {0, 1, 2}
-    assert summary["reproductions"][0]["exact"] is True
-    assert "GZSL, test split" in out and "pading (swept)" in out
-    assert f"zeroseg dashboard --store {out_dir / 'results.db'}" in out
-    # a second run reuses everything: nothing trains again
-    code, again, _ = run(capsys, "demo", "--out", str(out_dir), "--size", "tiny", "--trials",
-                         "3", "--quiet")
-    assert code == 0 and "already finished" in again and "already in the store" in again
-
-
 # -- the README --------------------------------------------------------------------------------
 def _readme_commands() -> list[str]:
     import re
