@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 
-from zeroseg.methods.segmenter.model import Segmenter, SegmenterConfig
+from zeroseg.methods.segmenter.model import Segmenter, SegmenterConfig, key_mismatch
 from zeroseg.platform.config import from_dict, to_dict
 from zeroseg.platform.errors import DataError, ZerosegError
-from zeroseg.platform.io import atomic_directory, dumps_json, read_json
+from zeroseg.platform.io import atomic_directory, dumps_json, read_json, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +41,6 @@ RESERVED_META = ("format", "config", "num_classes", "model_sha256", "parameters"
 
 class CheckpointError(DataError):
     """A segmenter checkpoint is missing, corrupt or does not match its metadata."""
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _unwrap(model: Any) -> Segmenter:
@@ -85,7 +77,7 @@ def save_segmenter(model: Any, directory: str | Path, meta: Mapping[str, Any]) -
             "config": to_dict(model.config),
             "num_classes": model.num_classes,
             **{k: (list(v) if k == "class_ids" else v) for k, v in meta.items()},
-            "model_sha256": _sha256_file(tmp / MODEL_FILE),
+            "model_sha256": sha256_file(tmp / MODEL_FILE),
             "parameters": sum(p.numel() for p in model.parameters()),
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         }
@@ -134,7 +126,7 @@ def load_segmenter(directory: str | Path, map_location: str | torch.device = "cp
     if not model_path.is_file():
         raise CheckpointError(f"{model_path}: segmenter weights not found")
     expected_sha = meta.get("model_sha256")
-    if expected_sha is not None and _sha256_file(model_path) != expected_sha:
+    if expected_sha is not None and sha256_file(model_path) != expected_sha:
         raise CheckpointError(f"{model_path}: contents do not match the checksum in "
                               f"{META_FILE} (truncated or replaced file)")
     try:
@@ -147,16 +139,10 @@ def load_segmenter(directory: str | Path, map_location: str | torch.device = "cp
         raise CheckpointError(f"{model_path}: expected a state dict, got {type(state).__name__}")
     model = Segmenter(config, meta["num_classes"], load_backbone_weights=False)
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (first: {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:3])})")
+    mismatch = key_mismatch(expected, state)
+    if mismatch:
         raise CheckpointError(f"{model_path}: does not fit the model described by {META_FILE}: "
-                              f"{'; '.join(parts)}")
+                              f"{mismatch}")
     for key, value in expected.items():
         got = state[key]
         if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(value.shape):

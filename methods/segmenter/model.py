@@ -372,6 +372,20 @@ def _looks_like_timm(sd: Mapping[str, Tensor], size: str) -> bool:
     return "patch_embed.proj.weight" in sd
 
 
+def key_mismatch(expected: Mapping[str, Any], given: Mapping[str, Any],
+                 allowed_missing: set[str] | frozenset[str] = frozenset()) -> str | None:
+    """``None`` when ``given`` has exactly ``expected``'s keys (bar ``allowed_missing``), else
+    a short description: how many keys are missing / unexpected and the first of each."""
+    missing = [k for k in expected if k not in given and k not in allowed_missing]
+    unexpected = [k for k in given if k not in expected]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (first: {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:3])})")
+    return "; ".join(parts) or None
+
+
 def load_backbone_weights_file(backbone: nn.Module, path: str | Path, size: str) -> None:
     """Load a local backbone state dict into a transformers backbone, strictly.
 
@@ -405,16 +419,10 @@ def load_backbone_weights_file(backbone: nn.Module, path: str | Path, size: str)
             allowed_missing = {k for k in backbone.state_dict()
                                if k.startswith("hidden_states_norms.")}
     expected = backbone.state_dict()
-    missing = [k for k in expected if k not in sd and k not in allowed_missing]
-    unexpected = [k for k in sd if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (first: {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:3])})")
+    mismatch = key_mismatch(expected, sd, allowed_missing)
+    if mismatch:
         raise ConfigError(f"{path}: backbone weights ({style} key style) do not fit the {size} "
-                          f"backbone: {'; '.join(parts)}")
+                          f"backbone: {mismatch}")
     wrong = [k for k, v in sd.items() if tuple(v.shape) != tuple(expected[k].shape)]
     if wrong:
         k = wrong[0]

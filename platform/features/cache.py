@@ -65,7 +65,7 @@ from zeroseg.platform.config import config_hash
 from zeroseg.platform.data.classes import Split
 from zeroseg.platform.data.layout import CocoLayout
 from zeroseg.platform.errors import ConfigError, DataError
-from zeroseg.platform.io import atomic_write_json, read_json
+from zeroseg.platform.io import atomic_write_json, read_json, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +90,7 @@ def file_sha256(path: str | os.PathLike) -> str:
     st = p.stat()
     memo = (str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
     if memo not in _FILE_MEMO:
-        digest = hashlib.sha256()
-        with p.open("rb") as f:
-            for block in iter(lambda: f.read(2**20), b""):
-                digest.update(block)
-        _FILE_MEMO[memo] = digest.hexdigest()
+        _FILE_MEMO[memo] = sha256_file(p)
     return _FILE_MEMO[memo]
 
 
@@ -256,17 +252,9 @@ def check_shard_file(entry: Path, shard: Any) -> str | None:
     if path.stat().st_size != shard.get("bytes"):
         return f"shard {shard['file']} has {path.stat().st_size} bytes, index says " \
                f"{shard.get('bytes')}"
-    if _sha256_path(path) != shard.get("sha256"):
+    if sha256_file(path) != shard.get("sha256"):
         return f"shard {shard['file']} does not match its recorded sha256"
     return None
-
-
-def _sha256_path(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -- writing an entry --------------------------------------------------------------------------

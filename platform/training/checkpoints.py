@@ -16,7 +16,6 @@ checkpoint with the run that wants to resume it and names the first field that d
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import Any
 
 from zeroseg.methods.segmenter.checkpoint import CheckpointError
 from zeroseg.platform.errors import DataError
-from zeroseg.platform.io import atomic_write_json, read_json
+from zeroseg.platform.io import atomic_write_json, read_json, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +52,6 @@ class CheckpointInfo:
     raw: dict[str, Any]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _is_manifest(path: Path) -> bool:
     return path.name.startswith(MANIFEST_PREFIX) and path.suffix == ".json"
 
@@ -74,7 +65,7 @@ def write_manifest(directory: Path, rank: int) -> None:
     files = {}
     for path in sorted(p for p in directory.rglob("*") if p.is_file() and not _is_manifest(p)):
         rel = path.relative_to(directory).as_posix()
-        files[rel] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+        files[rel] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
     atomic_write_json(directory / f"{MANIFEST_PREFIX}{rank}.json", {"rank": rank, "files": files},
                       indent=1)
 
@@ -119,7 +110,7 @@ def verify_checkpoint(directory: str | Path) -> CheckpointInfo:
             if size != entry.get("size"):
                 raise CheckpointError(f"{path}: {size} bytes, the manifest of rank {rank} says "
                                       f"{entry.get('size')} (truncated or replaced file)")
-            if _sha256(path) != entry.get("sha256"):
+            if sha256_file(path) != entry.get("sha256"):
                 raise CheckpointError(f"{path}: contents do not match the sha256 in "
                                       f"{manifest_path.name} (corrupt file)")
     class_ids = _field(doc, "class_ids", list, info_path)
