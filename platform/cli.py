@@ -83,25 +83,14 @@ def cmd_data_filter(args: argparse.Namespace) -> int:
 # embeddings
 # -------------------------------------------------------------------------------------------------
 def cmd_embed(args: argparse.Namespace) -> int:
+    from zeroseg.platform.config import parse_overrides
     from zeroseg.platform.embeddings import embed_command
 
-    config: dict[str, object] = {"provider": args.provider}
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ZerosegError(f"--set {item!r}: expected KEY=VALUE")
-        config[key] = _parse_value(value)
+    config: dict[str, object] = {"provider": args.provider, **parse_overrides(args.set)}
     split = resolve_split(args.gt, args.benchmark)
     summary = embed_command(split, config, cache_dir=args.cache_dir, out_path=args.out)
     print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.format())
     return 0
-
-
-def _parse_value(text: str) -> object:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 # -------------------------------------------------------------------------------------------------
@@ -152,16 +141,11 @@ def resolve_split(gt: str | None, benchmark: str | None):  # -> Split
 # feature cache
 # -------------------------------------------------------------------------------------------------
 def cmd_extract(args: argparse.Namespace) -> int:
-    from zeroseg.platform.config import load_config
+    from zeroseg.platform.config import load_config, parse_overrides
     from zeroseg.platform.features import ExtractConfig, get_features
     from zeroseg.platform.progress import progress_bar
 
-    overrides: dict[str, object] = {}
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ZerosegError(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key] = _parse_value(value)
+    overrides = parse_overrides(args.set)
     if args.rebuild:
         overrides["rebuild"] = True
     config = load_config(ExtractConfig, args.config, overrides)
@@ -175,7 +159,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
 # training
 # -------------------------------------------------------------------------------------------------
 def cmd_train_segmenter(args: argparse.Namespace) -> int:
-    from zeroseg.platform.training.command import parse_overrides, train_segmenter_command
+    from zeroseg.platform.config import parse_overrides
+    from zeroseg.platform.training.command import train_segmenter_command
 
     return train_segmenter_command(args.config, parse_overrides(args.set), address=args.address,
                                    quiet=args.quiet, json_output=args.json, verbose=args.verbose,
@@ -186,8 +171,8 @@ def cmd_train_segmenter(args: argparse.Namespace) -> int:
 # experiments
 # -------------------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
+    from zeroseg.platform.config import parse_overrides
     from zeroseg.platform.pipeline.command import run_command
-    from zeroseg.platform.training.command import parse_overrides
 
     overrides = parse_overrides(args.set)
     if args.methods:
@@ -201,7 +186,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from zeroseg.platform.training.command import parse_overrides
+    from zeroseg.platform.config import parse_overrides
     from zeroseg.platform.tuning.command import sweep_command
 
     name = args.name or args.resume

@@ -192,3 +192,17 @@ def canonical_json(data: Any) -> str:
 def config_hash(config: Any, length: int = 16) -> str:
     """Stable short hash of a config (or any JSON-able data)."""
     return hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()[:length]
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["train.steps=10"]`` -> ``{"train.steps": 10}`` (values parsed as JSON if they can)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE (e.g. train.steps=10)")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out

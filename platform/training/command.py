@@ -9,21 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from zeroseg.platform.errors import ZerosegError
-
-
-def parse_overrides(items: list[str] | None) -> dict[str, Any]:
-    """``["train.steps=10"]`` -> ``{"train.steps": 10}`` (values parsed as JSON if they can)."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ZerosegError(f"--set {item!r}: expected KEY=VALUE (e.g. train.steps=10)")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 class _Display:
