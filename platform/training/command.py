@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 
-
 class _Display:
     """Rank 0's records as a rich progress bar on a terminal, else one line per record."""
 
