@@ -147,11 +147,12 @@ def trial_function(knobs: dict[str, Any], job: SweepJob) -> None:
     objective = space.objective
 
     def on_epoch(protocol: str, epoch: int, classifier: Any) -> None:
-        if protocol != "validation" or epoch >= space.epochs:
+        # The per-epoch probe is the in-memory semantic evaluation; for an objective of
+        # another task the trial reports once, at the end (ASHA then compares whole trials).
+        if protocol != "validation" or epoch >= space.epochs or objective.task != "semantic":
             return
         result = _probe(pipeline)(classifier)
-        value = result.hm.get("iou") if objective.subset == "hm" else getattr(
-            result, objective.subset).get("iou")
+        value = getattr(result, objective.subset).get(objective.metric)
         tune.report({OBJECTIVE_KEY: float(value or 0.0), EPOCH_KEY: epoch, "final": False,
                      "node": node})
 
