@@ -147,9 +147,10 @@ def trial_function(knobs: dict[str, Any], job: SweepJob) -> None:
     objective = space.objective
 
     def on_epoch(protocol: str, epoch: int, classifier: Any) -> None:
-        # The per-epoch probe is the in-memory semantic evaluation; for an objective of
+        # The per-epoch probe is the in-memory GZSL semantic evaluation; for an objective of
         # another task the trial reports once, at the end (ASHA then compares whole trials).
-        if protocol != "validation" or epoch >= space.epochs or objective.task != "semantic":
+        if (protocol != "validation" or epoch >= space.epochs or objective.task != "semantic"
+                or objective.setting != "gzsl"):
             return
         result = _probe(pipeline)(classifier)
         value = getattr(result, objective.subset).get(objective.metric)
