@@ -129,6 +129,13 @@ def test_empty_prediction_gives_fn_only():
     assert r.hm["pq"] == 0.0
 
 
+def test_image_without_any_gt_segment():
+    # All VOID (e.g. a validation-view image whose only segments were test-unseen classes):
+    # a prediction lying wholly on VOID is ignored, not an FP, and nothing breaks.
+    r = pq_of([[0, 0, 0, 0]], [], [[7, 7, 0, 0]], [seg(7, CAT)])
+    assert r.details["cat"] == {"tp": 0, "fp": 0, "fn": 0, "iou_sum": 0.0}
+
+
 def test_pq_sq_rq_by_hand_over_two_images():
     ev = PanopticEvaluator(tiny_split())
     # image 1: cat GT (4 px) matched with IoU 3/4; sky GT (4 px) matched exactly.

@@ -260,7 +260,9 @@ def pq_image_stats(
             crowd_row[gt.cats[j]] = j
         cols = np.nonzero(unmatched)[0]
         rows = crowd_row[pred.cats[cols]]
-        on_crowd = np.where(rows >= 0, pair[np.maximum(rows, 0), cols], 0)
+        on_crowd = np.zeros(len(cols), dtype=pair.dtype)
+        hit = rows >= 0  # an image without GT segments has no crowd region to look up
+        on_crowd[hit] = pair[rows[hit], cols[hit]]
         ignored = (void[cols] + on_crowd) / pred_area[cols] > 0.5
         fp = np.bincount(pred.cats[cols[~ignored]], minlength=num_classes)
     return ImageStats(tp=tp, fp=fp, fn=fn, iou=iou_sum)
