@@ -145,14 +145,16 @@ def instance_inference(class_probs: Tensor, mask_logits: Tensor, *,
     top, flat_index = probs.flatten().topk(k)  # sorted, largest first
     queries = torch.div(flat_index, columns.numel(), rounding_mode="floor")
     classes = columns[flat_index % columns.numel()]
-    logits = mask_logits[queries].float()
-    masks = logits > 0  # sigmoid > 0.5
-    soft = logits.sigmoid()
-    area = masks.flatten(1).sum(1)
-    mask_score = (soft * masks).flatten(1).sum(1) / (area + 1e-6)
-    scores = top * mask_score
+    # Masks and mask scores once per query (a query appears under several classes).
+    used, inverse = torch.unique(queries, return_inverse=True)
+    logits = mask_logits[used].float()
+    query_masks = logits > 0  # sigmoid > 0.5
+    area = query_masks.flatten(1).sum(1)
+    query_score = (logits.sigmoid() * query_masks).flatten(1).sum(1) / (area + 1e-6)
+    scores = top * query_score[inverse]
     order = torch.argsort(scores, descending=True, stable=True)
-    return InstancePrediction(masks[order], classes[order], scores[order], queries[order])
+    return InstancePrediction(query_masks[inverse[order]], classes[order], scores[order],
+                              queries[order])
 
 
 @dataclass
@@ -213,20 +215,19 @@ def encode_instances(prediction: InstancePrediction, image_id: int,
     n = len(prediction.scores)
     if n == 0:
         return []
-    masks = prediction.masks.cpu().numpy().astype(np.uint8)
+    # One RLE per distinct query: its mask is the same under every class it is listed with.
+    used, first, inverse = np.unique(prediction.queries.cpu().numpy(), return_index=True,
+                                     return_inverse=True)
+    masks = prediction.masks[torch.as_tensor(first)].cpu().numpy().astype(np.uint8)
     rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
     boxes = mask_utils.toBbox(rles)
-    out = []
-    for i, rle in enumerate(rles):
-        out.append({
-            "image_id": image_id,
-            "category_id": int(category_ids[int(prediction.classes[i])]),
-            "segmentation": {"size": [int(s) for s in rle["size"]],
-                             "counts": rle["counts"].decode("ascii")},
-            "bbox": [float(b) for b in boxes[i]],
-            "score": float(prediction.scores[i]),
-        })
-    return out
+    segmentations = [{"size": [int(s) for s in rle["size"]],
+                      "counts": rle["counts"].decode("ascii")} for rle in rles]
+    classes = prediction.classes.cpu().tolist()
+    scores = prediction.scores.cpu().tolist()
+    return [{"image_id": image_id, "category_id": int(category_ids[classes[i]]),
+             "segmentation": dict(segmentations[j]), "bbox": [float(b) for b in boxes[j]],
+             "score": float(scores[i])} for i, j in enumerate(inverse.tolist())]
 
 
 # -- classifiers ---------------------------------------------------------------------------------
