@@ -477,13 +477,8 @@ def run_generator_loop(recipe: GeneratorRecipe, rng: torch.Generator, stepper: A
         rows = sampler.next()
         total, raw = recipe.loss(recipe.x[rows], recipe.y[rows], rng)
         stepper.step(total)
-        if step % config.log_every == 0 or step == config.steps:
-            metrics = {"step": float(step), "lr": stepper.lr()}
-            metrics.update({k: float(v.detach()) for k, v in raw.items()})
-            metrics["total"] = float(total.detach())
-            history.append(metrics)
-            if on_step is not None:
-                on_step(step, metrics)
+        record_step(history, on_step, step, config.steps, config.log_every,
+                    {"lr": stepper.lr(), **raw, "total": total})
         if on_snapshot is not None and snapshot_due(step, config.steps, snapshot_every):
             recipe.model.eval()
             with frozen_rng():
@@ -590,6 +585,20 @@ StepCallback = Callable[[int, dict[str, float]], None]
 SnapshotCallback = Callable[[int, Any], None]
 
 
+def record_step(history: list[dict[str, float]], on_step: StepCallback | None, step: int,
+                total: int, every: int, values: dict[str, float | Tensor]) -> None:
+    """On a logging step (every ``every`` and the last), append ``values`` (with ``step``; scalar
+    tensors read out only then) to ``history`` and pass them to ``on_step``."""
+    if step % every and step != total:
+        return
+    metrics = {"step": float(step)}
+    metrics.update({k: float(v.detach()) if isinstance(v, Tensor) else float(v)
+                    for k, v in values.items()})
+    history.append(metrics)
+    if on_step is not None:
+        on_step(step, metrics)
+
+
 def snapshot_due(step: int, total: int, every: int | None) -> bool:
     """Whether ``step`` (1-based) is an intermediate snapshot step."""
     return bool(every) and step < total and step % int(every) == 0
@@ -658,11 +667,7 @@ def retrain_classifier(query_embeddings: Any, targets: Any, generator: TrainedGe
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if step % config.log_every == 0 or step == config.steps:
-                metrics = {"step": float(step), "loss": float(loss.detach())}
-                history.append(metrics)
-                if on_step is not None:
-                    on_step(step, metrics)
+            record_step(history, on_step, step, config.steps, config.log_every, {"loss": loss})
     linear.eval()
     log.info("classifier retrained: %d steps, final loss %.4f", config.steps,
              history[-1]["loss"] if history else float("nan"))

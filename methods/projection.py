@@ -36,6 +36,7 @@ from zeroseg.methods.common import (
     check_real_features,
     class_weights,
     frozen_rng,
+    record_step,
     seeded,
     snapshot_due,
 )
@@ -145,11 +146,7 @@ def train_projection(query_embeddings: Any, targets: Any, class_embeddings: Any,
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if step % config.log_every == 0 or step == config.steps:
-                metrics = {"step": float(step), "loss": float(loss.detach())}
-                history.append(metrics)
-                if on_step is not None:
-                    on_step(step, metrics)
+            record_step(history, on_step, step, config.steps, config.log_every, {"loss": loss})
             if on_snapshot is not None and snapshot_due(step, config.steps, snapshot_every):
                 with frozen_rng():
                     on_snapshot(step, TorchClassifier(module, num_classes, x.shape[1]))
