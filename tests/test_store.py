@@ -11,6 +11,7 @@ import pwd
 import shutil
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -682,8 +683,44 @@ def test_store_urls(tmp_path, monkeypatch):
 
 
 def test_every_results_command_has_help(capsys):
-    for action in ("list", "show", "export", "migrate"):
+    for action in ("list", "table", "show", "export", "migrate"):
         with pytest.raises(SystemExit) as info:
             main(["results", action, "--help"])
         assert info.value.code == 0
         assert "--store" in capsys.readouterr().out
+
+
+def test_cli_table_is_mean_and_std_over_the_finished_runs(tmp_path, capsys):
+    path = str(tmp_path / "results.db")
+    store = open_store(path)
+
+    def run(method: str, seed: int, seen: float, unseen: float, status: str = "finished",
+            split: str = "test") -> None:
+        hm = 2 * seen * unseen / (seen + unseen)
+        store.record_run(RunRecord(kind="train", status=status, method=method, seed=seed,
+                                   metrics=[MetricRecord("semantic", "gzsl", split, subset,
+                                                         "iou", value)
+                                            for subset, value in (("seen", seen),
+                                                                  ("unseen", unseen),
+                                                                  ("hm", hm))]))
+
+    run("gmmn", 0, 0.40, 0.10)
+    run("gmmn", 1, 0.60, 0.30)
+    run("gmmn", 2, 0.99, 0.99, status="failed")  # left out
+    run("projection", 0, 0.50, 0.20)
+    run("projection", 0, 0.70, 0.70, split="val")
+    code, out, err = cli(capsys, "results", "table", "--store", path, "--settings", "gzsl")
+    assert code == 0, err
+    rows = {ln.split()[0]: ln for ln in out.splitlines() if ln.startswith(("GMMN", "Projection"))}
+    gmmn = rows["GMMN"].split()
+    assert gmmn[1] == "2"  # runs aggregated
+    assert gmmn[3:5] == ["50.0±14.1", "20.0±14.1"]  # sample std of (40, 60) and (10, 30)
+    hms = [2 * 0.4 * 0.1 / 0.5, 2 * 0.6 * 0.3 / 0.9]
+    assert gmmn[5] == f"{100 * statistics.fmean(hms):.1f}±{100 * statistics.stdev(hms):.1f}"
+    assert rows["Projection"].split()[1:6] == ["1", "|", "50.0", "20.0", "28.6"]
+    code, out, _ = cli(capsys, "results", "table", "--store", path, "--eval-split", "val",
+                       "--methods", "projection", "--settings", "gzsl")
+    assert "validation split" in out and "70.0" in out and "GMMN" not in out
+    code, out, _ = cli(capsys, "results", "table", "--store", path, "--method", "nothing-here",
+                       "--kind", "trial")
+    assert code == 0 and "no finished run" in out

@@ -112,6 +112,36 @@ def cmd_results_list(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- table --------------------------------------------------------------------------------------
+def cmd_results_table(args: argparse.Namespace) -> int:
+    """PADing-Table-1-style seen / unseen / HM, mean +- std over the matching runs (seeds)."""
+    from zeroseg.platform.pipeline.report import method_table, store_rows
+
+    store = _open(args)
+    args._store = store
+    filters = _run_filters(args)
+    filters.setdefault("status", "finished")
+    rows = store.metrics_frame(per_class=False, eval_split=args.eval_split, **filters)
+    if args.methods:
+        rows = [r for r in rows if r["method"] in args.methods]
+    if not rows:
+        print(_empty_message(store) if store.is_empty() else
+              f"no finished run with {args.eval_split} metrics in store {store.display} matches "
+              "the filters")
+        return 0
+    protocol = "test" if args.eval_split == "test" else "validation"
+    name = ("test split (unseen = the split's unseen classes)" if protocol == "test"
+            else "validation split (unseen = held-out seen classes)")
+    methods = args.methods or list(dict.fromkeys(r["method"] for r in sorted(
+        rows, key=lambda r: r["run_id"])))
+    blocks = [method_table(store_rows(rows), protocol=protocol, setting=setting,
+                           methods=methods,
+                           title=f"{setting.upper()}, {name}, % (mean±std over runs)")
+              for setting in args.settings]
+    print("\n\n".join(blocks))
+    return 0
+
+
 # -- show ---------------------------------------------------------------------------------------
 def _format_metrics(metrics: list[dict[str, Any]], classes: bool) -> list[str]:
     blocks: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
@@ -257,6 +287,20 @@ def add_results_parser(sub: Any) -> None:
                      help="metrics of this split (default: test, else val marked *)")
     lst.add_argument("--json", action="store_true", help="print the runs as JSON")
     lst.set_defaults(func=cmd_results_list)
+
+    table = res_sub.add_parser(
+        "table", help="PADing-Table-1-style seen / unseen / HM per method, mean +- std",
+        description="One row per method, seen / unseen / HM of every task's metrics (ZSS mIoU, "
+                    "ZSI mAP@0.5 and Recall@100, ZSP PQ/SQ/RQ) in percent, as mean +- std over "
+                    "the finished runs that match the filters (the seeds of an experiment).")
+    _store_arg(table)
+    _filter_args(table)
+    table.add_argument("--methods", nargs="+", metavar="METHOD",
+                       help="these methods, in this order (default: all, in run order)")
+    table.add_argument("--eval-split", choices=["val", "test"], default="test",
+                       help="test (default) or val: the validation split's held-out classes")
+    table.add_argument("--settings", nargs="+", choices=["gzsl", "zsl"], default=["gzsl", "zsl"])
+    table.set_defaults(func=cmd_results_table)
 
     show = res_sub.add_parser(
         "show", help="one run: config, leakage audit, artifacts, metrics",
