@@ -274,12 +274,22 @@ class PrimitiveLayer(nn.Module):
     def forward(self, query: Tensor, primitives: Tensor, noise: Tensor | None
                 ) -> tuple[Tensor, Tensor]:
         """``query [K, dim]``, ``primitives [N, dim]`` -> updated ``(query, primitives)``."""
-        if self.attention == "paper":
-            # Self-attention among the primitives: a relationship graph over the attributes.
-            p = primitives.unsqueeze(0)
-            attended, _ = self.self_attn(p, p, p, need_weights=False)
-            primitives = self.norm1(primitives + self.drop1(attended.squeeze(0)))
-        else:
+        primitives = self.update_primitives(primitives)
+        return self.read(query, primitives, noise), primitives
+
+    def update_primitives(self, primitives: Tensor) -> Tensor:
+        """The primitives this layer's queries read: with ``paper`` attention, after the
+        self-attention among them (a relationship graph over the attributes); unchanged with
+        ``code`` attention. Independent of the query."""
+        if self.attention != "paper":
+            return primitives
+        p = primitives.unsqueeze(0)
+        attended, _ = self.self_attn(p, p, p, need_weights=False)
+        return self.norm1(primitives + self.drop1(attended.squeeze(0)))
+
+    def read(self, query: Tensor, primitives: Tensor, noise: Tensor | None) -> Tensor:
+        """The query's update from the (already updated) primitives of this layer."""
+        if self.attention != "paper":
             # Decoder-style: self-attention over each sample's own length-1 query sequence.
             q = query.unsqueeze(1)
             attended, _ = self.self_attn(q, q, q, need_weights=False)
@@ -292,8 +302,7 @@ class PrimitiveLayer(nn.Module):
         if noise is not None:
             h = h + noise  # + Z
         query = self.norm2(h)
-        query = self.norm3(query + self.drop3(self.ffn(query)))
-        return query, primitives
+        return self.norm3(query + self.drop3(self.ffn(query)))
 
 
 class PrimitiveGenerator(nn.Module):
@@ -329,13 +338,33 @@ class PrimitiveGenerator(nn.Module):
             raise DataError(f"primitive generator: expected class vectors [K, {self.embed_dim}],"
                             f" got {tuple(class_vectors.shape)}")
         query = self.query_proj(class_vectors)
+        memories = self._frozen_memories()
         primitives = self.primitives
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             z = None
             if self.noise:
                 z = torch.randn(query.shape, generator=rng, dtype=query.dtype) * self.noise_std
-            query, primitives = layer(query, primitives, z)
+            primitives = layer.update_primitives(primitives) if memories is None else memories[i]
+            query = layer.read(query, primitives, z)
         return self.head(query)
+
+    def _frozen_memories(self) -> list[Tensor] | None:
+        """Each layer's primitives, computed once and reused while the generator is frozen
+        (eval mode, no gradient: sampling fakes for the classifier). They do not depend on the
+        query, so the cache gives the same numbers; it is keyed by the parameters' identities
+        and in-place versions, so an optimiser step or a loaded state invalidates it."""
+        if self.training or torch.is_grad_enabled():
+            return None
+        key = tuple((id(p), p._version) for p in self.parameters())
+        cached = self.__dict__.get("_memory_cache")
+        if cached is None or cached[0] != key:
+            memories, primitives = [], self.primitives
+            for layer in self.layers:
+                primitives = layer.update_primitives(primitives)
+                memories.append(primitives)
+            cached = (key, memories)
+            self.__dict__["_memory_cache"] = cached
+        return cached[1]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -431,6 +431,42 @@ def test_paper_attention_relates_the_primitives():
     assert (p_after[1:] - p_before[1:]).abs().max() > 1e-4  # the others moved too
 
 
+@pytest.mark.parametrize("attention", ["paper", "code"])
+def test_frozen_sampling_reuses_the_primitives_and_gives_the_same_numbers(attention):
+    """Sampling fakes from a frozen generator (eval, no grad) computes each layer's primitives
+    once; the outputs equal the layer-by-layer computation, and an optimiser step (in-place
+    parameter update) invalidates the cache."""
+    torch.manual_seed(0)
+    gen = PrimitiveGenerator(D_EMB, 16, num_primitives=12, layers=2, heads=4,
+                             attention=attention).eval()
+    v = _t(5, D_EMB, seed=45)
+
+    def by_hand(rng: torch.Generator) -> torch.Tensor:
+        query, primitives = gen.query_proj(v), gen.primitives
+        for layer in gen.layers:
+            z = torch.randn(query.shape, generator=rng) * gen.noise_std
+            query, primitives = layer(query, primitives, z)
+        return gen.head(query)
+
+    with torch.no_grad():
+        want = by_hand(torch.Generator().manual_seed(3))
+        first = gen(v, torch.Generator().manual_seed(3))
+        cache = gen.__dict__["_memory_cache"]
+        again = gen(v, torch.Generator().manual_seed(3))
+        assert gen.__dict__["_memory_cache"] is cache  # reused, not recomputed
+    assert torch.equal(first, want) and torch.equal(again, want)
+
+    gen.train()
+    loss = gen(v, torch.Generator().manual_seed(4)).square().sum()
+    loss.backward()
+    torch.optim.SGD(gen.parameters(), lr=0.5).step()
+    gen.eval()
+    with torch.no_grad():
+        moved = gen(v, torch.Generator().manual_seed(3))
+        assert torch.equal(moved, by_hand(torch.Generator().manual_seed(3)))
+    assert not torch.equal(moved, want)
+
+
 # -- configs -----------------------------------------------------------------------------------
 
 

@@ -157,8 +157,9 @@ def sweep(setup) -> dict[str, Any]:
 
     store = setup["base"] / "sweep.db"
     job = prepare_job(setup["space"], "s1", store=str(store))
-    result = run_sweep(job, trials=4, concurrency=2)
-    return {"job": job, "result": result, "store": store}
+    lines: list[str] = []
+    result = run_sweep(job, trials=4, concurrency=2, progress=lines.append)
+    return {"job": job, "result": result, "store": store, "lines": lines}
 
 
 def test_sweep_writes_every_trial_with_validation_and_test_metrics(sweep):
@@ -189,6 +190,13 @@ def test_sweep_writes_every_trial_with_validation_and_test_metrics(sweep):
 
     study = optuna.load_study(study_name="s1", storage=f"sqlite:///{optuna_db}")
     assert len(study.trials) == 4
+
+    # The progress display: one line per ended trial, counting up, with the best so far.
+    ended = [ln for ln in sweep["lines"] if ln.lstrip().startswith("trial ")]
+    assert [ln.split()[1] for ln in ended] == ["1/4", "2/4", "3/4", "4/4"]
+    assert {ln.split()[2] for ln in ended} == {t["trial_id"] for t in trials}
+    best = max(sweep["result"].best["value"], 0)
+    assert f"best {100 * best:.1f} ({sweep['result'].best['trial_id']})" in ended[-1]
 
 
 def test_an_existing_sweep_name_is_refused_without_resume(sweep):

@@ -177,11 +177,30 @@ def _callback_class() -> type:
     class StoreCallback(Callback):
         """Writes each trial to the results store (driver side, one writer)."""
 
-        def __init__(self, job: SweepJob, split: Any):
+        def __init__(self, job: SweepJob, split: Any, say: Callable[[str], None],
+                     trials: int):
             self.job = job
             self.split = split
             self.run_ids: dict[str, int] = {}
             self.final: set[str] = set()
+            # Progress: one line per ended trial, with the best finished objective so far.
+            self.say, self.trials, self.ended = say, trials, 0
+            self.last: dict[str, tuple[int, float]] = {}  # trial -> (epoch, objective)
+            self.best: tuple[float, str] | None = None
+            self.started = time.perf_counter()
+
+        def _progress(self, trial: Any, how: str) -> None:
+            self.ended += 1
+            epoch, value = self.last.get(trial.trial_id, (0, None))
+            if how == "finished" and value is not None and (self.best is None or (
+                    value > self.best[0] if self.job.space.mode == "max"
+                    else value < self.best[0])):
+                self.best = (value, trial.trial_id)
+            shown = "-" if value is None else f"{100 * value:.1f}"
+            best = "-" if self.best is None else f"{100 * self.best[0]:.1f} ({self.best[1]})"
+            self.say(f"  trial {self.ended}/{self.trials} {trial.trial_id} {how} after {epoch} "
+                     f"epoch(s): validation objective {shown}, best {best}  "
+                     f"[{time.perf_counter() - self.started:.0f} s]")
 
         @contextlib.contextmanager
         def _store(self) -> Iterator[Any]:
@@ -231,6 +250,7 @@ def _callback_class() -> type:
             from zeroseg.platform.pipeline.runner import OBJECTIVE_CURVE
             from zeroseg.platform.store import RunRecord
 
+            self.last[trial.trial_id] = (int(result[EPOCH_KEY]), float(result[OBJECTIVE_KEY]))
             with self._store() as store:
                 run_id = self._run_id(store, trial)
                 store.add_curve_points(run_id, [(OBJECTIVE_CURVE, int(result[EPOCH_KEY]),
@@ -247,17 +267,20 @@ def _callback_class() -> type:
         def on_trial_complete(self, iteration: int, trials: list, trial: Any,
                               **info: Any) -> None:
             if trial.trial_id in self.final:
+                self._progress(trial, "finished")
                 return
             with self._store() as store:
                 run = store.run(self._run_id(store, trial))
                 if run["status"] == "running":  # ended before its final report: ASHA stopped it
                     store.update_status(run["id"], "stopped")
+            self._progress(trial, "stopped early")
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             error = getattr(trial, "error_msg", None) or "trial failed"
             with self._store() as store:
                 store.update_status(self._run_id(store, trial), "failed",
                                     error=str(error).strip().splitlines()[-1][:500])
+            self._progress(trial, "failed")
 
     return StoreCallback
 
@@ -363,6 +386,9 @@ def run_sweep(job: SweepJob, *, trials: int, concurrency: int, address: str | No
     ensure_ray(address, verbose=verbose)
     tuner = _tuner(job, trials=trials, concurrency=concurrency, exp_dir=exp_dir, resume=resume,
                    say=say, split=pipeline.split)
+    # With the auto loggers off, Tune's result grid has no per-trial files to read and warns
+    # about each trial at the end; the store holds the results, so that warning is noise.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     status = "failed"
     try:
         results = tuner.fit()
@@ -387,7 +413,7 @@ def _tuner(job: SweepJob, *, trials: int, concurrency: int, exp_dir: Path, resum
     space = job.space
     trainable = tune.with_resources(tune.with_parameters(trial_function, job=job),
                                     {"cpu": job.cpus_per_trial})
-    callbacks = [_callback_class()(job, split)]
+    callbacks = [_callback_class()(job, split, say, trials)]
     if resume and tune.Tuner.can_restore(str(exp_dir)):
         say(f"resuming sweep {job.name} from {exp_dir}")
         return tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
@@ -415,7 +441,7 @@ def _tuner(job: SweepJob, *, trials: int, concurrency: int, exp_dir: Path, resum
         trainable, param_space=space.tune_space(),
         tune_config=tune.TuneConfig(metric=OBJECTIVE_KEY, mode=space.mode, search_alg=searcher,
                                     scheduler=scheduler, num_samples=trials,
-                                    max_concurrent_trials=concurrency, reuse_actors=True),
+                                    reuse_actors=True),  # concurrency: the ConcurrencyLimiter
         run_config=tune.RunConfig(name=job.name, storage_path=str(exp_dir.parent),
                                   callbacks=callbacks, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=1)))
