@@ -42,7 +42,7 @@ BASELINES = ("seen-only", "projection", "gmmn", "pading")
 #: Per benchmark size: the segmenter's schedule and the method stages' budgets. ``small`` is
 #: the main job (about 20 minutes on 2 cores); ``tiny`` runs in a few minutes (tests).
 PROFILES: dict[str, dict[str, Any]] = {
-    # Sized so the whole job fits about 20 minutes on 2 cores (measured: see README).
+    # Sized for about 20-25 minutes on 2 cores (measured 24.9 min, see README).
     "small": {"segmenter_steps": 400, "workers": 2, "generator_steps": 200,
               "classifier_steps": 400, "projection_steps": 400, "primitives": 300,
               "layers": 2},
