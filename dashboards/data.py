@@ -488,10 +488,13 @@ def knob_value(value: Any) -> Any:
 
 
 def trial_params(config: Any) -> dict[str, Any]:
-    """The knobs a sweep varied (``config["params"]``), flattened to plottable values."""
+    """The knobs a sweep varied, flattened to plottable values: ``config["knobs"]`` (what the
+    sweep's space sampled, dotted names) or, for older records, ``config["params"]``."""
     if not isinstance(config, Mapping):
         return {}
-    params = config.get("params")
+    params = config.get("knobs")
+    if not isinstance(params, Mapping) or not params:
+        params = config.get("params")
     if not isinstance(params, Mapping):
         return {}
     return {str(k): knob_value(v) for k, v in params.items()}

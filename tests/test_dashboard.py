@@ -459,3 +459,16 @@ def test_app_older_schema_or_bad_url_is_a_message(app, tmp_path, filled):
     for at in _every_page(app("mysql://user@localhost/db")):
         assert not at.exception
         assert "unsupported database 'mysql'" in at.error[0].value
+
+
+def test_trial_knobs_are_the_swept_ones_not_the_whole_method_config():
+    from zeroseg.dashboards.data import trial_params
+
+    config = {"params": {"steps": 200, "classifier": {"steps": 400, "lr": 0.01},
+                         "num_primitives": 300},
+              "knobs": {"num_primitives": 600, "classifier.unseen_weight": 2.5,
+                        "sigmas": [1, 2, 5]}}
+    knobs = trial_params(config)
+    assert set(knobs) == {"num_primitives", "classifier.unseen_weight", "sigmas"}
+    assert knobs["num_primitives"] == 600 and knobs["classifier.unseen_weight"] == 2.5
+    assert set(trial_params({"params": {"tau": 0.1}})) == {"tau"}  # older records
