@@ -226,7 +226,7 @@ def _pct(value: float | None) -> str:
 
 def leaderboard(store: Any) -> str:
     """Baselines and reproductions of the sweep's best config, test split, GZSL, mean +- std."""
-    from zeroseg.platform.pipeline.report import method_table, store_rows
+    from zeroseg.platform.pipeline.report import method_table, store_rows, table_title
 
     rows = store.metrics_frame(per_class=False, setting="gzsl", eval_split="test",
                                status="finished")
@@ -239,5 +239,4 @@ def leaderboard(store: Any) -> str:
             labelled.append(store_rows([r])[0])
     methods = [m for m in (*BASELINES, "pading (swept)") if any(x[0] == m for x in labelled)]
     return method_table(labelled, protocol="test", setting="gzsl", methods=methods,
-                        title="GZSL, test split (unseen = the split's unseen classes), % "
-                              "(mean±std over seeds)")
+                        title=table_title("test", "gzsl"))

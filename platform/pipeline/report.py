@@ -99,20 +99,31 @@ def outcome_rows(outcomes: Iterable[Any]) -> list[tuple[str, str, str, str, str,
     return rows
 
 
-def format_outcomes(outcomes: Sequence[Any], *, protocols: Sequence[str] = ("test",),
-                    settings: Sequence[str] = ("gzsl", "zsl")) -> str:
-    rows = outcome_rows(outcomes)
-    methods = list(dict.fromkeys(o.method for o in outcomes))
+def table_title(protocol: str, setting: str, over: str = "seeds") -> str:
+    """The heading of one table: setting, which split's unseen classes, units."""
+    name = ("test split (unseen = the split's unseen classes)" if protocol == "test"
+            else "validation split (unseen = held-out seen classes)")
+    return f"{setting.upper()}, {name}, % (mean±std over {over})"
+
+
+def format_tables(rows: Sequence[tuple[str, str, str, str, str, str, float | None]],
+                  methods: Sequence[str], *, protocols: Sequence[str] = ("test",),
+                  settings: Sequence[str] = ("gzsl", "zsl"), over: str = "seeds") -> str:
+    """One :func:`method_table` per protocol x setting that has results, blank-line apart."""
     blocks = []
     for protocol in protocols:
         for setting in settings:
-            name = "test split (unseen = the split's unseen classes)" if protocol == "test" \
-                else "validation split (unseen = held-out seen classes)"
             table = method_table(rows, protocol=protocol, setting=setting, methods=methods,
-                                 title=f"{setting.upper()}, {name}, % (mean±std over seeds)")
+                                 title=table_title(protocol, setting, over))
             if not table.startswith("(no"):
                 blocks.append(table)
     return "\n\n".join(blocks)
+
+
+def format_outcomes(outcomes: Sequence[Any], *, protocols: Sequence[str] = ("test",),
+                    settings: Sequence[str] = ("gzsl", "zsl")) -> str:
+    return format_tables(outcome_rows(outcomes), list(dict.fromkeys(o.method for o in outcomes)),
+                         protocols=protocols, settings=settings)
 
 
 def store_rows(frame: Iterable[dict[str, Any]]) -> list[tuple[str, str, str, str, str, str,

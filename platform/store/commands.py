@@ -115,7 +115,7 @@ def cmd_results_list(args: argparse.Namespace) -> int:
 # -- table --------------------------------------------------------------------------------------
 def cmd_results_table(args: argparse.Namespace) -> int:
     """PADing-Table-1-style seen / unseen / HM, mean +- std over the matching runs (seeds)."""
-    from zeroseg.platform.pipeline.report import method_table, store_rows
+    from zeroseg.platform.pipeline.report import format_tables, store_rows
 
     store = _open(args)
     args._store = store
@@ -129,16 +129,11 @@ def cmd_results_table(args: argparse.Namespace) -> int:
               f"no finished run with {args.eval_split} metrics in store {store.display} matches "
               "the filters")
         return 0
+    methods = args.methods or list(dict.fromkeys(r["method"] for r in rows))  # run order
     protocol = "test" if args.eval_split == "test" else "validation"
-    name = ("test split (unseen = the split's unseen classes)" if protocol == "test"
-            else "validation split (unseen = held-out seen classes)")
-    methods = args.methods or list(dict.fromkeys(r["method"] for r in sorted(
-        rows, key=lambda r: r["run_id"])))
-    blocks = [method_table(store_rows(rows), protocol=protocol, setting=setting,
-                           methods=methods,
-                           title=f"{setting.upper()}, {name}, % (mean±std over runs)")
-              for setting in args.settings]
-    print("\n\n".join(blocks))
+    tables = format_tables(store_rows(rows), methods, protocols=[protocol],
+                           settings=args.settings, over="runs")
+    print(tables or f"(no {args.eval_split} / {' / '.join(args.settings)} results)")
     return 0
 
 
