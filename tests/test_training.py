@@ -183,6 +183,20 @@ def test_deepspeed_config_follows_the_training_config(tmp_path):
     assert "torch_autocast" not in deepspeed_config(make_config(tmp_path, tmp_path))
 
 
+def test_deepspeed_does_not_build_its_inference_shm_extension(tmp_path, monkeypatch):
+    # DeepSpeed's own backend factory, after our engine set-up: no JIT build of the
+    # shared-memory op (it would compile into TORCH_EXTENSIONS_DIR).
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
+    from deepspeed.comm.torch import build_shm_op
+
+    from zeroseg.platform.training.deepspeed_engine import _skip_shm_comm, select_accelerator
+
+    select_accelerator(False)
+    _skip_shm_comm()
+    assert build_shm_op() is None
+    assert not (tmp_path / "ext").exists()
+
+
 def test_lr_schedule_warms_up_then_decays_to_zero(tmp_path):
     from zeroseg.platform.training.deepspeed_engine import lr_factor
 

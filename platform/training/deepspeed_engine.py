@@ -11,6 +11,9 @@
   pass under ``torch.autocast(bfloat16)`` and bf16 gradient communication for Linear/Conv
   weights. DeepSpeed's ``bf16`` mode (casting the module's weights to bf16) does not run
   transformers' Mask2Former: its deformable attention's ``grid_sample`` receives fp32 offsets.
+- DeepSpeed's CPU shared-memory all-reduce extension is not built: only its inference all-reduce
+  (tensor-parallel inference) uses it, ZeRO's collectives go through torch.distributed, and the
+  JIT build costs about 70 s on a fresh machine before the first step (see :func:`_skip_shm_comm`).
 """
 
 from __future__ import annotations
@@ -108,11 +111,21 @@ def initialize_engine(model: torch.nn.Module, optimizer: Any, scheduler: Any,
     import deepspeed
 
     backend = "nccl" if os.environ["DS_ACCELERATOR"] == "cuda" else "gloo"
+    _skip_shm_comm()
     deepspeed.init_distributed(dist_backend=backend)
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=model.parameters(), optimizer=optimizer,
         lr_scheduler=scheduler, config=ds_config)
     return engine
+
+
+def _skip_shm_comm() -> None:
+    """Mark DeepSpeed's ``deepspeed_shm_comm`` op incompatible in this process, so creating the
+    communication backend does not JIT-compile it (``~/.cache/torch_extensions``, ~70 s on
+    first use). The op serves ``inference_all_reduce`` only; training never calls it."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def build_engine(model: torch.nn.Module, config: SegmenterTrainConfig) -> Any:
