@@ -10,9 +10,9 @@ End to end, through the same code a real COCO run uses, everything under ``OUT``
    primitives, lambda, tau, the MMD bandwidths, the learning rate, the number of layers and the
    unseen class weight, scored on the validation protocol (held-out seen classes as unseen);
 4. the baselines beside it (seen-only, projection, GMMN, PADing with the paper's defaults) on
-   both protocols;
-5. the best trial reproduced from scratch with 3 seeds (the trial's own seed first: it must give
-   the trial's numbers exactly);
+   both protocols, run side by side as Ray tasks;
+5. the best trial reproduced from scratch with 3 seeds, side by side (the trial's own seed
+   first: it must give the trial's numbers exactly);
 6. the leaderboard (test split, GZSL: seen / unseen / HM of ZSS mIoU, ZSI mAP@0.5 and
    Recall@100, ZSP PQ) and the command that opens the dashboard on ``OUT/results.db``.
 
@@ -124,7 +124,7 @@ def _stage(number: int, title: str, started: float) -> None:
 def run_demo(out: str | Path, *, size: str = "small", seed: int = 0, trials: int = 12,
              concurrency: int = 2, quiet: bool = False) -> dict[str, Any]:
     from zeroseg.platform.pipeline import Pipeline, pipeline_config_from_dict
-    from zeroseg.platform.pipeline.runner import run_one
+    from zeroseg.platform.pipeline.runner import RunJob, run_many
     from zeroseg.platform.store import open_store
     from zeroseg.platform.tuning.reproduce import format_reproductions, reproduce
     from zeroseg.platform.tuning.sweep import prepare_job, run_sweep
@@ -178,20 +178,24 @@ def run_demo(out: str | Path, *, size: str = "small", seed: int = 0, trials: int
               f"early by ASHA, {result.failed} failed, in {result.seconds:.0f} s")
     timings["sweep"] = time.perf_counter() - t
 
-    _stage(4, f"baselines: {', '.join(BASELINES)} (both protocols)", started)
+    _stage(4, f"baselines: {', '.join(BASELINES)} (both protocols, side by side)", started)
     t = time.perf_counter()
     with open_store(store_url) as store:
         done = {(r["method"], r["seed"]) for r in store.runs(kind="train", status="finished")}
     for method in BASELINES:
         if (method, 0) in done:
             print(f"{method}: already in the store")
-            continue
-        outcome = run_one(pipeline, method, 0)
+
+    def ended(outcome: Any) -> None:
         hm = outcome.metric("test", "semantic", "gzsl", "hm", "iou")
-        print(f"{method}: {outcome.seconds:.0f} s, test ZSS HM {_pct(hm)} (run {outcome.run_id})")
+        print(f"{outcome.method}: {outcome.seconds:.0f} s, test ZSS HM {_pct(hm)} "
+              f"(run {outcome.run_id})", flush=True)
+
+    run_many(pipeline, [RunJob(config, m, 0) for m in BASELINES if (m, 0) not in done],
+             on_run=ended)
     timings["baselines"] = time.perf_counter() - t
 
-    _stage(5, "reproduce the best trial from scratch with 3 seeds", started)
+    _stage(5, "reproduce the best trial from scratch with 3 seeds (side by side)", started)
     t = time.perf_counter()
     with open_store(store_url) as store:
         reproduced = store.runs(kind="reproduction")

@@ -19,7 +19,7 @@ from PIL import Image
 from zeroseg.methods.registry import StopTrial, get_method, registry
 from zeroseg.platform.config import to_dict
 from zeroseg.platform.data.layout import CocoLayout
-from zeroseg.platform.errors import ConfigError
+from zeroseg.platform.errors import ConfigError, ZerosegError
 from zeroseg.platform.pipeline import Pipeline, pipeline_config_from_dict, run_config_hash
 
 REPO = Path(__file__).resolve().parents[1]
@@ -336,3 +336,36 @@ def test_generator_trains_on_two_deepspeed_workers(pipeline_runs):
     b = load_generator(single.output.artifacts["generator"]).net.state_dict()
     assert any(not torch.equal(a[k], b[k]) for k in a)
     assert outcome.record.config["method_training"]["workers"] == 2
+
+
+@pytest.mark.ray
+def test_run_many_runs_side_by_side_on_ray_and_stores_every_run(pipeline_runs):
+    """Runs spread over Ray tasks give the numbers of a run in this process, each is stored by
+    the driver as it ends, and a failed one is stored as failed and raised after the others."""
+    from zeroseg.platform.pipeline.runner import RunJob, run_many
+
+    pipeline = pipeline_runs["pipeline"]
+    config = pipeline.config
+    # 30 is not divisible by the 8 heads: the generator refuses it when the run builds it.
+    broken = pipeline_config_from_dict(tiny_config(
+        pipeline_runs["data"], pipeline_runs["work"], **{"params.pading.hidden_dim": 30}))
+    jobs = [RunJob(config, "projection", 0), RunJob(config, "seen-only", 3),
+            RunJob(broken, "pading", 0)]
+    ended: list[Any] = []
+    with pytest.raises(ZerosegError, match="divisible by heads"):
+        run_many(pipeline, jobs, on_run=ended.append)
+    assert sorted((o.method, o.seed, o.status) for o in ended) == [
+        ("pading", 0, "failed"), ("projection", 0, "finished"), ("seen-only", 3, "finished")]
+    first = pipeline_runs["outcomes"]["projection"]
+    projection = next(o for o in ended if o.method == "projection")
+    for protocol, pr in projection.protocols.items():
+        for key, result in pr.evaluations.items():
+            assert result.to_json()["per_class"] == \
+                first.protocols[protocol].evaluations[key].to_json()["per_class"], key
+    with _store(pipeline_runs) as store:
+        for outcome in ended:
+            run = store.run(outcome.run_id)
+            assert (run["method"], run["seed"], run["status"]) == \
+                (outcome.method, outcome.seed, outcome.status)
+        assert "divisible by heads" in store.run(
+            next(o.run_id for o in ended if o.status == "failed"))["error"]

@@ -178,21 +178,21 @@ def run_one(pipeline: Pipeline, method: str, seed: int, *, kind: str = "train",
             uid: str | None = None, sweep: str | None = None, trial_id: str | None = None,
             source_run_id: int | None = None, protocols: Sequence[str] | None = None,
             epochs: int | Mapping[str, int] = 1, on_epoch: EpochCallback | None = None,
-            record: bool = True, store: Any = None) -> RunOutcome:
+            record: bool = True, store: Any = None, keep_failed: bool = False) -> RunOutcome:
     """Fit ``method`` with ``seed`` on each protocol, evaluate, build the store record
     (``outcome.record``) and, with ``record``, write it. ``on_epoch(protocol, epoch,
     classifier)`` sees every training round's classifier (``epochs`` rounds, or per protocol);
     it may raise :class:`~zeroseg.methods.registry.StopTrial`, which ends the run as
-    ``stopped`` (still recorded, with what it evaluated). Method stages run with
-    ``config.threads`` torch threads, so the same config and seed give the same numbers."""
+    ``stopped`` (still recorded, with what it evaluated). A failed run is recorded and then
+    raised (without ``record``: raised at once), unless ``keep_failed``: then the outcome says
+    ``failed`` and carries its record. Method stages run with ``config.threads`` torch threads,
+    so the same config and seed give the same numbers."""
     from zeroseg.methods.registry import StopTrial
 
     config = pipeline.config
     spec = get_method(method)
     method_config = config.method_config(method)
-    protocols = list(protocols or config.evaluation.protocols)
-    if spec.segmenter == "oracle":
-        protocols = [p for p in protocols if p == "test"] or ["test"]
+    protocols = run_protocols(spec, protocols or config.evaluation.protocols)
     uid = uid or uuid.uuid4().hex
     run_dir = pipeline.work / "runs" / uid
     curves: list[tuple[str, int, float]] = []
@@ -202,8 +202,7 @@ def run_one(pipeline: Pipeline, method: str, seed: int, *, kind: str = "train",
     try:
         torch.set_num_threads(config.threads)
         for protocol in protocols:
-            ctx = pipeline.context(protocol, "oracle" if spec.segmenter == "oracle" else
-                                   "zero-shot", train_features=bool(spec.features))
+            ctx = run_context(pipeline, spec, protocol)
             prefix = "" if protocol == "test" else f"{EVAL_SPLIT[protocol]}/"
             rounds = epochs.get(protocol, 1) if isinstance(epochs, Mapping) else epochs
             hooks = MethodHooks(
@@ -216,7 +215,7 @@ def run_one(pipeline: Pipeline, method: str, seed: int, *, kind: str = "train",
         outcome.status = "stopped"
     except ZerosegError as exc:
         outcome.status, outcome.error = "failed", str(exc)
-        if not record:
+        if not record and not keep_failed:
             raise
     finally:
         torch.set_num_threads(threads)
@@ -225,9 +224,23 @@ def run_one(pipeline: Pipeline, method: str, seed: int, *, kind: str = "train",
                                   sweep=sweep, trial_id=trial_id, source_run_id=source_run_id)
     if record:
         outcome.run_id = write_record(pipeline, outcome.record, store)
-    if outcome.status == "failed":
+    if outcome.status == "failed" and not keep_failed:
         raise ZerosegError(outcome.error or f"run of {method} failed")
     return outcome
+
+
+def run_protocols(spec: MethodSpec, protocols: Sequence[str]) -> list[str]:
+    """The protocols a run of ``spec`` fits (an oracle segmenter exists for ``test`` only)."""
+    if spec.segmenter == "oracle":
+        return [p for p in protocols if p == "test"] or ["test"]
+    return list(protocols)
+
+
+def run_context(pipeline: Pipeline, spec: MethodSpec, protocol: str) -> ProtocolContext:
+    """The shared stages (segmenter, feature caches, class embeddings) a run of ``spec`` reads
+    on ``protocol``, built on first use and found by their inputs' hash after."""
+    return pipeline.context(protocol, "oracle" if spec.segmenter == "oracle" else "zero-shot",
+                            train_features=bool(spec.features))
 
 
 def _fit_and_evaluate(pipeline: Pipeline, spec: MethodSpec, method_config: Any,
@@ -384,6 +397,77 @@ def write_record(pipeline: Pipeline, record: Any, store: Any = None) -> int:
         return store.record_run(record)
     with open_store(pipeline.store_url) as opened:
         return opened.record_run(record)
+
+
+# -- several runs at once -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunJob:
+    """One run for :func:`run_many`: ``method`` with ``seed`` under ``config``."""
+    config: Any  # PipelineConfig
+    method: str
+    seed: int
+    kind: str = "train"
+    source_run_id: int | None = None
+
+
+def _run_job(job: RunJob) -> RunOutcome:
+    """A Ray task: one run on the stages already built (see :func:`run_many`), not stored."""
+    pipeline = Pipeline(job.config, progress=lambda line: None)
+    outcome = run_one(pipeline, job.method, job.seed, kind=job.kind,
+                      source_run_id=job.source_run_id, record=False, keep_failed=True)
+    for result in outcome.protocols.values():
+        result.output = None  # the fitted modules stay in the worker; the record has the paths
+    return outcome
+
+
+def run_many(pipeline: Pipeline, jobs: Sequence[RunJob], *,
+             on_run: Callable[[RunOutcome], None] | None = None) -> list[RunOutcome]:
+    """Run ``jobs`` side by side as Ray tasks (on ``pipeline.ray_address``, or a local Ray), as
+    many at once as the cluster has CPUs for (each asks for its config's ``threads``).
+
+    The shared stages every job reads are built first, here, once; the tasks only read them.
+    Each run is written to the store by this process as it ends (``on_run`` then sees it), so
+    a driver stopped half-way keeps the runs that ended. Outcomes come back in the jobs' order;
+    when a run failed, the first failure is raised after all have ended (and been stored). A
+    single job runs in this process. Numbers do not depend on how runs are spread: each run
+    sets its own seed and ``threads``."""
+    import ray
+
+    from zeroseg.platform.training.ray_runner import ensure_ray
+
+    if len(jobs) <= 1:
+        outcomes = [run_one(pipeline.derive(j.config), j.method, j.seed, kind=j.kind,
+                            source_run_id=j.source_run_id) for j in jobs]
+        for outcome in outcomes:
+            if on_run is not None:
+                on_run(outcome)
+        return outcomes
+    for job in jobs:
+        derived = pipeline.derive(job.config)
+        spec = get_method(job.method)
+        for protocol in run_protocols(spec, job.config.evaluation.protocols):
+            run_context(derived, spec, protocol)
+    ensure_ray(pipeline.ray_address)
+    task = ray.remote(_run_job)
+    pending = {task.options(num_cpus=job.config.threads).remote(job): i
+               for i, job in enumerate(jobs)}
+    outcomes: list[RunOutcome | None] = [None] * len(jobs)
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            index = pending.pop(ready[0])
+            outcome = ray.get(ready[0])
+            outcome.run_id = write_record(pipeline.derive(jobs[index].config), outcome.record)
+            outcomes[index] = outcome
+            if on_run is not None:
+                on_run(outcome)
+    finally:
+        for ref in pending:  # stopped (Ctrl-C) or a task crashed: end the others
+            ray.cancel(ref, force=True)
+    failed = next((o for o in outcomes if o is not None and o.status == "failed"), None)
+    if failed is not None:
+        raise ZerosegError(failed.error or f"run of {failed.method} failed")
+    return [o for o in outcomes if o is not None]
 
 
 # -- a whole config -------------------------------------------------------------------------------

@@ -84,7 +84,7 @@ def reproduce(store_url: str, sweep: str, *, top: int = 1, seeds: int = 3,
               trial: str | None = None, progress: Callable[[str], None] | None = None
               ) -> list[Reproduction]:
     from zeroseg.platform.pipeline import Pipeline, pipeline_config_from_dict
-    from zeroseg.platform.pipeline.runner import run_one
+    from zeroseg.platform.pipeline.runner import RunJob, run_many
     from zeroseg.platform.store import open_store
 
     say = progress or (lambda line: log.info("%s", line))
@@ -106,7 +106,7 @@ def reproduce(store_url: str, sweep: str, *, top: int = 1, seeds: int = 3,
             raise SweepError(f"sweep {sweep!r}: no finished trial to reproduce yet")
         sources = {c["run_id"]: store.run(c["run_id"]) for c in chosen}
     _, task, setting, subset, metric = info["objective"].split("/")
-    out = []
+    reps, jobs, pipeline = [], [], None
     for rank, best in enumerate(chosen, 1):
         source = sources[best["run_id"]]
         doc = trial_document(source, info)
@@ -116,20 +116,33 @@ def reproduce(store_url: str, sweep: str, *, top: int = 1, seeds: int = 3,
                               f"{best['trial_id']} (rank {rank}, {info['objective']})")
         doc["store"] = store_url
         config = pipeline_config_from_dict(doc, where=f"reproduction of run {best['run_id']}")
-        pipeline = Pipeline(config, progress=say)
-        rep = Reproduction(best["run_id"], best["trial_id"], best["value"], info["objective"])
-        method = config.methods[0]
-        for seed in config.seeds:
-            say(f"reproducing trial {best['trial_id']} (run {best['run_id']}, {sweep} rank "
-                f"{rank}) with seed {seed}")
-            outcome = run_one(pipeline, method, seed, kind="reproduction",
-                              source_run_id=best["run_id"])
+        pipeline = pipeline.derive(config) if pipeline else Pipeline(config, progress=say)
+        reps.append(Reproduction(best["run_id"], best["trial_id"], best["value"],
+                                 info["objective"]))
+        jobs += [RunJob(config, config.methods[0], seed, kind="reproduction",
+                        source_run_id=best["run_id"]) for seed in config.seeds]
+        say(f"reproducing trial {best['trial_id']} (run {best['run_id']}, {sweep} rank {rank}) "
+            f"with seeds {', '.join(map(str, config.seeds))}")
+
+    def ended(outcome: Any) -> None:
+        value = outcome.metric("validation", task, setting, subset, metric)
+        shown = "-" if value is None else f"{100 * value:.2f}"
+        say(f"  reproduction of run {outcome.record.source_run_id} with seed {outcome.seed}: "
+            f"{outcome.status} in {outcome.seconds:.0f} s, {info['objective']} {shown} "
+            f"(run {outcome.run_id})")
+
+    # All seeds of all trials side by side, as many at once as Ray has CPUs for.
+    outcomes = iter(run_many(pipeline, jobs, on_run=ended))
+    for rep in reps:
+        source = sources[rep.source_run_id]
+        base_seed = int(source["config"].get("seed", 0))
+        for _ in range(seeds):
+            outcome = next(outcomes)
             rep.runs.append(outcome)
             rep.values.append(outcome.metric("validation", task, setting, subset, metric))
-            if seed == base_seed:
+            if outcome.seed == base_seed:
                 rep.exact, rep.mismatches = _compare(source, outcome)
-        out.append(rep)
-    return out
+    return reps
 
 
 def _compare(source: dict[str, Any], outcome: Any) -> tuple[bool, list[str]]:
