@@ -43,7 +43,7 @@ def test_main_job_runs_every_stage_and_stores_everything(main_job):
     assert len(reps) == 3 and {r["seed"] for r in reps} == {0, 1, 2}
     assert summary["reproductions"][0]["exact"] is True
     assert set(summary["timings"]) == {"benchmark", "segmenters_and_features", "sweep",
-                                       "baselines", "reproduction"}
+                                       "baselines_and_reproduction"}
     for stage in range(1, 7):
         assert f"== {stage}/6" in out
     assert "GZSL, test split" in out and "pading (swept)" in out

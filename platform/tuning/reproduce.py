@@ -80,11 +80,56 @@ def trial_document(run: dict[str, Any], sweep: dict[str, Any]) -> dict[str, Any]
     return doc
 
 
-def reproduce(store_url: str, sweep: str, *, top: int = 1, seeds: int = 3,
-              trial: str | None = None, progress: Callable[[str], None] | None = None
-              ) -> list[Reproduction]:
+@dataclass
+class ReproductionPlan:
+    """The runs of a reproduction (:func:`plan_reproductions`), to be run by
+    :func:`~zeroseg.platform.pipeline.runner.run_many` (alone or beside other runs) and then
+    read by :meth:`finish`."""
+    reproductions: list[Reproduction]
+    jobs: list[Any]  # RunJob per trial x seed, in that order
+    pipeline: Any  # the first trial's Pipeline (stages shared by all)
+    sources: dict[int, dict[str, Any]]
+    seeds: int
+    say: Callable[[str], None]
+
+    @property
+    def objective(self) -> tuple[str, str, str, str]:
+        _, task, setting, subset, metric = self.reproductions[0].objective.split("/")
+        return task, setting, subset, metric
+
+    def value(self, outcome: Any) -> float | None:
+        return outcome.metric("validation", *self.objective)
+
+    def on_run(self, outcome: Any) -> None:
+        """A progress line for a reproduction run that ended."""
+        value = self.value(outcome)
+        shown = "-" if value is None else f"{100 * value:.2f}"
+        self.say(f"  reproduction of run {outcome.record.source_run_id} with seed "
+                 f"{outcome.seed}: {outcome.status} in {outcome.seconds:.0f} s, "
+                 f"{self.reproductions[0].objective} {shown} (run {outcome.run_id})")
+
+    def finish(self, outcomes: list[Any]) -> list[Reproduction]:
+        """Fill the reproductions from the outcomes of :attr:`jobs` (same order)."""
+        runs = iter(outcomes)
+        for rep in self.reproductions:
+            source = self.sources[rep.source_run_id]
+            base_seed = int(source["config"].get("seed", 0))
+            for _ in range(self.seeds):
+                outcome = next(runs)
+                rep.runs.append(outcome)
+                rep.values.append(self.value(outcome))
+                if outcome.seed == base_seed:
+                    rep.exact, rep.mismatches = _compare(source, outcome)
+        return self.reproductions
+
+
+def plan_reproductions(store_url: str, sweep: str, *, top: int = 1, seeds: int = 3,
+                       trial: str | None = None,
+                       progress: Callable[[str], None] | None = None) -> ReproductionPlan:
+    """The K best finished trials of ``sweep`` (or ``trial``), each to be re-run with ``seeds``
+    seeds from the trial's own; refuses a bad request before anything runs."""
     from zeroseg.platform.pipeline import Pipeline, pipeline_config_from_dict
-    from zeroseg.platform.pipeline.runner import RunJob, run_many
+    from zeroseg.platform.pipeline.runner import RunJob
     from zeroseg.platform.store import open_store
 
     say = progress or (lambda line: log.info("%s", line))
@@ -105,11 +150,9 @@ def reproduce(store_url: str, sweep: str, *, top: int = 1, seeds: int = 3,
         if not chosen:
             raise SweepError(f"sweep {sweep!r}: no finished trial to reproduce yet")
         sources = {c["run_id"]: store.run(c["run_id"]) for c in chosen}
-    _, task, setting, subset, metric = info["objective"].split("/")
     reps, jobs, pipeline = [], [], None
     for rank, best in enumerate(chosen, 1):
-        source = sources[best["run_id"]]
-        doc = trial_document(source, info)
+        doc = trial_document(sources[best["run_id"]], info)
         base_seed = int(doc["seeds"][0])
         doc["seeds"] = [base_seed + i for i in range(seeds)]
         doc["selected_by"] = (f"validation split (held-out seen classes): sweep {sweep}, trial "
@@ -123,26 +166,19 @@ def reproduce(store_url: str, sweep: str, *, top: int = 1, seeds: int = 3,
                         source_run_id=best["run_id"]) for seed in config.seeds]
         say(f"reproducing trial {best['trial_id']} (run {best['run_id']}, {sweep} rank {rank}) "
             f"with seeds {', '.join(map(str, config.seeds))}")
+    return ReproductionPlan(reps, jobs, pipeline, sources, seeds, say)
 
-    def ended(outcome: Any) -> None:
-        value = outcome.metric("validation", task, setting, subset, metric)
-        shown = "-" if value is None else f"{100 * value:.2f}"
-        say(f"  reproduction of run {outcome.record.source_run_id} with seed {outcome.seed}: "
-            f"{outcome.status} in {outcome.seconds:.0f} s, {info['objective']} {shown} "
-            f"(run {outcome.run_id})")
 
-    # All seeds of all trials side by side, as many at once as Ray has CPUs for.
-    outcomes = iter(run_many(pipeline, jobs, on_run=ended))
-    for rep in reps:
-        source = sources[rep.source_run_id]
-        base_seed = int(source["config"].get("seed", 0))
-        for _ in range(seeds):
-            outcome = next(outcomes)
-            rep.runs.append(outcome)
-            rep.values.append(outcome.metric("validation", task, setting, subset, metric))
-            if outcome.seed == base_seed:
-                rep.exact, rep.mismatches = _compare(source, outcome)
-    return reps
+def reproduce(store_url: str, sweep: str, *, top: int = 1, seeds: int = 3,
+              trial: str | None = None, progress: Callable[[str], None] | None = None
+              ) -> list[Reproduction]:
+    """Plan the reproductions and run all seeds of all trials side by side (as many at once as
+    Ray has CPUs for); each run is stored as it ends."""
+    from zeroseg.platform.pipeline.runner import run_many
+
+    plan = plan_reproductions(store_url, sweep, top=top, seeds=seeds, trial=trial,
+                              progress=progress)
+    return plan.finish(run_many(plan.pipeline, plan.jobs, on_run=plan.on_run))
 
 
 def _compare(source: dict[str, Any], outcome: Any) -> tuple[bool, list[str]]:
@@ -180,4 +216,5 @@ def format_reproductions(reps: list[Reproduction]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Reproduction", "ZerosegError", "format_reproductions", "reproduce"]
+__all__ = ["Reproduction", "ReproductionPlan", "ZerosegError", "format_reproductions",
+           "plan_reproductions", "reproduce"]
