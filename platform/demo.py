@@ -42,8 +42,8 @@ BASELINES = ("seen-only", "projection", "gmmn", "pading")
 #: Per benchmark size: the segmenter's schedule and the method stages' budgets. ``small`` is
 #: the main job (about 20 minutes on 2 cores); ``tiny`` runs in a few minutes (tests).
 PROFILES: dict[str, dict[str, Any]] = {
-    # Sized for about 20-25 minutes on 2 cores (measured 24.9 min, see README).
-    "small": {"segmenter_steps": 400, "workers": 2, "generator_steps": 200,
+    # Sized for about 20 minutes on 2 cores (see README for the measured time).
+    "small": {"segmenter_steps": 320, "workers": 2, "generator_steps": 160,
               "classifier_steps": 400, "projection_steps": 400, "primitives": 300,
               "layers": 2},
     "tiny": {"segmenter_steps": 20, "workers": 0, "generator_steps": 40,
@@ -143,6 +143,9 @@ def run_demo(out: str | Path, *, size: str = "small", seed: int = 0, trials: int
     config = pipeline_config_from_dict(copy.deepcopy(doc), where=str(experiment_path))
     store_url = config.store
 
+    probe = machine_speed_probe()
+    print(f"machine speed probe: 200 single-thread 512x512 matmuls in {probe:.2f} s (compare "
+          "timings across machines and runs by it)")
     _stage(1, f"synthetic benchmark '{size}' (seed {seed})", started)
     pipeline = Pipeline(config, progress=say)
     split = pipeline.split  # generates the benchmark on first use
@@ -222,6 +225,7 @@ def run_demo(out: str | Path, *, size: str = "small", seed: int = 0, trials: int
     print(table)
     seconds = time.perf_counter() - started
     summary = {"size": size, "seed": seed, "trials": trials, "seconds": round(seconds, 1),
+               "speed_probe_s": round(probe, 3),
                "timings": {k: round(v, 1) for k, v in timings.items()}, "store": store_url,
                "experiment": str(experiment_path), "space": str(space_path),
                "reproductions": [{"trial": r.trial_id, "sweep_value": r.sweep_value,
@@ -231,6 +235,25 @@ def run_demo(out: str | Path, *, size: str = "small", seed: int = 0, trials: int
     print(f"\nmain job done in {seconds / 60:.1f} min; results in {store_url}")
     print(f"open the dashboard:  zeroseg dashboard --store {store_url}")
     return summary
+
+
+def machine_speed_probe() -> float:
+    """Seconds for 200 single-thread 512 x 512 float32 matmuls: the same job's wall time varies
+    with the machine (a shared VM's speed drifts by tens of percent within an hour), so the main
+    job records this next to its timings."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a = torch.randn(512, 512, generator=torch.Generator().manual_seed(0))
+        a @ a  # warm-up
+        t = time.perf_counter()
+        for _ in range(200):
+            a @ a
+        return time.perf_counter() - t
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _pct(value: float | None) -> str:

@@ -42,6 +42,7 @@ def test_main_job_runs_every_stage_and_stores_everything(main_job):
     assert baselines == {"seen-only", "projection", "gmmn", "pading"}
     assert len(reps) == 3 and {r["seed"] for r in reps} == {0, 1, 2}
     assert summary["reproductions"][0]["exact"] is True
+    assert summary["speed_probe_s"] > 0 and "machine speed probe" in out
     assert set(summary["timings"]) == {"benchmark", "segmenters_and_features", "sweep",
                                        "baselines_and_reproduction"}
     for stage in range(1, 7):
