@@ -435,15 +435,15 @@ def run_many(pipeline: Pipeline, jobs: Sequence[RunJob], *,
 
     from zeroseg.platform.training.ray_runner import ensure_ray
 
+    pipelines = [pipeline.derive(job.config) for job in jobs]  # each shares the built stages
     if len(jobs) <= 1:
-        outcomes = [run_one(pipeline.derive(j.config), j.method, j.seed, kind=j.kind,
-                            source_run_id=j.source_run_id) for j in jobs]
+        outcomes = [run_one(p, j.method, j.seed, kind=j.kind, source_run_id=j.source_run_id)
+                    for p, j in zip(pipelines, jobs, strict=True)]
         for outcome in outcomes:
             if on_run is not None:
                 on_run(outcome)
         return outcomes
-    for job in jobs:
-        derived = pipeline.derive(job.config)
+    for derived, job in zip(pipelines, jobs, strict=True):
         spec = get_method(job.method)
         for protocol in run_protocols(spec, job.config.evaluation.protocols):
             run_context(derived, spec, protocol)
@@ -457,7 +457,7 @@ def run_many(pipeline: Pipeline, jobs: Sequence[RunJob], *,
             ready, _ = ray.wait(list(pending), num_returns=1)
             index = pending.pop(ready[0])
             outcome = ray.get(ready[0])
-            outcome.run_id = write_record(pipeline.derive(jobs[index].config), outcome.record)
+            outcome.run_id = write_record(pipelines[index], outcome.record)
             outcomes[index] = outcome
             if on_run is not None:
                 on_run(outcome)

@@ -112,14 +112,10 @@ class ReproductionPlan:
         """Fill the reproductions from the outcomes of :attr:`jobs` (same order)."""
         runs = iter(outcomes)
         for rep in self.reproductions:
-            source = self.sources[rep.source_run_id]
-            base_seed = int(source["config"].get("seed", 0))
-            for _ in range(self.seeds):
-                outcome = next(runs)
-                rep.runs.append(outcome)
-                rep.values.append(self.value(outcome))
-                if outcome.seed == base_seed:
-                    rep.exact, rep.mismatches = _compare(source, outcome)
+            rep.runs = [next(runs) for _ in range(self.seeds)]
+            rep.values = [self.value(o) for o in rep.runs]
+            # The first seed of each trial's jobs is the trial's own (plan_reproductions).
+            rep.exact, rep.mismatches = _compare(self.sources[rep.source_run_id], rep.runs[0])
         return self.reproductions
 
 
