@@ -58,6 +58,13 @@ def test_sizes_resolve_their_defaults():
     r50 = SegmenterConfig(size="r50", num_queries=50).resolved()
     assert (r50.num_queries, r50.hidden_dim, r50.decoder_layers) == (50, 256, 10)
     assert r50.train_num_points == 12544
+    # the real sizes train with Mask2Former's recipe, the tiny one with its CPU recipe
+    recipe = ("pixel_decoder", "attention_order", "mask_loss", "class_weight",
+              "semantic_weight")
+    assert [getattr(r50, k) for k in recipe] == ["msdeform", "coarse-first", "points", 2.0, 0.0]
+    assert [getattr(tiny, k) for k in recipe] == ["fpn", "fine-first", "dense", 5.0, 1.0]
+    mixed = SegmenterConfig(size="r50", pixel_decoder="fpn", semantic_weight=0.5).resolved()
+    assert (mixed.pixel_decoder, mixed.semantic_weight, mixed.mask_loss) == ("fpn", 0.5, "points")
 
 
 @pytest.mark.parametrize("data, key", [
@@ -67,6 +74,10 @@ def test_sizes_resolve_their_defaults():
     ({"num_queries": 0}, "num_queries"),
     ({"hidden_dim": 66}, "hidden_dim"),
     ({"queries": 10}, "queries"),
+    ({"pixel_decoder": "deformable"}, "pixel_decoder"),
+    ({"mask_loss": "sampled"}, "mask_loss"),
+    ({"pixel_decoder": "msdeform", "attention_order": "fine-first"}, "attention_order"),
+    ({"semantic_weight": -1.0}, "semantic_weight"),
 ])
 def test_bad_configs_name_the_field(data, key):
     with pytest.raises(ConfigError) as err:
@@ -87,6 +98,49 @@ def test_tiny_size_and_shapes(tiny):
     assert out.class_logits.shape == (2, 20, K + 1)
     assert out.mask_logits.shape == (2, 20, 32, 32)
     assert out.query_embeddings.shape == (2, 20, 64)
+
+
+@pytest.mark.parametrize("order, strides", [("coarse-first", (32, 16, 8)),
+                                            ("fine-first", (4, 8, 16))])
+def test_fpn_pixel_decoder_levels(order, strides):
+    from zeroseg.methods.segmenter.pixel_decoder import FPNPixelDecoder
+
+    decoder = FPNPixelDecoder([8, 16, 32, 64], 32, 24, attention_order=order)
+    features = [torch.randn(2, c, 64 // s, 64 // s) for c, s in zip((8, 16, 32, 64),
+                                                                       (4, 8, 16, 32),
+                                                                       strict=True)]
+    out = decoder(features)
+    assert out.mask_features.shape == (2, 24, 16, 16)  # stride 4 of a 64 px input
+    assert [64 // f.shape[-1] for f in out.multi_scale_features] == list(strides)
+    assert all(f.shape[1] == 32 for f in out.multi_scale_features)
+
+
+def test_msdeform_model_keeps_transformers_pixel_decoder():
+    model = Segmenter(SegmenterConfig(pixel_decoder="msdeform", attention_order="coarse-first",
+                                      mask_loss="points", train_num_points=256), K)
+    decoder = model.mask2former.model.pixel_level_module.decoder
+    assert type(decoder).__name__ == "Mask2FormerPixelDecoder"
+    masks, labels = targets(1)
+    out = model(torch.randn(1, 3, 128, 128), masks, labels)
+    assert torch.isfinite(out.loss)
+
+
+def test_semantic_auxiliary_loss_is_per_pixel_ce_on_target_centres(tiny):
+    # a 2 x 2 stride-4 grid of an 8 px image: cell (0, 0) centre (2, 2) is in target 0,
+    # cell (1, 1) centre (6, 6) in target 1, the other two cells are covered by no target
+    masks = torch.zeros(2, 8, 8)
+    masks[0, 0:4, 0:4] = 1
+    masks[1, 5:8, 5:8] = 1
+    labels = torch.tensor([3, 1])
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(1, tiny.embed_dim, 2, 2, generator=g)
+    loss = tiny._semantic_loss(features, [masks], [labels])
+    logits = tiny.semantic_head(features)[0]  # [K, 2, 2]
+    expect = (F.cross_entropy(logits[:, 0, 0][None], torch.tensor([3]))
+              + F.cross_entropy(logits[:, 1, 1][None], torch.tensor([1]))) / 2
+    torch.testing.assert_close(loss, expect)
+    none = tiny._semantic_loss(features, [torch.zeros(0, 8, 8)], [torch.zeros(0).long()])
+    assert none.item() == 0.0
 
 
 def test_class_head_reads_the_query_embeddings(tiny):

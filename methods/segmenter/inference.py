@@ -12,7 +12,7 @@ The rules are Mask2Former's, with PADing's defaults (PROTOCOLS.md 3b / 3c):
   S[c, p] = sum_q P(c | q) * sigmoid(m_q[p]) with the no-object column left out; each pixel
   takes argmax_c S[c, p]. Every pixel gets a class (255 is never predicted).
 - **instance** (:func:`instance_inference`): the top ``detections_per_image`` (query, class)
-  pairs by P(c | q) over the allowed classes (the split's thing classes: instance ground truth
+  pairs by P(c | q) > 0 over the allowed classes (the split's thing classes: instance ground truth
   has no stuff, so stuff pairs are excluded *before* the top-k, which only matters on datasets
   with stuff), so one query may appear under several classes. Mask = sigmoid > 0.5; score =
   P(c | q) x (mean sigmoid over the predicted mask). Boxes are the masks' bounding boxes.
@@ -143,6 +143,10 @@ def instance_inference(class_probs: Tensor, mask_logits: Tensor, *,
     probs = class_probs[:, columns].float()  # [Q, A]
     k = min(detections_per_image, probs.numel())
     top, flat_index = probs.flatten().topk(k)  # sorted, largest first
+    # A class the classifier rules out (probability 0: a -inf logit, e.g. the seen classes in
+    # ZSL) is never detected, whatever the ranking.
+    possible = top > 0
+    top, flat_index = top[possible], flat_index[possible]
     queries = torch.div(flat_index, columns.numel(), rounding_mode="floor")
     classes = columns[flat_index % columns.numel()]
     # Masks and mask scores once per query (a query appears under several classes).
