@@ -237,8 +237,19 @@ def test_artifacts_exist_and_synthetic_features_have_the_embedding_width(pipelin
     with _store(pipeline_runs) as store:
         run = next(r for r in store.runs(full=True) if r["method"] == "pading")
     art = run["artifacts"]
-    assert Path(art["predictions"]["test"], "instances_results.json").is_file()
-    assert len(list(Path(art["predictions"]["val"], "semantic").glob("*.png"))) > 0
+    # keep_predictions "sample": the semantic PNGs of a few images with unseen classes, for
+    # the dashboard; nothing else is written
+    from zeroseg.platform.pipeline.evaluate import SAMPLE_IMAGES
+
+    assert not Path(art["predictions"]["test"], "instances_results.json").exists()
+    for split in ("test", "val"):
+        sample = sorted(Path(art["predictions"][split], "semantic").glob("*.png"))
+        assert 0 < len(sample) <= SAMPLE_IMAGES
+    layout = pipeline_runs["pipeline"].context("test", "zero-shot").eval_layout
+    unseen = {c.png_label for c in pipeline_runs["pipeline"].split.unseen}
+    for png in sorted(Path(art["predictions"]["test"], "semantic").glob("*.png")):
+        gt = np.asarray(Image.open(layout.semantic_pngs / png.name))
+        assert unseen & set(np.unique(gt).tolist()), png.name
     fakes = np.load(art["synthetic_unseen"])
     ctx = pipeline_runs["pipeline"].context("test", "zero-shot")
     assert fakes["embeddings"].shape[1] == ctx.embed_dim
@@ -265,16 +276,45 @@ def test_second_run_reuses_segmenters_and_caches(pipeline_runs):
                 first.protocols[protocol].evaluations[key].to_json()["per_class"], key
 
 
-def test_semantic_probe_equals_the_file_based_evaluation(pipeline_runs):
-    from zeroseg.platform.pipeline.runner import SemanticProbe
+def test_in_memory_evaluation_equals_the_file_based_one(pipeline_runs, tmp_path):
+    """Runs score in memory; writing every prediction file and evaluating the files with the
+    `zeroseg eval` functions gives the same per-class numbers, every task and setting."""
+    from zeroseg.methods.segmenter.inference import predict_dataset
+    from zeroseg.platform.evaluation import (
+        evaluate_instance,
+        evaluate_panoptic,
+        evaluate_semantic,
+    )
+    from zeroseg.platform.pipeline.runner import evaluate_classifier, setting_classifier
 
     pipeline = pipeline_runs["pipeline"]
     outcome = pipeline_runs["outcomes"]["projection"]
+    evaluators = {"semantic": evaluate_semantic, "instance": evaluate_instance,
+                  "panoptic": evaluate_panoptic}
+    inference = pipeline.config.evaluation.inference
     for protocol in ("test", "validation"):
         ctx = pipeline.context(protocol, "zero-shot")
-        fast = SemanticProbe(ctx)(outcome.protocols[protocol].output.classifier)
-        slow = outcome.protocols[protocol].evaluations[("semantic", "gzsl")]
-        assert fast.to_json()["per_class"] == slow.to_json()["per_class"]
+        classifier = outcome.protocols[protocol].output.classifier
+        memory = evaluate_classifier(ctx, classifier, tmp_path / protocol / "kept",
+                                     list(evaluators), ["gzsl", "zsl"], inference, keep="all")
+        for setting in ("gzsl", "zsl"):
+            paths = predict_dataset(ctx.eval_cache.iter_images(),
+                                    setting_classifier(classifier, ctx.label_split, setting),
+                                    ctx.eval_layout, ctx.label_split,
+                                    tmp_path / protocol / setting, list(evaluators),
+                                    config=inference)
+            for task, evaluate in evaluators.items():
+                files = evaluate(ctx.eval_layout, ctx.label_split, paths[task], setting)
+                assert memory[(task, setting)].to_json()["per_class"] == \
+                    files.to_json()["per_class"], (protocol, task, setting)
+                # keep="all" wrote the same prediction files
+                kept = tmp_path / protocol / "kept" / setting / Path(paths[task]).name
+                again = evaluate(ctx.eval_layout, ctx.label_split, kept, setting)
+                assert again.to_json()["per_class"] == files.to_json()["per_class"]
+        # the sweeps' per-epoch objective is the same semantic GZSL evaluation
+        fast = ctx.evaluation().semantic_miou(classifier)
+        assert fast.to_json()["per_class"] == \
+            memory[("semantic", "gzsl")].to_json()["per_class"]
 
 
 def test_stop_trial_from_an_epoch_hook_records_a_stopped_run(pipeline_runs):

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,22 +113,39 @@ def _check(class_probs: Tensor, mask_logits: Tensor) -> None:
 def semantic_inference(class_probs: Tensor, mask_logits: Tensor) -> Tensor:
     """[H, W] long map of contiguous class indices (argmax of sum_q P(c|q) sigmoid(m_q))."""
     _check(class_probs, mask_logits)
-    scores = torch.einsum("qc,qhw->chw", class_probs[:, :-1].float(), mask_logits.sigmoid())
-    return scores.argmax(0)
+    return semantic_maps(class_probs[None], mask_logits.sigmoid()[None])[0]
+
+
+def semantic_maps(class_probs: Tensor, mask_probs: Tensor) -> Tensor:
+    """:func:`semantic_inference` for a batch of same-sized images: ``class_probs``
+    [B, Q, C + 1], ``mask_probs`` = sigmoid of the mask logits [B, Q, H, W] -> [B, H, W]. The
+    scores are laid out [pixels, classes] so that the argmax reads contiguous memory (first
+    maximum on ties, as ``argmax`` over classes always does)."""
+    b, q, h, w = mask_probs.shape
+    scores = torch.bmm(mask_probs.reshape(b, q, h * w).transpose(1, 2),
+                       class_probs[:, :, :-1].float())
+    return scores.argmax(-1).reshape(b, h, w)
 
 
 @dataclass
 class InstancePrediction:
-    masks: Tensor  # [N, H, W] bool
     classes: Tensor  # [N] long, contiguous class indices
     scores: Tensor  # [N] float, class prob x mask score, sorted descending
     queries: Tensor  # [N] long, the query each detection comes from
+    query_masks: Tensor  # [U, H, W] bool: the mask of each distinct query listed
+    mask_index: Tensor  # [N] long: row of query_masks of each detection
+
+    @property
+    def masks(self) -> Tensor:
+        """[N, H, W] bool, one mask per detection."""
+        return self.query_masks[self.mask_index]
 
 
 def instance_inference(class_probs: Tensor, mask_logits: Tensor, *,
-                       allowed: Tensor | None = None,
-                       detections_per_image: int = 100) -> InstancePrediction:
-    """Top (query, class) pairs among the ``allowed`` classes (bool [C]; all when None)."""
+                       allowed: Tensor | None = None, detections_per_image: int = 100,
+                       mask_probs: Tensor | None = None) -> InstancePrediction:
+    """Top (query, class) pairs among the ``allowed`` classes (bool [C]; all when None).
+    ``mask_probs``: ``mask_logits.sigmoid()`` when the caller has it already."""
     _check(class_probs, mask_logits)
     num_classes = class_probs.shape[1] - 1
     columns = (torch.arange(num_classes) if allowed is None
@@ -138,8 +155,8 @@ def instance_inference(class_probs: Tensor, mask_logits: Tensor, *,
     h, w = mask_logits.shape[-2:]
     if columns.numel() == 0 or q == 0:
         empty = torch.zeros(0, dtype=torch.long)
-        return InstancePrediction(torch.zeros((0, h, w), dtype=torch.bool), empty,
-                                  torch.zeros(0), empty)
+        return InstancePrediction(empty, torch.zeros(0), empty,
+                                  torch.zeros((0, h, w), dtype=torch.bool), empty)
     probs = class_probs[:, columns].float()  # [Q, A]
     k = min(detections_per_image, probs.numel())
     top, flat_index = probs.flatten().topk(k)  # sorted, largest first
@@ -154,11 +171,12 @@ def instance_inference(class_probs: Tensor, mask_logits: Tensor, *,
     logits = mask_logits[used].float()
     query_masks = logits > 0  # sigmoid > 0.5
     area = query_masks.flatten(1).sum(1)
-    query_score = (logits.sigmoid() * query_masks).flatten(1).sum(1) / (area + 1e-6)
+    sigmoid = logits.sigmoid() if mask_probs is None else mask_probs[used]
+    query_score = (sigmoid * query_masks).flatten(1).sum(1) / (area + 1e-6)
     scores = top * query_score[inverse]
     order = torch.argsort(scores, descending=True, stable=True)
-    return InstancePrediction(query_masks[inverse[order]], classes[order], scores[order],
-                              queries[order])
+    return InstancePrediction(classes[order], scores[order], queries[order], query_masks,
+                              inverse[order])
 
 
 @dataclass
@@ -172,8 +190,10 @@ class PanopticSegmentPrediction:
 
 def panoptic_inference(class_probs: Tensor, mask_logits: Tensor, isthing: Tensor, *,
                        object_mask_threshold: float = 0.8, overlap_threshold: float = 0.8,
+                       mask_probs: Tensor | None = None,
                        ) -> tuple[Tensor, list[PanopticSegmentPrediction]]:
-    """([H, W] int32 segment ids, segments) with PADing's rules (module docstring)."""
+    """([H, W] int32 segment ids, segments) with PADing's rules (module docstring).
+    ``mask_probs``: ``mask_logits.sigmoid()`` when the caller has it already."""
     _check(class_probs, mask_logits)
     no_object = class_probs.shape[1] - 1
     h, w = mask_logits.shape[-2:]
@@ -184,7 +204,8 @@ def panoptic_inference(class_probs: Tensor, mask_logits: Tensor, isthing: Tensor
     if not bool(keep.any()):
         return ids, segments
     kept_queries = torch.nonzero(keep).flatten().tolist()
-    probs = mask_logits[keep].float().sigmoid().cpu()  # [K, H, W]
+    probs = (mask_logits[keep].float().sigmoid() if mask_probs is None
+             else mask_probs[keep]).cpu()  # [K, H, W]
     scores = best[keep].cpu()
     labels = label[keep].cpu()
     owner = (scores[:, None, None] * probs).argmax(0)  # first maximum on ties
@@ -220,9 +241,8 @@ def encode_instances(prediction: InstancePrediction, image_id: int,
     if n == 0:
         return []
     # One RLE per distinct query: its mask is the same under every class it is listed with.
-    used, first, inverse = np.unique(prediction.queries.cpu().numpy(), return_index=True,
-                                     return_inverse=True)
-    masks = prediction.masks[torch.as_tensor(first)].cpu().numpy().astype(np.uint8)
+    masks = prediction.query_masks.cpu().numpy().astype(np.uint8)
+    inverse = prediction.mask_index.cpu().numpy()
     rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
     boxes = mask_utils.toBbox(rles)
     segmentations = [{"size": [int(s) for s in rle["size"]],
@@ -260,13 +280,14 @@ def segmenter_classifier(model: Any, class_ids: Sequence[int], split: Split) -> 
 
 # -- datasets of images and of cached outputs ----------------------------------------------------
 @dataclass(frozen=True)
-class _LayoutImages:
+class LayoutListing:
     images: dict[int, ImageInfo]
     instance_categories: set[int] | None  # category ids of the instances json, if there is one
     panoptic_files: dict[int, str]
 
 
-def _layout_images(layout: CocoLayout) -> _LayoutImages:
+def layout_listing(layout: CocoLayout) -> LayoutListing:
+    """The images of a layout, with what inference needs to name and restrict its outputs."""
     images = layout_images(layout)
     if images is None:
         raise DataError(f"{layout.annotations}: no instances or panoptic json for split "
@@ -280,7 +301,7 @@ def _layout_images(layout: CocoLayout) -> _LayoutImages:
         data = load_json(layout.panoptic_json, "COCO panoptic json", ("annotations",))
         panoptic_files = {int(a["image_id"]): str(a["file_name"]) for a in data["annotations"]
                           if isinstance(a, dict) and "image_id" in a and "file_name" in a}
-    return _LayoutImages(images, instance_cats, panoptic_files)
+    return LayoutListing(images, instance_cats, panoptic_files)
 
 
 class InferenceImages(torch.utils.data.Dataset):
@@ -343,67 +364,182 @@ def _model_outputs(model: Any, layout: CocoLayout, images: Mapping[int, ImageInf
         model.train(was_training)
 
 
-# -- writing --------------------------------------------------------------------------------------
-class _Writer:
-    """Accumulates one image at a time into the requested output formats (in staging folders)."""
+# -- predictions of images ------------------------------------------------------------------------
+@dataclass
+class ImagePrediction:
+    """What inference predicts for one image, in memory: the writer turns it into COCO result
+    files, the platform's in-memory evaluation scores it directly."""
 
-    def __init__(self, split: Split, tasks: Sequence[str], staging: Mapping[str, Path],
-                 inst_categories: set[int] | None, panoptic_files: Mapping[int, str],
-                 config: InferenceConfig):
+    info: ImageInfo
+    semantic: np.ndarray | None = None  # [H, W] contiguous class indices
+    instances: list[dict[str, Any]] | None = None  # COCO results entries (RLE, bbox, score)
+    panoptic: np.ndarray | None = None  # [H, W] int32 segment ids (0 = VOID)
+    segments: list[dict[str, Any]] | None = None  # COCO segments_info of ``panoptic``
+
+
+#: How many float32 elements of upsampled mask logits one chunk of images may hold (128 MiB).
+CHUNK_ELEMENTS = 1 << 25
+
+
+@dataclass
+class UpsampledChunk:
+    """Consecutive images of one size: their query embeddings and their mask logits upsampled
+    to the original image size (``masks`` [B, Q, H, W] float32)."""
+
+    infos: list[ImageInfo]
+    embeddings: list[Tensor]
+    masks: Tensor
+
+
+def upsampled_chunks(outputs: Iterable[tuple[int, Tensor, Tensor]],
+                     images: Mapping[int, ImageInfo], *, where: str = "segmenter outputs",
+                     max_elements: int = CHUNK_ELEMENTS) -> Iterator[UpsampledChunk]:
+    """Group per-image outputs ``(image_id, query_embeddings [Q, D], mask_logits [Q, h, w])``
+    into chunks of consecutive same-sized images and upsample each chunk's masks in one call.
+    Every image id must be one of ``images``, once."""
+    done: set[int] = set()
+    pending: list[tuple[ImageInfo, Tensor, Tensor]] = []
+
+    def flush() -> UpsampledChunk:
+        info = pending[0][0]
+        stacked = torch.stack([m for _, _, m in pending])
+        chunk = UpsampledChunk([i for i, _, _ in pending], [e for _, e, _ in pending],
+                               upsample_masks(stacked, (info.height, info.width)))
+        pending.clear()
+        return chunk
+
+    for image_id, embeddings, mask_logits in outputs:
+        info = images.get(image_id)
+        if info is None:
+            raise DataError(f"{where}: image id {image_id} is not an image of this split")
+        if image_id in done:
+            raise DataError(f"{where}: image id {image_id} appears twice")
+        done.add(image_id)
+        if pending:
+            first, _, first_masks = pending[0]
+            same = ((first.height, first.width) == (info.height, info.width)
+                    and first_masks.shape == mask_logits.shape)
+            size = (len(pending) + 1) * mask_logits.shape[0] * info.height * info.width
+            if not same or size > max_elements:
+                yield flush()
+        pending.append((info, embeddings, mask_logits.detach().cpu().float()))
+    if pending:
+        yield flush()
+
+
+class Predictor:
+    """The three tasks' predictions of a chunk of images, from the classifier's logits and the
+    upsampled mask logits (the rules of the module docstring)."""
+
+    def __init__(self, split: Split, tasks: Sequence[str], config: InferenceConfig,
+                 instance_categories: set[int] | None = None):
         self.split = split
         self.tasks = tuple(tasks)
-        self.staging = staging
         self.config = config
         self.category_ids = [c.id for c in split.classes]
         self.isthing = torch.tensor([c.isthing for c in split.classes], dtype=torch.bool)
-        allowed = [c.isthing and (inst_categories is None or c.id in inst_categories)
+        allowed = [c.isthing and (instance_categories is None or c.id in instance_categories)
                    for c in split.classes]
         self.allowed = torch.tensor(allowed, dtype=torch.bool)
-        self.panoptic_files = panoptic_files
-        if "semantic" in self.tasks:
-            missing = [c.name for c in split.classes if c.png_label is None]
-            if missing:
-                raise ConfigError(f"split {split.name}: classes {missing[:3]} have no semantic "
-                                  f"PNG label; cannot write semantic predictions")
-            lut = np.full(split.num_classes, 255, dtype=np.uint8)
-            for c in split.classes:
-                lut[c.index] = int(c.png_label)  # type: ignore[arg-type]
-            self.png_labels = lut
-        self.instances: list[dict[str, Any]] = []
-        self.panoptic: list[dict[str, Any]] = []
-        self.count = 0
 
-    def add(self, info: ImageInfo, class_logits: Tensor, mask_logits: Tensor) -> None:
+    def check_logits(self, info: ImageInfo, class_logits: Tensor) -> None:
         c = self.split.num_classes
         if class_logits.ndim != 2 or class_logits.shape[1] != c + 1:
             raise ConfigError(f"classifier returned logits of shape {tuple(class_logits.shape)} "
                               f"for image {info.id}; expected [Q, {c + 1}] (split {self.split.name}"
                               f": {c} classes + no object)")
-        probs = class_probabilities(class_logits).cpu()
-        masks = upsample_masks(mask_logits.detach().cpu(), (info.height, info.width))
-        stem = Path(info.file_name).stem
+
+    def predict(self, chunk: UpsampledChunk, classifier: Classifier) -> list[ImagePrediction]:
+        logits = []
+        for info, embeddings in zip(chunk.infos, chunk.embeddings, strict=True):
+            with torch.no_grad():
+                one = torch.as_tensor(classifier(embeddings))
+            self.check_logits(info, one)
+            logits.append(one.detach().cpu())
+        probs = torch.stack([class_probabilities(x) for x in logits])  # [B, Q, C + 1]
+        masks = chunk.masks
+        sigmoid = masks.sigmoid()
+        out = [ImagePrediction(info) for info in chunk.infos]
         if "semantic" in self.tasks:
-            index = semantic_inference(probs, masks).numpy()
-            Image.fromarray(self.png_labels[index]).save(self.staging["semantic"] / f"{stem}.png")
-        if "instance" in self.tasks:
-            pred = instance_inference(probs, masks, allowed=self.allowed,
-                                      detections_per_image=self.config.detections_per_image)
-            self.instances.extend(encode_instances(pred, info.id, self.category_ids))
-        if "panoptic" in self.tasks:
-            ids, segments = panoptic_inference(
-                probs, masks, self.isthing,
-                object_mask_threshold=self.config.object_mask_threshold,
-                overlap_threshold=self.config.overlap_threshold)
+            for pred, labels in zip(out, semantic_maps(probs, sigmoid).numpy(), strict=True):
+                pred.semantic = labels
+        cfg = self.config
+        for i, pred in enumerate(out):
+            if "instance" in self.tasks:
+                inst = instance_inference(probs[i], masks[i], allowed=self.allowed,
+                                          detections_per_image=cfg.detections_per_image,
+                                          mask_probs=sigmoid[i])
+                pred.instances = encode_instances(inst, pred.info.id, self.category_ids)
+            if "panoptic" in self.tasks:
+                ids, segments = panoptic_inference(
+                    probs[i], masks[i], self.isthing,
+                    object_mask_threshold=cfg.object_mask_threshold,
+                    overlap_threshold=cfg.overlap_threshold, mask_probs=sigmoid[i])
+                pred.panoptic = ids.numpy()
+                pred.segments = [{"id": seg.id, "category_id": self.category_ids[seg.class_index],
+                                  "isthing": seg.isthing, "score": seg.score}
+                                 for seg in segments]
+        return out
+
+
+def predict_images(outputs: Iterable[tuple[int, Tensor, Tensor]], classifier: Classifier,
+                   images: Mapping[int, ImageInfo], predictor: Predictor, *,
+                   where: str = "segmenter outputs") -> Iterator[ImagePrediction]:
+    """Per-image predictions of ``outputs`` (``(image_id, query_embeddings, mask_logits)``)."""
+    for chunk in upsampled_chunks(outputs, images, where=where):
+        yield from predictor.predict(chunk, classifier)
+
+
+# -- writing --------------------------------------------------------------------------------------
+class _Writer:
+    """Writes predictions, one image at a time, as COCO result files (in staging folders)."""
+
+    def __init__(self, split: Split, tasks: Sequence[str], staging: Mapping[str, Path],
+                 panoptic_files: Mapping[int, str]):
+        self.tasks = tuple(tasks)
+        self.staging = staging
+        self.panoptic_files = panoptic_files
+        if "semantic" in self.tasks:
+            self.png_labels = semantic_png_labels(split)
+        self.instances: list[dict[str, Any]] = []
+        self.panoptic: list[dict[str, Any]] = []
+        self.count = 0
+
+    def add(self, pred: ImagePrediction) -> None:
+        info = pred.info
+        stem = Path(info.file_name).stem
+        if pred.semantic is not None:
+            Image.fromarray(self.png_labels[pred.semantic]).save(
+                self.staging["semantic"] / f"{stem}.png")
+        if pred.instances is not None:
+            self.instances.extend(pred.instances)
+        if pred.panoptic is not None:
             file_name = self.panoptic_files.get(info.id, f"{stem}.png")
-            Image.fromarray(id2rgb(ids.numpy()), mode="RGB").save(
+            Image.fromarray(id2rgb(pred.panoptic), mode="RGB").save(
                 self.staging["panoptic"] / file_name)
-            self.panoptic.append({
-                "image_id": info.id, "file_name": file_name,
-                "segments_info": [{"id": s.id, "category_id": self.category_ids[s.class_index],
-                                   "isthing": s.isthing, "score": s.score}
-                                  for s in segments],
-            })
+            self.panoptic.append({"image_id": info.id, "file_name": file_name,
+                                  "segments_info": pred.segments})
         self.count += 1
+
+
+def semantic_png_labels(split: Split) -> np.ndarray:
+    """Contiguous class index -> the class's semantic PNG label (uint8)."""
+    missing = [c.name for c in split.classes if c.png_label is None]
+    if missing:
+        raise ConfigError(f"split {split.name}: classes {missing[:3]} have no semantic "
+                          f"PNG label; cannot write semantic predictions")
+    lut = np.full(split.num_classes, 255, dtype=np.uint8)
+    for c in split.classes:
+        lut[c.index] = int(c.png_label)  # type: ignore[arg-type]
+    return lut
+
+
+def cached_outputs(source: Iterable[Any]) -> Iterator[tuple[int, Tensor, Tensor]]:
+    """``(image_id, query_embeddings, mask_logits)`` of cached per-image outputs (mappings or
+    objects with those fields)."""
+    for it in source:
+        yield (int(_field(it, "image_id")), torch.as_tensor(_field(it, "query_embeddings")),
+               torch.as_tensor(_field(it, "mask_logits")))
 
 
 def predict_dataset(source: Any, classifier: Classifier | None, layout: CocoLayout, split: Split,
@@ -429,7 +565,7 @@ def predict_dataset(source: Any, classifier: Classifier | None, layout: CocoLayo
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
         raise ConfigError(f"tasks must be a non-empty subset of {list(TASKS)}, got {list(tasks)}")
-    listing = _layout_images(layout)
+    listing = layout_listing(layout)
     if isinstance(source, Segmenter):
         if classifier is None:
             if source.num_classes != split.num_classes:
@@ -442,46 +578,40 @@ def predict_dataset(source: Any, classifier: Classifier | None, layout: CocoLayo
     else:
         if classifier is None:
             raise ConfigError("classifier: required when predicting from cached outputs")
-        outputs = ((int(_field(it, "image_id")), torch.as_tensor(_field(it, "query_embeddings")),
-                    torch.as_tensor(_field(it, "mask_logits"))) for it in source)
+        outputs = cached_outputs(source)
 
     out_dir = Path(out_dir)
     targets = {"semantic": out_dir / SEMANTIC_DIR, "panoptic": out_dir / PANOPTIC_DIR,
                "instance": out_dir / INSTANCES_JSON}
     created = not out_dir.exists()
+    predictor = Predictor(split, tasks, config, listing.instance_categories)
+    predictions = predict_images(outputs, classifier, listing.images, predictor,
+                                 where=f"segmenter outputs for {layout.annotations} split "
+                                       f"'{layout.split}'")
     try:
-        writer = _write_all(outputs, classifier, layout, split, listing, tasks, targets, config)
+        count = write_predictions(predictions, split, listing, tasks, targets)
     except BaseException:
         if created and out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()  # leave no empty folder behind a failed first run
         raise
-    log.info("wrote %s predictions for %d images to %s", "/".join(tasks), writer.count, out_dir)
+    log.info("wrote %s predictions for %d images to %s", "/".join(tasks), count, out_dir)
     return {t: targets[t] for t in tasks}
 
 
-def _write_all(outputs: Iterable[tuple[int, Tensor, Tensor]], classifier: Classifier,
-               layout: CocoLayout, split: Split, listing: _LayoutImages, tasks: Sequence[str],
-               targets: Mapping[str, Path], config: InferenceConfig) -> _Writer:
+def write_predictions(predictions: Iterable[ImagePrediction], split: Split,
+                      listing: LayoutListing,
+                      tasks: Sequence[str], targets: Mapping[str, Path]) -> int:
+    """Write per-image predictions as the tasks' COCO result files (each replaced atomically);
+    returns the number of images written."""
     with contextlib.ExitStack() as stack:
         staging = {t: stack.enter_context(atomic_directory(targets[t], overwrite=True))
                    for t in tasks if t != "instance"}
-        writer = _Writer(split, tasks, staging, listing.instance_categories,
-                         listing.panoptic_files, config)
-        done: set[int] = set()
-        for image_id, embeddings, mask_logits in outputs:
-            info = listing.images.get(image_id)
-            if info is None:
-                raise DataError(f"{layout.annotations}: image id {image_id} of the segmenter "
-                                f"outputs is not an image of split '{layout.split}'")
-            if image_id in done:
-                raise DataError(f"segmenter outputs: image id {image_id} appears twice")
-            done.add(image_id)
-            with torch.no_grad():
-                logits = classifier(embeddings)
-            writer.add(info, logits, mask_logits)
+        writer = _Writer(split, tasks, staging, listing.panoptic_files)
+        for prediction in predictions:
+            writer.add(prediction)
         if "panoptic" in tasks:
             atomic_write_json(staging["panoptic"] / PANOPTIC_JSON,
                               {"annotations": writer.panoptic})
         if "instance" in tasks:
             atomic_write_json(targets["instance"], writer.instances)
-    return writer
+    return writer.count

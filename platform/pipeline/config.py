@@ -105,6 +105,10 @@ class EvaluationSpec:
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     per_class: bool = True  # store one metric row per class as well
+    # Prediction files of each run: all (COCO result files of every task), sample (semantic
+    # PNGs of a few images with unseen classes, for the dashboard) or none. Scoring is in
+    # memory either way and does not depend on it.
+    keep_predictions: Literal["all", "sample", "none"] = "sample"
 
     def validate(self) -> None:
         for name in ("protocols", "settings", "tasks"):

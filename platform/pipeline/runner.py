@@ -65,80 +65,14 @@ def setting_classifier(classifier: Callable[[Any], Any], split: Any, setting: st
 
 # -- evaluation -----------------------------------------------------------------------------------
 def evaluate_classifier(ctx: ProtocolContext, classifier: Callable[[Any], Any], out_dir: Path,
-                        tasks: Sequence[str], settings: Sequence[str], inference: Any
-                        ) -> dict[tuple[str, str], Any]:
-    """Predict the cached evaluation images with ``classifier`` and score every task and
-    setting; predictions stay in ``out_dir/<setting>/``.
-
-    Returns ``{(task, setting): EvalResult}``.
-    """
-    from zeroseg.methods.segmenter.inference import predict_dataset
-    from zeroseg.platform.evaluation import evaluate_instance, evaluate_panoptic, evaluate_semantic
-
-    split = ctx.label_split
-    tasks = [t for t in tasks if not split.tasks or t in split.tasks]
-    evaluators = {"semantic": evaluate_semantic, "instance": evaluate_instance,
-                  "panoptic": evaluate_panoptic}
-    results: dict[tuple[str, str], Any] = {}
-    for setting in settings:
-        paths = predict_dataset(ctx.eval_cache.iter_images(),
-                                setting_classifier(classifier, split, setting), ctx.eval_layout,
-                                split, out_dir / setting, tasks, config=inference)
-        for task in tasks:
-            results[(task, setting)] = evaluators[task](ctx.eval_layout, split, paths[task],
-                                                        setting)
-    return results
-
-
-class SemanticProbe:
-    """Fast in-memory GZSL mIoU of a classifier on a protocol's evaluation images (the per-epoch
-    objective of sweeps): the same inference and confusion matrix as :func:`evaluate_classifier`
-    without writing files. Holds the ground truth and the cached masks in memory."""
-
-    def __init__(self, ctx: ProtocolContext):
-        from PIL import Image
-
-        from zeroseg.platform.evaluation import SemanticEvaluator
-
-        self.split = ctx.label_split
-        layout = ctx.eval_layout
-        lut = self.split.png_lut()
-        self.images = []
-        for item in ctx.eval_cache.iter_images():
-            info = item
-            stem = _image_stem(ctx, info.image_id)
-            with Image.open(layout.semantic_pngs / f"{stem}.png") as im:
-                gt = lut[np.asarray(im)]
-            self.images.append((torch.as_tensor(item.query_embeddings),
-                                torch.as_tensor(item.mask_logits), (info.height, info.width), gt))
-        self._evaluator = SemanticEvaluator(self.split, "gzsl")
-
-    def __call__(self, classifier: Callable[[Any], Any]) -> Any:
-        from zeroseg.methods.segmenter.inference import (
-            class_probabilities,
-            semantic_inference,
-            upsample_masks,
-        )
-
-        ev = self._evaluator
-        ev.reset()
-        for embeddings, masks, size, gt in self.images:
-            with torch.no_grad():
-                probs = class_probabilities(torch.as_tensor(classifier(embeddings)))
-                pred = semantic_inference(probs, upsample_masks(masks, size)).numpy()
-            ev.process(gt, pred)
-        return ev.evaluate()
-
-
-def _image_stem(ctx: ProtocolContext, image_id: int) -> str:
-    names = getattr(ctx, "_stems", None)
-    if names is None:
-        from zeroseg.platform.data.coco import layout_images
-
-        images = layout_images(ctx.eval_layout) or {}
-        names = {i: Path(info.file_name).stem for i, info in images.items()}
-        ctx._stems = names  # type: ignore[attr-defined]
-    return names[image_id]
+                        tasks: Sequence[str], settings: Sequence[str], inference: Any,
+                        keep: str = "sample") -> dict[tuple[str, str], Any]:
+    """Score ``classifier`` on the protocol's cached evaluation images, every task and setting,
+    in memory (:mod:`.evaluate`); predictions are kept in ``out_dir/<setting>/`` as ``keep``
+    says. Returns ``{(task, setting): EvalResult}``."""
+    return ctx.evaluation().evaluate(classifier, tasks, settings, inference,
+                                     setting_classifier=setting_classifier, out_dir=out_dir,
+                                     keep=keep)
 
 
 # -- one run --------------------------------------------------------------------------------------
@@ -272,7 +206,8 @@ def _fit_and_evaluate(pipeline: Pipeline, spec: MethodSpec, method_config: Any,
     evaluation = pipeline.config.evaluation
     predictions = run_dir / "predictions" / ctx.protocol
     results = evaluate_classifier(ctx, output.classifier, predictions, evaluation.tasks,
-                                  evaluation.settings, evaluation.inference)
+                                  evaluation.settings, evaluation.inference,
+                                  evaluation.keep_predictions)
     return ProtocolResult(ctx.protocol, results, output, predictions,
                           time.perf_counter() - started)
 

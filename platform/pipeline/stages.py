@@ -77,6 +77,17 @@ class ProtocolContext:
     train_cache: Any | None  # FeatureCache (kind train_all), when a method needs it
     _features: dict[str, Any] = field(default_factory=dict)
     _head: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    _evaluation: Any = None
+
+    def evaluation(self) -> Any:
+        """The in-memory evaluation of this protocol (:class:`.evaluate.CachedEvaluation`):
+        cached outputs and ground truth read once, shared by every run and trial here."""
+        if self._evaluation is None:
+            from zeroseg.platform.pipeline.evaluate import CachedEvaluation
+
+            self._evaluation = CachedEvaluation(self.eval_cache, self.eval_layout,
+                                                self.label_split)
+        return self._evaluation
 
     def features(self, kind: str) -> Any:
         """TrainFeatures: ``train`` = matched queries (the real class embeddings), ``train_all``

@@ -108,14 +108,6 @@ def _worker_pipeline(job: SweepJob) -> Any:
     return _WORKER["pipeline"]
 
 
-def _probe(pipeline: Any) -> Any:
-    from zeroseg.platform.pipeline.runner import SemanticProbe
-
-    if "probe" not in _WORKER:
-        _WORKER["probe"] = SemanticProbe(pipeline.context("validation", "zero-shot"))
-    return _WORKER["probe"]
-
-
 def _node() -> str:
     import ray
 
@@ -152,7 +144,8 @@ def trial_function(knobs: dict[str, Any], job: SweepJob) -> None:
         if (protocol != "validation" or epoch >= space.epochs or objective.task != "semantic"
                 or objective.setting != "gzsl"):
             return
-        result = _probe(pipeline)(classifier)
+        result = pipeline.context("validation", "zero-shot").evaluation().semantic_miou(
+            classifier)
         value = getattr(result, objective.subset).get(objective.metric)
         tune.report({OBJECTIVE_KEY: float(value or 0.0), EPOCH_KEY: epoch, "final": False,
                      "node": node})
@@ -166,7 +159,10 @@ def trial_function(knobs: dict[str, Any], job: SweepJob) -> None:
                            objective.metric)
     record = outcome.record
     record.host = node
-    tune.report({OBJECTIVE_KEY: float(value or 0.0), EPOCH_KEY: space.epochs, "final": True,
+    # Tune, Optuna and ASHA need a number; an undefined objective (None in the store) is also
+    # flagged, so that the progress line's "best" is the store's.
+    tune.report({OBJECTIVE_KEY: float(value or 0.0), "defined": value is not None,
+                 EPOCH_KEY: space.epochs, "final": True,
                  "node": node, "record": record.to_json(), "knobs": values})
 
 
@@ -185,17 +181,20 @@ def _callback_class() -> type:
             self.final: set[str] = set()
             # Progress: one line per ended trial, with the best finished objective so far.
             self.say, self.trials, self.ended = say, trials, 0
-            self.last: dict[str, tuple[int, float]] = {}  # trial -> (epoch, objective)
+            self.last: dict[str, tuple[int, float | None]] = {}  # trial -> (epoch, objective)
             self.best: tuple[float, str] | None = None
+            self.best_rank: tuple[float, int] = (0.0, 0)
             self.started = time.perf_counter()
 
         def _progress(self, trial: Any, how: str) -> None:
             self.ended += 1
-            epoch, value = self.last.get(trial.trial_id, (0, None))
-            if how == "finished" and value is not None and (self.best is None or (
-                    value > self.best[0] if self.job.space.mode == "max"
-                    else value < self.best[0])):
-                self.best = (value, trial.trial_id)
+            epoch, value = self.last.get(trial.trial_id, (0, None))  # None: undefined
+            if how == "finished" and value is not None:
+                # best_trials' order: the objective, then the run started first
+                sign = -1.0 if self.job.space.mode == "max" else 1.0
+                rank = (sign * value, self.run_ids.get(trial.trial_id, 0))
+                if self.best is None or rank < self.best_rank:
+                    self.best, self.best_rank = (value, trial.trial_id), rank
             shown = "-" if value is None else f"{100 * value:.1f}"
             best = "-" if self.best is None else f"{100 * self.best[0]:.1f} ({self.best[1]})"
             self.say(f"  trial {self.ended}/{self.trials} {trial.trial_id} {how} after {epoch} "
@@ -250,7 +249,8 @@ def _callback_class() -> type:
             from zeroseg.platform.pipeline.runner import OBJECTIVE_CURVE
             from zeroseg.platform.store import RunRecord
 
-            self.last[trial.trial_id] = (int(result[EPOCH_KEY]), float(result[OBJECTIVE_KEY]))
+            value = float(result[OBJECTIVE_KEY]) if result.get("defined", True) else None
+            self.last[trial.trial_id] = (int(result[EPOCH_KEY]), value)
             with self._store() as store:
                 run_id = self._run_id(store, trial)
                 store.add_curve_points(run_id, [(OBJECTIVE_CURVE, int(result[EPOCH_KEY]),
@@ -464,7 +464,8 @@ def _summary(job: SweepJob, results: Any, exp_dir: Path, seconds: float, resumed
 
 
 def best_trials(store: Any, sweep: str, top: int = 1) -> list[dict[str, Any]]:
-    """The ``top`` finished trials of ``sweep`` by its objective (from the store)."""
+    """The ``top`` finished trials of ``sweep`` by its objective (from the store); of equal
+    values, the one started first."""
     info = next((s for s in store.sweeps() if s["name"] == sweep), None)
     if info is None:
         raise SweepError(f"sweep {sweep!r}: not in store {store.display}")
@@ -472,8 +473,10 @@ def best_trials(store: Any, sweep: str, top: int = 1) -> list[dict[str, Any]]:
     rows = store.metrics_frame(per_class=False, sweep=sweep, kind="trial", status="finished",
                                eval_split="val", metric_task=task, setting=setting,
                                subset=subset, metric=metric)
+    sign = -1.0 if info.get("mode", "max") == "max" else 1.0
+    # Ties go to the trial started first (the lower run id), as the progress line says.
     ranked = sorted((r for r in rows if r["value"] is not None),
-                    key=lambda r: r["value"], reverse=info.get("mode", "max") == "max")
+                    key=lambda r: (sign * r["value"], r["run_id"]))
     return [{"run_id": r["run_id"], "trial_id": r["trial_id"], "value": r["value"],
              "objective": info["objective"]} for r in ranked[:top]]
 

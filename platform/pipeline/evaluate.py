@@ -1,0 +1,255 @@
+"""Scoring a classifier on a protocol's cached segmenter outputs, in memory.
+
+A run (and every sweep trial) changes the classifier, never the segmenter: its evaluation
+re-labels the eval feature cache's query embeddings and runs inference and the evaluators.
+:class:`CachedEvaluation` does that without a round trip through files: the cached mask logits
+are decoded and upsampled to each image's size once (and kept while they fit in
+``memory_budget``), the ground truth of every task is read once (idem), and each trial's
+predictions go straight from :class:`~zeroseg.methods.segmenter.inference.Predictor` into the
+evaluators' ``process``. The predictions are the very objects the file writer would write, and
+the evaluators are the ones that read the files, so the metrics are the file path's, exactly
+(``tests/test_pipeline.py`` checks it).
+
+What is written, per ``evaluation.keep_predictions``: ``all`` -- the three tasks' COCO result
+files, as ``zeroseg eval`` reads them; ``sample`` (default) -- the semantic PNGs of the first
+:data:`SAMPLE_IMAGES` images whose ground truth holds an unseen class (what the dashboard shows);
+``none`` -- nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zeroseg.methods.segmenter.inference import (
+    INSTANCES_JSON,
+    PANOPTIC_DIR,
+    SEMANTIC_DIR,
+    ImagePrediction,
+    InferenceConfig,
+    Predictor,
+    UpsampledChunk,
+    cached_outputs,
+    layout_listing,
+    upsampled_chunks,
+    write_predictions,
+)
+from zeroseg.platform.data.classes import Split
+from zeroseg.platform.data.coco import load_json, read_label_png
+from zeroseg.platform.data.layout import CocoLayout
+from zeroseg.platform.errors import ConfigError, DataError
+from zeroseg.platform.evaluation import PanopticEvaluator, SemanticEvaluator
+from zeroseg.platform.evaluation.instance import evaluate_instance_coco
+from zeroseg.platform.evaluation.panoptic import read_segment_ids
+
+log = logging.getLogger(__name__)
+
+KEEP_PREDICTIONS = ("all", "sample", "none")
+SAMPLE_IMAGES = 8
+#: Bytes of upsampled mask logits and ground truth kept in memory per protocol.
+MEMORY_BUDGET = 1 << 30
+
+
+class _Memo:
+    """Values kept while their total size fits a budget; beyond it, recomputed on each use."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.used = 0
+        self.values: dict[Any, Any] = {}
+
+    def get(self, key: Any, compute: Callable[[], Any], nbytes: Callable[[Any], int]) -> Any:
+        if key in self.values:
+            return self.values[key]
+        value = compute()
+        size = nbytes(value)
+        if self.used + size <= self.budget:
+            self.values[key] = value
+            self.used += size
+        return value
+
+
+class CachedEvaluation:
+    """The evaluation of one protocol: its eval cache, its ground truth, in memory."""
+
+    def __init__(self, cache: Any, layout: CocoLayout, split: Split, *,
+                 memory_budget: int = MEMORY_BUDGET):
+        self.cache = cache
+        self.layout = layout
+        self.split = split
+        self.listing = layout_listing(layout)
+        self._memo = _Memo(memory_budget)
+        self._chunks: list[UpsampledChunk] | None = None
+        self._panoptic_json: dict[str, Any] | None = None
+        self._instances_json: dict[str, Any] | None = None
+        self._png_lut = split.png_lut()
+
+    # -- cached outputs ----------------------------------------------------------------------
+    def chunks(self) -> Iterator[UpsampledChunk]:
+        """The cache's images in chunks, mask logits upsampled; kept after the first full pass
+        when they fit the memory budget."""
+        if self._chunks is not None:
+            yield from self._chunks
+            return
+        kept: list[UpsampledChunk] | None = []
+        for chunk in upsampled_chunks(cached_outputs(self.cache.iter_images()),
+                                      self.listing.images,
+                                      where=f"feature cache {self.cache.path}"):
+            if kept is not None:
+                size = chunk.masks.numel() * chunk.masks.element_size()
+                if self._memo.used + size <= self._memo.budget:
+                    kept.append(chunk)
+                    self._memo.used += size
+                else:
+                    self._memo.used -= sum(c.masks.numel() * c.masks.element_size()
+                                           for c in kept)
+                    kept = None
+            yield chunk
+        if kept is not None:
+            self._chunks = kept
+
+    # -- ground truth ------------------------------------------------------------------------
+    def semantic_gt(self, image_id: int) -> np.ndarray:
+        info = self.listing.images[image_id]
+        path = self.layout.semantic_pngs / f"{Path(info.file_name).stem}.png"
+        return self._memo.get(("semantic", image_id), lambda: read_label_png(path),
+                              lambda a: a.nbytes)
+
+    def panoptic_json(self) -> dict[str, Any]:
+        if self._panoptic_json is None:
+            path = self.layout.require(self.layout.panoptic_json, "panoptic GT json")
+            data = load_json(path, "panoptic GT json", ("annotations", "categories"))
+            data["_by_image"] = {a["image_id"]: a for a in data["annotations"]}
+            self._panoptic_json = data
+        return self._panoptic_json
+
+    def panoptic_gt(self, image_id: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        ann = self.panoptic_json()["_by_image"].get(image_id)
+        if ann is None:
+            raise DataError(f"{self.layout.panoptic_json}: no GT annotation for image {image_id}")
+        path = self.layout.panoptic_pngs / ann["file_name"]
+        ids = self._memo.get(("panoptic", image_id), lambda: read_segment_ids(path),
+                             lambda a: a.nbytes)
+        return ids, ann.get("segments_info", [])
+
+    def instances_json(self) -> dict[str, Any]:
+        if self._instances_json is None:
+            path = self.layout.require(self.layout.instances_json, "instances GT json")
+            self._instances_json = load_json(path, "instances GT json",
+                                             ("images", "annotations", "categories"))
+        return self._instances_json
+
+    def unseen_image_ids(self, limit: int) -> set[int]:
+        """The first ``limit`` images (in cache order) whose semantic GT has an unseen class."""
+        unseen = np.zeros(256, dtype=bool)
+        for c in self.split.unseen:
+            if c.png_label is not None:
+                unseen[c.png_label] = True
+        out: set[int] = set()
+        for image_id in self.cache.image_ids:
+            if len(out) >= limit:
+                break
+            if unseen[self.semantic_gt(image_id)].any():
+                out.add(image_id)
+        return out
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def evaluate(self, classifier: Callable[[Any], Any], tasks: Sequence[str],
+                 settings: Sequence[str], inference: InferenceConfig, *,
+                 setting_classifier: Callable[[Any, Split, str], Any],
+                 out_dir: Path | None = None, keep: str = "sample",
+                 ) -> dict[tuple[str, str], Any]:
+        """``{(task, setting): EvalResult}`` of ``classifier`` on every image of the cache;
+        predictions written under ``out_dir/<setting>/`` as ``keep`` says."""
+        if keep not in KEEP_PREDICTIONS:
+            raise ConfigError(f"evaluation.keep_predictions: expected one of "
+                              f"{list(KEEP_PREDICTIONS)}, got {keep!r}")
+        split = self.split
+        tasks = [t for t in tasks if not split.tasks or t in split.tasks]
+        results: dict[tuple[str, str], Any] = {}
+        for setting in settings:
+            predictor = Predictor(split, tasks, inference, self.listing.instance_categories)
+            clf = setting_classifier(classifier, split, setting)
+            predictions = (p for chunk in self.chunks() for p in predictor.predict(chunk, clf))
+            sink = _Scores(self, tasks, setting)
+            target = out_dir / setting if out_dir is not None else None
+            if keep == "all" and target is not None:
+                write_predictions(sink.feed(predictions), split, self.listing, tasks,
+                                  _targets(target))
+            elif keep == "sample" and target is not None and "semantic" in tasks:
+                sample = self.unseen_image_ids(SAMPLE_IMAGES)
+                kept = [p for p in sink.feed(predictions) if p.info.id in sample]
+                only = [ImagePrediction(p.info, semantic=p.semantic) for p in kept]
+                write_predictions(only, split, self.listing, ["semantic"], _targets(target))
+            else:
+                for _ in sink.feed(predictions):
+                    pass
+            results.update({(task, setting): r for task, r in sink.results().items()})
+        return results
+
+    def semantic_miou(self, classifier: Callable[[Any], Any]) -> Any:
+        """GZSL semantic EvalResult only (the per-epoch objective of sweeps)."""
+        predictor = Predictor(self.split, ["semantic"], InferenceConfig())
+        sink = _Scores(self, ["semantic"], "gzsl")
+        for _ in sink.feed(p for chunk in self.chunks()
+                           for p in predictor.predict(chunk, classifier)):
+            pass
+        return sink.results()["semantic"]
+
+
+def _targets(out: Path) -> dict[str, Path]:
+    return {"semantic": out / SEMANTIC_DIR, "panoptic": out / PANOPTIC_DIR,
+            "instance": out / INSTANCES_JSON}
+
+
+class _Scores:
+    """The evaluators of one setting, fed one prediction at a time."""
+
+    def __init__(self, data: CachedEvaluation, tasks: Sequence[str], setting: str):
+        self.data = data
+        self.tasks = tuple(tasks)
+        self.setting = setting
+        split = data.split
+        self.semantic = (SemanticEvaluator(split, setting, gt_values=data._png_lut)
+                         if "semantic" in tasks else None)
+        self.panoptic = None
+        if "panoptic" in tasks:
+            categories = [int(c["id"]) for c in data.panoptic_json()["categories"]]
+            extra = [cid for cid in categories if cid not in split.id_to_index()]
+            if extra:
+                raise DataError(f"{data.layout.panoptic_json}: categories {extra[:5]} are not "
+                                f"classes of split {split.name}")
+            self.panoptic = PanopticEvaluator(split, setting, categories=categories)
+        self.instances: list[dict[str, Any]] = []
+        self.count = 0
+
+    def feed(self, predictions: Iterable[ImagePrediction]) -> Iterator[ImagePrediction]:
+        for p in predictions:
+            image_id = p.info.id
+            name = f"image {image_id}"
+            if self.semantic is not None:
+                self.semantic.process(self.data.semantic_gt(image_id),
+                                      p.semantic.astype(np.uint8), name)
+            if self.panoptic is not None:
+                gt_ids, gt_segments = self.data.panoptic_gt(image_id)
+                self.panoptic.process(gt_ids, gt_segments, p.panoptic, p.segments, name)
+            if p.instances is not None:
+                self.instances.extend(p.instances)
+            self.count += 1
+            yield p
+
+    def results(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        options = {"evaluated": "in memory"}
+        if self.semantic is not None:
+            out["semantic"] = self.semantic.evaluate(options=options)
+        if "instance" in self.tasks:
+            out["instance"] = evaluate_instance_coco(self.data.instances_json(), self.instances,
+                                                     self.data.split, self.setting)
+        if self.panoptic is not None:
+            out["panoptic"] = self.panoptic.evaluate(options=options)
+        return out
