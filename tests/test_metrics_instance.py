@@ -348,6 +348,28 @@ def test_equals_pycocotools_on_random_inputs(seed, iou_type):
         assert z.per_class == ref_z, backend
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_detections_as_columns_equal_the_results_json(seed):
+    """The in-memory form of zeroseg's own predictions (Detections) scores exactly as the same
+    detections in a results json, for both backends and both settings."""
+    from zeroseg.platform.evaluation.instance import Detections
+
+    gt, dets = random_fixture(seed)
+    split = tiny_split(6, unseen=(2, 5))
+    columns = Detections(
+        np.array([d["image_id"] for d in dets], dtype=np.int64),
+        np.array([d["category_id"] for d in dets], dtype=np.int64),
+        np.array([d["bbox"] for d in dets], dtype=np.float64).reshape(-1, 4),
+        np.array([d["score"] for d in dets], dtype=np.float64),
+        [d["segmentation"] for d in dets])
+    assert columns.entries() == json.loads(json.dumps(dets))
+    for backend in BACKENDS:
+        for setting in ("gzsl", "zsl"):
+            a = evaluate_instance_coco(gt, dets, split, setting, backend=backend)
+            b = evaluate_instance_coco(gt, columns, split, setting, backend=backend)
+            assert a.per_class == b.per_class and a.counts == b.counts, (backend, setting)
+
+
 def test_only_the_instances_json_categories_are_reported():
     # The split has a 6th class (say a stuff class) that the instances json does not list:
     # it is not an instance class, so it is neither reported nor in a mean.

@@ -31,6 +31,7 @@ import io
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,39 @@ def _check_results(results: Sequence[Mapping[str, Any]], image_sizes: Mapping[An
             raise DataError(f"{where}: detection {i} has neither 'bbox' nor 'segmentation'")
 
 
+@dataclass
+class Detections:
+    """COCO results as columns (zeroseg's own inference, in memory): row i is the detection
+    ``{image_id, category_id, bbox, score, segmentation}`` of the results json."""
+
+    image_ids: np.ndarray  # [N] int64
+    category_ids: np.ndarray  # [N] int64
+    boxes: np.ndarray  # [N, 4] float64 xywh
+    scores: np.ndarray  # [N] float64
+    segmentations: list[dict[str, Any]]  # [N] COCO RLEs
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def select(self, rows: np.ndarray) -> Detections:
+        return Detections(self.image_ids[rows], self.category_ids[rows], self.boxes[rows],
+                          self.scores[rows], [self.segmentations[i] for i in rows.tolist()])
+
+    def entries(self) -> list[dict[str, Any]]:
+        """The results-json dicts."""
+        return [{"image_id": i, "category_id": c, "segmentation": seg, "bbox": box,
+                 "score": score}
+                for i, c, seg, box, score in zip(self.image_ids.tolist(),
+                                                 self.category_ids.tolist(), self.segmentations,
+                                                 self.boxes.tolist(), self.scores.tolist(),
+                                                 strict=True)]
+
+    def array(self) -> np.ndarray:
+        """[N, 7] rows ``image_id, x, y, w, h, score, category_id`` (COCO's numpy form)."""
+        return np.column_stack([self.image_ids, self.boxes, self.scores,
+                                self.category_ids]).astype(np.float64)
+
+
 def _run_pycocotools(gt: Mapping[str, Any], results: list[dict], iou_type: str,
                      cat_ids: list[int], img_ids: list[Any]) -> tuple[np.ndarray, np.ndarray]:
     from pycocotools.coco import COCO
@@ -146,12 +180,15 @@ def _run_pycocotools(gt: Mapping[str, Any], results: list[dict], iou_type: str,
     return np.asarray(ev.eval["precision"]), np.asarray(ev.eval["recall"])
 
 
-def _run_hotcoco(gt: Mapping[str, Any], results: list[dict], iou_type: str,
+def _run_hotcoco(gt: Mapping[str, Any], results: list[dict] | Detections, iou_type: str,
                  cat_ids: list[int], img_ids: list[Any]) -> tuple[np.ndarray, np.ndarray]:
     import hotcoco
 
     coco_gt = hotcoco.COCO(dict(gt))
-    coco_dt = coco_gt.load_res(results)
+    if isinstance(results, Detections):
+        coco_dt = coco_gt.load_res(results.array(), segmentation=results.segmentations)
+    else:
+        coco_dt = coco_gt.load_res(results)
     ev = hotcoco.COCOeval(coco_gt, coco_dt, iou_type)
     params = ev.params
     params.iou_thrs = [float(t) for t in IOU_THRESHOLDS]
@@ -194,14 +231,16 @@ def _gt_counts(gt: Mapping[str, Any], cat_ids: Sequence[int]) -> dict[int, int]:
 
 def evaluate_instance_coco(
     gt: Mapping[str, Any] | str | Path,
-    results: Sequence[Mapping[str, Any]] | str | Path,
+    results: Sequence[Mapping[str, Any]] | Detections | str | Path,
     split: Split,
     setting: str = "gzsl",
     *,
     iou_type: str = "segm",
     backend: str = "hotcoco",
 ) -> EvalResult:
-    """mAP / Recall@100 of COCO results against a COCO instances GT (dicts or json paths)."""
+    """mAP / Recall@100 of COCO results against a COCO instances GT (dicts or json paths).
+    Results given as :class:`Detections` (zeroseg's own inference, in memory) are well-formed
+    by construction and not checked detection by detection, as a results json is."""
     setting = check_setting(setting)
     if iou_type not in IOU_TYPES:
         raise ConfigError(f"iou_type: {iou_type!r} is not one of {', '.join(IOU_TYPES)}")
@@ -219,7 +258,8 @@ def evaluate_instance_coco(
     cat_ids = _check_gt(gt, split, gt_where)
     image_ids = [img["id"] for img in gt["images"]]
     sizes = {img["id"]: [img.get("height"), img.get("width")] for img in gt["images"]}
-    _check_results(results, sizes, set(cat_ids), iou_type, res_where)
+    if not isinstance(results, Detections):
+        _check_results(results, sizes, set(cat_ids), iou_type, res_where)
 
     id_to_index = split.id_to_index()
     if setting == ZSL:
@@ -228,24 +268,33 @@ def evaluate_instance_coco(
     else:
         eval_ids = sorted(cat_ids)
     keep = set(eval_ids)
-    # Shallow copies: COCO's loadRes writes 'id', 'area', 'iscrowd' into each detection.
-    dets = [dict(d) for d in results if d["category_id"] in keep]
+    # pycocotools' loadRes writes 'id', 'area', 'iscrowd' into each detection: it gets
+    # shallow copies; hotcoco reads them only.
+    if backend == "hotcoco":
+        try:
+            import hotcoco  # noqa: F401
+        except ImportError:
+            log.warning("hotcoco is not installed; falling back to pycocotools")
+            backend = "pycocotools"
+    dets: list[dict[str, Any]] | Detections
+    if isinstance(results, Detections):
+        dets = results.select(np.flatnonzero(np.isin(results.category_ids, eval_ids)))
+        if backend == "pycocotools":
+            dets = dets.entries()
+    elif backend == "pycocotools":
+        dets = [dict(d) for d in results if d["category_id"] in keep]
+    else:
+        dets = [d for d in results if d["category_id"] in keep]
     img_ids = sorted(set(image_ids))
 
     if not eval_ids:
         per_id: dict[int, dict[str, float | None]] = {}
-    elif not dets:
+    elif len(dets) == 0:
         # No detection at all: AP and recall are 0 where there is GT, undefined elsewhere.
         gt_counts = _gt_counts(gt, eval_ids)
         per_id = {cid: {m: (0.0 if gt_counts[cid] > 0 else None) for m in INSTANCE_METRICS}
                   for cid in eval_ids}
     else:
-        if backend == "hotcoco":
-            try:
-                import hotcoco  # noqa: F401
-            except ImportError:
-                log.warning("hotcoco is not installed; falling back to pycocotools")
-                backend = "pycocotools"
         run = _run_hotcoco if backend == "hotcoco" else _run_pycocotools
         precision, recall = run(gt, dets, iou_type, eval_ids, img_ids)
         per_id = _per_class_from_arrays(precision, recall, eval_ids)

@@ -151,31 +151,46 @@ def _searchsorted_index(flat: np.ndarray, seg_ids: np.ndarray) -> np.ndarray:
     return index
 
 
+def gt_rows(gt_ids: np.ndarray, gt_seg: np.ndarray) -> np.ndarray:
+    """Per GT pixel (flat), its row of the intersection table: 0 = VOID, 1..G = the segments
+    in ``segments_info`` order, G + 1 = ids listed nowhere. A new array (int16 or intp), so
+    a caller may keep it to score many predictions against one ground truth."""
+    flat = gt_ids.ravel()
+    if _table_ok(flat, gt_seg):
+        rows = _gather(flat, gt_seg, np.empty(flat.size, dtype=np.int16))
+    else:
+        rows = _searchsorted_index(flat, gt_seg)
+    np.copyto(rows, gt_seg.size + 1, where=rows < 0)  # listed nowhere: not a segment, not VOID
+    return rows
+
+
 def _pair_keys(gt_ids: np.ndarray, gt_seg: np.ndarray, pred_ids: np.ndarray,
-               pred_seg: np.ndarray, where: str) -> np.ndarray:
-    """Per pixel: gt_row * (P + 1) + pred_col, with GT rows 0 = VOID, 1..G = segments,
-    G + 1 = ids listed nowhere, and prediction columns 0 = VOID, 1..P = segments."""
+               pred_seg: np.ndarray, where: str, rows: np.ndarray | None = None) -> np.ndarray:
+    """Per pixel: gt_row * (P + 1) + pred_col, with GT rows as :func:`gt_rows` gives them
+    (``rows``: already computed) and prediction columns 0 = VOID, 1..P = segments."""
     g, p = gt_seg.size, pred_seg.size
-    gt_flat, pred_flat = gt_ids.ravel(), pred_ids.ravel()
-    small, key = _scratch.buffers(gt_flat.size)
-    if _table_ok(pred_flat, pred_seg):
-        pred_index = _gather(pred_flat, pred_seg, small)
+    pred_flat = pred_ids.ravel()
+    small, key = _scratch.buffers(pred_flat.size)
+    if p and pred_seg[0] == 1 and pred_seg[-1] == p and (np.diff(pred_seg) == 1).all() \
+            and pred_flat.min(initial=0) >= 0 and pred_flat.max(initial=0) <= p:
+        np.copyto(key, pred_flat, casting="unsafe")  # ids 1..P in order: ids are the columns
+    elif not p and not pred_flat.any():
+        key.fill(0)
     else:
-        pred_index = _searchsorted_index(pred_flat, pred_seg)
-    if pred_index.min(initial=0) < 0:
-        missing = np.unique(pred_flat[pred_index < 0])[:5].tolist()
-        raise DataError(f"{where}: segment ids {missing} are in the prediction PNG but not in its "
-                        f"segments_info")
-    np.copyto(key, pred_index, casting="unsafe")
-    if _table_ok(gt_flat, gt_seg):
-        gt_index = _gather(gt_flat, gt_seg, small)
-    else:
-        gt_index = _searchsorted_index(gt_flat, gt_seg)
-    np.copyto(gt_index, g + 1, where=gt_index < 0)  # listed nowhere: not a segment, not VOID
+        if _table_ok(pred_flat, pred_seg):
+            pred_index = _gather(pred_flat, pred_seg, small)
+        else:
+            pred_index = _searchsorted_index(pred_flat, pred_seg)
+        if pred_index.min(initial=0) < 0:
+            missing = np.unique(pred_flat[pred_index < 0])[:5].tolist()
+            raise DataError(f"{where}: segment ids {missing} are in the prediction PNG but not "
+                            f"in its segments_info")
+        np.copyto(key, pred_index, casting="unsafe")
+    gt_index = gt_rows(gt_ids, gt_seg) if rows is None else rows
     # key += gt_index * (p + 1), without an intp temporary
     if (g + 2) * (p + 1) <= _TABLE_LIMIT and gt_index.dtype == np.int16:
-        gt_index *= p + 1
-        key += gt_index
+        scaled = np.multiply(gt_index, p + 1, out=small, casting="unsafe")
+        key += scaled
     else:
         key += gt_index.astype(np.intp) * (p + 1)
     return key
@@ -204,11 +219,13 @@ def pq_image_stats(
     pred: Segments,
     evaluated: np.ndarray,
     where: str = "image",
+    rows: np.ndarray | None = None,
 ) -> ImageStats:
     """PQ statistics of one image.
 
     ``gt_ids`` / ``pred_ids``: HxW segment-id maps. ``evaluated``: bool per class, False for
-    classes dropped by the setting (seen classes in ZSL).
+    classes dropped by the setting (seen classes in ZSL). ``rows``: :func:`gt_rows` of the
+    GT, when the caller keeps it (it scores many predictions against one ground truth).
     """
     num_classes = evaluated.size
     if gt_ids.shape != pred_ids.shape:
@@ -216,7 +233,7 @@ def pq_image_stats(
                         f"{gt_ids.shape[:2]}")
     g, p = gt.ids.size, pred.ids.size
 
-    key = _pair_keys(gt_ids, gt.ids, pred_ids, pred.ids, where)
+    key = _pair_keys(gt_ids, gt.ids, pred_ids, pred.ids, where, rows)
     inter = np.bincount(key, minlength=(g + 2) * (p + 1)).reshape(g + 2, p + 1)
     pred_area = inter.sum(axis=0)[1:]
     if (pred_area == 0).any():
@@ -338,6 +355,16 @@ def _segments(infos: Sequence[Mapping[str, Any]], id_to_index: Mapping[int, int]
                     crowd=np.asarray(crowd, dtype=bool), area=np.asarray(area, dtype=np.int64))
 
 
+@dataclass(frozen=True)
+class GroundTruth:
+    """One image's panoptic GT as the evaluator reads it
+    (:meth:`PanopticEvaluator.ground_truth`)."""
+
+    ids: np.ndarray  # [H, W] segment ids
+    segments: Segments
+    rows: np.ndarray  # gt_rows(ids, segments.ids)
+
+
 def _evaluated_mask(split: Split, setting: str) -> np.ndarray:
     if setting == ZSL:
         return split.unseen_mask.copy()
@@ -372,10 +399,23 @@ class PanopticEvaluator:
     def process(self, gt_ids: np.ndarray, gt_segments: Sequence[Mapping[str, Any]],
                 pred_ids: np.ndarray, pred_segments: Sequence[Mapping[str, Any]],
                 name: str = "image") -> None:
-        gt = _segments(gt_segments, self._id_to_index, f"{name} (GT)", gt=True)
+        gt = self.ground_truth(gt_ids, gt_segments, name)
+        self.process_ground_truth(gt, pred_ids, pred_segments, name)
+
+    def ground_truth(self, gt_ids: np.ndarray, gt_segments: Sequence[Mapping[str, Any]],
+                     name: str = "image") -> GroundTruth:
+        """One image's GT prepared for :meth:`process_ground_truth` (keep it to score many
+        predictions against it)."""
+        gt_ids = np.asarray(gt_ids)
+        segments = _segments(gt_segments, self._id_to_index, f"{name} (GT)", gt=True)
+        return GroundTruth(gt_ids, segments, gt_rows(gt_ids, segments.ids))
+
+    def process_ground_truth(self, gt: GroundTruth, pred_ids: np.ndarray,
+                             pred_segments: Sequence[Mapping[str, Any]],
+                             name: str = "image") -> None:
         pred = _segments(pred_segments, self._id_to_index, f"{name} (prediction)", gt=False)
-        self.stats.add(pq_image_stats(np.asarray(gt_ids), gt, np.asarray(pred_ids), pred,
-                                      self._evaluated, name))
+        self.stats.add(pq_image_stats(gt.ids, gt.segments, np.asarray(pred_ids), pred,
+                                      self._evaluated, name, gt.rows))
 
     def evaluate(self, options: Mapping[str, Any] | None = None) -> EvalResult:
         return panoptic_result(self.stats, self.split, self.setting, self.empty_classes,

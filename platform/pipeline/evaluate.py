@@ -43,8 +43,9 @@ from zeroseg.platform.data.coco import load_json, read_label_png
 from zeroseg.platform.data.layout import CocoLayout
 from zeroseg.platform.errors import ConfigError, DataError
 from zeroseg.platform.evaluation import PanopticEvaluator, SemanticEvaluator
-from zeroseg.platform.evaluation.instance import evaluate_instance_coco
+from zeroseg.platform.evaluation.instance import Detections, evaluate_instance_coco
 from zeroseg.platform.evaluation.panoptic import read_segment_ids
+from zeroseg.platform.evaluation.semantic import check_histogram, joint_histogram
 
 log = logging.getLogger(__name__)
 
@@ -96,17 +97,16 @@ class CachedEvaluation:
             yield from self._chunks
             return
         kept: list[UpsampledChunk] | None = []
+        instances = not self.split.tasks or "instance" in self.split.tasks
         for chunk in upsampled_chunks(cached_outputs(self.cache.iter_images()),
-                                      self.listing.images,
+                                      self.listing.images, instances=instances,
                                       where=f"feature cache {self.cache.path}"):
             if kept is not None:
-                size = chunk.masks.numel() * chunk.masks.element_size()
-                if self._memo.used + size <= self._memo.budget:
+                if self._memo.used + chunk.nbytes <= self._memo.budget:
                     kept.append(chunk)
-                    self._memo.used += size
+                    self._memo.used += chunk.nbytes
                 else:
-                    self._memo.used -= sum(c.masks.numel() * c.masks.element_size()
-                                           for c in kept)
+                    self._memo.used -= sum(c.nbytes for c in kept)
                     kept = None
             yield chunk
         if kept is not None:
@@ -127,14 +127,17 @@ class CachedEvaluation:
             self._panoptic_json = data
         return self._panoptic_json
 
-    def panoptic_gt(self, image_id: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    def panoptic_gt(self, image_id: int, evaluator: PanopticEvaluator) -> Any:
+        """The image's GT as ``evaluator`` reads it (a GroundTruth: ids, segments, rows)."""
         ann = self.panoptic_json()["_by_image"].get(image_id)
         if ann is None:
             raise DataError(f"{self.layout.panoptic_json}: no GT annotation for image {image_id}")
         path = self.layout.panoptic_pngs / ann["file_name"]
-        ids = self._memo.get(("panoptic", image_id), lambda: read_segment_ids(path),
-                             lambda a: a.nbytes)
-        return ids, ann.get("segments_info", [])
+        return self._memo.get(
+            ("panoptic", image_id),
+            lambda: evaluator.ground_truth(read_segment_ids(path), ann.get("segments_info", []),
+                                           f"{path} (image {image_id})"),
+            lambda gt: gt.ids.nbytes + gt.rows.nbytes)
 
     def instances_json(self) -> dict[str, Any]:
         if self._instances_json is None:
@@ -224,7 +227,7 @@ class _Scores:
                 raise DataError(f"{data.layout.panoptic_json}: categories {extra[:5]} are not "
                                 f"classes of split {split.name}")
             self.panoptic = PanopticEvaluator(split, setting, categories=categories)
-        self.instances: list[dict[str, Any]] = []
+        self.instances: list[Any] = []  # InstanceResults per image
         self.count = 0
 
     def feed(self, predictions: Iterable[ImagePrediction]) -> Iterator[ImagePrediction]:
@@ -232,13 +235,15 @@ class _Scores:
             image_id = p.info.id
             name = f"image {image_id}"
             if self.semantic is not None:
-                self.semantic.process(self.data.semantic_gt(image_id),
-                                      p.semantic.astype(np.uint8), name)
+                # Counted per image, checked once on the sum (results() does): the labels of a
+                # prediction are valid by construction, the GT's are the GT's.
+                self.semantic.add_histogram(joint_histogram(
+                    self.data.semantic_gt(image_id), p.semantic.astype(np.uint8), name), 1)
             if self.panoptic is not None:
-                gt_ids, gt_segments = self.data.panoptic_gt(image_id)
-                self.panoptic.process(gt_ids, gt_segments, p.panoptic, p.segments, name)
+                gt = self.data.panoptic_gt(image_id, self.panoptic)
+                self.panoptic.process_ground_truth(gt, p.panoptic, p.segments, name)
             if p.instances is not None:
-                self.instances.extend(p.instances)
+                self.instances.append(p.instances)
             self.count += 1
             yield p
 
@@ -246,9 +251,19 @@ class _Scores:
         out: dict[str, Any] = {}
         options = {"evaluated": "in memory"}
         if self.semantic is not None:
+            check_histogram(self.semantic.histogram, self.semantic._rows, self.semantic._cols,
+                            f"{self.data.layout.semantic_pngs} (in-memory evaluation)")
             out["semantic"] = self.semantic.evaluate(options=options)
         if "instance" in self.tasks:
-            out["instance"] = evaluate_instance_coco(self.data.instances_json(), self.instances,
+            parts = self.instances
+            detections = Detections(
+                np.concatenate([np.full(len(p), p.image_id, np.int64) for p in parts]
+                               or [np.zeros(0, np.int64)]),
+                np.concatenate([p.category_ids for p in parts] or [np.zeros(0, np.int64)]),
+                np.concatenate([p.boxes for p in parts] or [np.zeros((0, 4))]),
+                np.concatenate([p.scores for p in parts] or [np.zeros(0)]),
+                [rle for p in parts for rle in p.rles])
+            out["instance"] = evaluate_instance_coco(self.data.instances_json(), detections,
                                                      self.data.split, self.setting)
         if self.panoptic is not None:
             out["panoptic"] = self.panoptic.evaluate(options=options)
