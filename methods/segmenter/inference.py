@@ -143,13 +143,16 @@ class QueryMasks:
     boxes: np.ndarray  # [Q, 4] float64 xywh (pycocotools' toBbox)
 
     @classmethod
-    def of(cls, mask_logits: Tensor, mask_probs: Tensor | None = None) -> QueryMasks:
-        """From upsampled mask logits [Q, H, W] (and their sigmoid, when the caller has it)."""
+    def of(cls, mask_logits: Tensor) -> QueryMasks:
+        """From upsampled mask logits [Q, H, W]."""
         logits = mask_logits.float()
-        masks = logits > 0  # sigmoid > 0.5
-        area = masks.flatten(1).sum(1)
-        sigmoid = logits.sigmoid() if mask_probs is None else mask_probs
-        score = (sigmoid * masks).flatten(1).sum(1) / (area + 1e-6)
+        return cls.from_masks(logits > 0, logits.sigmoid())  # logit > 0: sigmoid > 0.5
+
+    @classmethod
+    def from_masks(cls, masks: Tensor, mask_probs: Tensor) -> QueryMasks:
+        """From the binary masks (logit > 0) [Q, H, W] and the sigmoid of the logits."""
+        area = torch.count_nonzero(masks.flatten(1), dim=1)
+        score = (mask_probs * masks).flatten(1).sum(1) / (area + 1e-6)
         if len(masks):
             encoded = mask_utils.encode(np.asfortranarray(
                 masks.numpy().astype(np.uint8).transpose(1, 2, 0)))
@@ -443,8 +446,9 @@ class ImagePrediction:
     segments: list[dict[str, Any]] | None = None  # COCO segments_info of ``panoptic``
 
 
-#: How many float32 elements of upsampled mask logits one chunk of images may hold (128 MiB).
-CHUNK_ELEMENTS = 1 << 25
+#: How many float32 elements of upsampled mask logits one chunk of images may hold (16 MiB:
+#: temporaries of that size are reused by the allocator instead of being page-faulted in anew).
+CHUNK_ELEMENTS = 1 << 22
 
 
 @dataclass
@@ -478,9 +482,10 @@ def upsampled_chunks(outputs: Iterable[tuple[int, Tensor, Tensor]],
         info = pending[0][0]
         stacked = torch.stack([m for _, _, m in pending])
         logits = upsample_masks(stacked, (info.height, info.width))
-        probs = logits.sigmoid()
-        queries = ([QueryMasks.of(logits[i], probs[i]) for i in range(len(pending))]
-                   if instances else None)
+        positive = logits > 0 if instances else None
+        probs = logits.sigmoid_()  # in place: the logits are not needed any more
+        queries = ([QueryMasks.from_masks(positive[i], probs[i]) for i in range(len(pending))]
+                   if positive is not None else None)
         chunk = UpsampledChunk([i for i, _, _ in pending], [e for _, e, _ in pending], probs,
                                queries)
         pending.clear()
