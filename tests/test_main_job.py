@@ -39,7 +39,7 @@ def test_main_job_runs_every_stage_and_stores_everything(main_job):
         reps = store.runs(kind="reproduction")
         sweeps = store.sweeps()
     assert len(trials) == 3 and sweeps[0]["status"] == "finished"
-    assert baselines == {"seen-only", "projection", "gmmn", "pading"}
+    assert baselines == {"supervised", "seen-only", "projection", "gmmn", "pading"}
     assert len(reps) == 3 and {r["seed"] for r in reps} == {0, 1, 2}
     assert summary["reproductions"][0]["exact"] is True
     assert summary["speed_probe_s"] > 0 and "machine speed probe" in out
@@ -48,6 +48,7 @@ def test_main_job_runs_every_stage_and_stores_everything(main_job):
     for stage in range(1, 7):
         assert f"== {stage}/6" in out
     assert "GZSL, test split" in out and "pading (swept)" in out
+    assert "Supervised" in out and "the upper bound" in out  # the oracle's row
     assert f"zeroseg dashboard --store {main_job['store']}" in out
     assert (out_dir / "experiment.yaml").is_file() and (out_dir / "space.yaml").is_file()
 
