@@ -203,9 +203,10 @@ def pycocotools_instance(gt_json: Path, results_json: Path) -> dict:
 
 def in_memory_pq(layout, split, pred_dir: Path):
     """A function scoring the predictions of ``pred_dir`` in memory, as CachedEvaluation does:
-    the GT is read and prepared before (not timed), the predictions are decoded before."""
+    the GT is read and prepared before (not timed), the predictions are decoded before and
+    renumbered 1..P as zeroseg's inference numbers them (the same segments, the same PQ)."""
     from zeroseg.platform.evaluation import PanopticEvaluator
-    from zeroseg.platform.evaluation.panoptic import read_segment_ids
+    from zeroseg.platform.evaluation.panoptic import BATCH_IMAGES, read_segment_ids
 
     gt_doc = json.loads(layout.panoptic_json.read_text())
     pred_doc = json.loads((pred_dir / "predictions.json").read_text())
@@ -217,13 +218,19 @@ def in_memory_pq(layout, split, pred_dir: Path):
         gt = prepare.ground_truth(read_segment_ids(layout.panoptic_pngs / ann["file_name"]),
                                   ann["segments_info"])
         pred = preds[ann["image_id"]]
-        items.append((gt, read_segment_ids(pred_dir / pred["file_name"]),
-                      pred["segments_info"]))
+        # zeroseg's inference numbers its segments 1..P in segments_info order: so do these
+        ids = read_segment_ids(pred_dir / pred["file_name"])
+        lut = {0: 0, **{s["id"]: k + 1 for k, s in enumerate(pred["segments_info"])}}
+        values, inverse = np.unique(ids, return_inverse=True)
+        ids = np.array([lut[int(v)] for v in values], dtype=np.int32)[inverse].reshape(ids.shape)
+        segments = [dict(s, id=k + 1) for k, s in enumerate(pred["segments_info"])]
+        items.append((gt, ids, segments))
 
     def run():
         evaluator = PanopticEvaluator(split, "gzsl", categories=categories)
-        for gt, pred_ids, segments in items:
-            evaluator.process_ground_truth(gt, pred_ids, segments)
+        for start in range(0, len(items), BATCH_IMAGES):  # as CachedEvaluation feeds it
+            evaluator.process_many([(gt, ids, segments, "image")
+                                    for gt, ids, segments in items[start:start + BATCH_IMAGES]])
         return evaluator.evaluate()
 
     return run

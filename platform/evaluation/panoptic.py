@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 
 VOID = 0
 EMPTY_CLASS_POLICIES = ("zero", "exclude")
+#: Images scored together by :func:`pq_batch_stats` (bounds its padded [B, G, P] tables).
+BATCH_IMAGES = 64
 
 
 # -- per-image core --------------------------------------------------------------------------
@@ -285,6 +287,128 @@ def pq_image_stats(
     return ImageStats(tp=tp, fp=fp, fn=fn, iou=iou_sum)
 
 
+@dataclass(frozen=True)
+class PQItem:
+    """One image for :func:`pq_batch_stats`: what :func:`pq_image_stats` takes."""
+
+    gt_ids: np.ndarray
+    gt: Segments
+    pred_ids: np.ndarray
+    pred: Segments
+    where: str = "image"
+    rows: np.ndarray | None = None  # gt_rows(gt_ids, gt.ids), when kept
+
+
+def pq_batch_stats(items: Sequence[PQItem], evaluated: np.ndarray) -> list[ImageStats]:
+    """:func:`pq_image_stats` of many images at once, the same numbers to the last bit.
+
+    The per-pixel work stays per image (one key array each), but the intersections of all
+    images come from one ``bincount`` and the matching runs on tables padded to the largest
+    image's segment counts, ``[B, G, P]``, instead of some twenty small numpy calls per image.
+    Per image and class, IoU sums are added in the per-image order (row-major over (GT, pred)
+    pairs), so every sum equals :func:`pq_image_stats`' exactly.
+    """
+    num_classes = evaluated.size
+    n = len(items)
+    if n == 0:
+        return []
+    g_of = np.array([it.gt.ids.size for it in items], dtype=np.int64)
+    p_of = np.array([it.pred.ids.size for it in items], dtype=np.int64)
+    blocks = (g_of + 2) * (p_of + 1)
+    offsets = np.concatenate(([0], np.cumsum(blocks)[:-1]))
+    keys = np.empty(sum(it.gt_ids.size for it in items), dtype=np.intp)
+    start = 0
+    for it, off in zip(items, offsets.tolist(), strict=True):
+        if it.gt_ids.shape != it.pred_ids.shape:
+            raise DataError(f"{it.where}: prediction size {it.pred_ids.shape[:2]} differs from "
+                            f"the GT size {it.gt_ids.shape[:2]}")
+        key = _pair_keys(it.gt_ids, it.gt.ids, it.pred_ids, it.pred.ids, it.where, it.rows)
+        np.add(key, off, out=keys[start:start + key.size])
+        start += key.size
+    flat = np.bincount(keys, minlength=int(blocks.sum()))
+    gmax, pmax = int(g_of.max()), int(p_of.max())
+
+    # Each image's (G + 2) x (P + 1) block into a table padded to (gmax + 2) x (pmax + 1):
+    # VOID row, listed segments, then the row of ids listed nowhere last.
+    image = np.repeat(np.arange(n), blocks)
+    local = np.arange(flat.size) - np.repeat(offsets, blocks)
+    width = np.repeat(p_of + 1, blocks)
+    row, col = local // width, local % width
+    row = np.where(row == np.repeat(g_of + 1, blocks), gmax + 1, row)
+    inter = np.zeros((n, gmax + 2, pmax + 1), dtype=flat.dtype)
+    inter[image, row, col] = flat
+
+    def padded(arrays: list[np.ndarray], length: int, fill: Any, dtype: Any) -> np.ndarray:
+        out = np.full((n, length), fill, dtype=dtype)
+        counts = np.array([a.size for a in arrays], dtype=np.int64)
+        if counts.sum():
+            where = np.repeat(np.arange(n), counts)
+            pos = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+            out[where, pos] = np.concatenate(arrays)
+        return out
+
+    gt_cats = padded([it.gt.cats for it in items], gmax, 0, np.int64)
+    gt_crowd = padded([it.gt.crowd for it in items], gmax, False, bool)
+    json_area = padded([it.gt.area for it in items], gmax, -1, np.int64)
+    pred_cats = padded([it.pred.cats for it in items], pmax, 0, np.int64)
+    gt_valid = np.arange(gmax)[None, :] < g_of[:, None]
+    pred_valid = np.arange(pmax)[None, :] < p_of[:, None]
+    sizes = list(zip(g_of.tolist(), p_of.tolist(), strict=True))
+
+    pred_area = inter.sum(axis=1)[:, 1:]
+    absent = pred_valid & (pred_area == 0)
+    if absent.any():
+        b = int(np.nonzero(absent.any(axis=1))[0][0])
+        missing = items[b].pred.ids[absent[b, :sizes[b][1]]][:5].tolist()
+        raise DataError(f"{items[b].where}: segment ids {missing} are in segments_info but not "
+                        f"in the prediction PNG")
+    gt_area = np.where(json_area >= 0, json_area, inter.sum(axis=2)[:, 1:gmax + 1])
+    gt_keep = gt_valid & evaluated[gt_cats]
+    pred_keep = pred_valid & evaluated[pred_cats]
+    pair = inter[:, 1:gmax + 1, 1:]  # (B, G, P) intersections of listed segments
+    # Predicted pixels on VOID, where dropped GT segments (ZSL) count as VOID.
+    void = inter[:, 0, 1:] + (pair * ~gt_keep[:, :, None]).sum(axis=1)
+    candidate = ((pair > 0) & (gt_cats[:, :, None] == pred_cats[:, None, :])
+                 & ~gt_crowd[:, :, None] & gt_keep[:, :, None] & pred_keep[:, None, :])
+    union = pred_area[:, None, :] + gt_area[:, :, None] - pair - void[:, None, :]
+    bad = candidate & (union <= 0)
+    if bad.any():
+        b, gi, _ = (int(v[0]) for v in np.nonzero(bad))
+        raise DataError(f"{items[b].where}: the json area of GT segment "
+                        f"{int(items[b].gt.ids[gi])} is smaller than its overlap with a "
+                        f"prediction")
+    iou = np.zeros(pair.shape, dtype=np.float64)
+    np.divide(pair, union, out=iou, where=candidate)
+    match = candidate & (iou > 0.5)
+
+    def per_image(b_index: np.ndarray, cats: np.ndarray,
+                  weights: np.ndarray | None = None) -> np.ndarray:
+        return np.bincount(b_index * num_classes + cats, weights=weights,
+                           minlength=n * num_classes).reshape(n, num_classes)
+
+    bi, gi, pi = np.nonzero(match)  # row-major: per image, the order pq_image_stats sums in
+    matched_cats = gt_cats[bi, gi]
+    tp = per_image(bi, matched_cats)
+    iou_sum = per_image(bi, matched_cats, iou[bi, gi, pi])
+    missed = gt_keep & ~gt_crowd & ~match.any(axis=2)
+    mb, mg = np.nonzero(missed)
+    fn = per_image(mb, gt_cats[mb, mg])
+
+    # The crowd region of a category: its last crowd segment in segments_info order.
+    unmatched = pred_keep & ~match.any(axis=1)
+    ub, up = np.nonzero(unmatched)
+    on_crowd = np.zeros(len(ub), dtype=pair.dtype)
+    if len(ub) and gmax:
+        crowd = (gt_crowd & gt_keep)[ub] & (gt_cats[ub] == pred_cats[ub, up][:, None])
+        last = gmax - 1 - np.argmax(crowd[:, ::-1], axis=1)
+        hit = crowd.any(axis=1)
+        on_crowd[hit] = pair[ub[hit], last[hit], up[hit]]
+    ignored = (void[ub, up] + on_crowd) / pred_area[ub, up] > 0.5
+    keep_fp = ~ignored
+    fp = per_image(ub[keep_fp], pred_cats[ub, up][keep_fp])
+    return [ImageStats(tp=tp[b], fp=fp[b], fn=fn[b], iou=iou_sum[b]) for b in range(n)]
+
+
 @dataclass
 class PQStats:
     """Per-class TP / FP / FN counts and IoU sums over a set of images."""
@@ -413,9 +537,18 @@ class PanopticEvaluator:
     def process_ground_truth(self, gt: GroundTruth, pred_ids: np.ndarray,
                              pred_segments: Sequence[Mapping[str, Any]],
                              name: str = "image") -> None:
-        pred = _segments(pred_segments, self._id_to_index, f"{name} (prediction)", gt=False)
-        self.stats.add(pq_image_stats(gt.ids, gt.segments, np.asarray(pred_ids), pred,
-                                      self._evaluated, name, gt.rows))
+        self.process_many([(gt, pred_ids, pred_segments, name)])
+
+    def process_many(self, images: Sequence[tuple[GroundTruth, np.ndarray,
+                                                  Sequence[Mapping[str, Any]], str]]) -> None:
+        """Add several images ``(GroundTruth, pred_ids, pred_segments, name)`` at once
+        (:func:`pq_batch_stats`: the same numbers as one at a time, faster)."""
+        items = [PQItem(gt.ids, gt.segments, np.asarray(pred_ids),
+                        _segments(segments, self._id_to_index, f"{name} (prediction)",
+                                  gt=False), name, gt.rows)
+                 for gt, pred_ids, segments, name in images]
+        for one in pq_batch_stats(items, self._evaluated):
+            self.stats.add(one)
 
     def evaluate(self, options: Mapping[str, Any] | None = None) -> EvalResult:
         return panoptic_result(self.stats, self.split, self.setting, self.empty_classes,
@@ -459,12 +592,12 @@ class _Chunk:
 
 
 def _panoptic_chunk(chunk: _Chunk) -> list[ImageStats]:
-    out = []
-    for task in chunk.tasks:
-        gt_ids = read_segment_ids(task.gt_png)
-        pred_ids = read_segment_ids(task.pred_png)
-        out.append(pq_image_stats(gt_ids, task.gt, pred_ids, task.pred, chunk.evaluated,
-                                  f"{task.pred_png} (image {task.image_id})"))
+    out: list[ImageStats] = []
+    for start in range(0, len(chunk.tasks), BATCH_IMAGES):
+        items = [PQItem(read_segment_ids(task.gt_png), task.gt, read_segment_ids(task.pred_png),
+                        task.pred, f"{task.pred_png} (image {task.image_id})")
+                 for task in chunk.tasks[start:start + BATCH_IMAGES]]
+        out.extend(pq_batch_stats(items, chunk.evaluated))
     return out
 
 

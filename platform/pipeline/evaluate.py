@@ -44,7 +44,7 @@ from zeroseg.platform.data.layout import CocoLayout
 from zeroseg.platform.errors import ConfigError, DataError
 from zeroseg.platform.evaluation import PanopticEvaluator, SemanticEvaluator
 from zeroseg.platform.evaluation.instance import Detections, evaluate_instance_coco
-from zeroseg.platform.evaluation.panoptic import read_segment_ids
+from zeroseg.platform.evaluation.panoptic import BATCH_IMAGES, read_segment_ids
 from zeroseg.platform.evaluation.semantic import check_histogram, joint_histogram
 
 log = logging.getLogger(__name__)
@@ -228,7 +228,13 @@ class _Scores:
                                 f"classes of split {split.name}")
             self.panoptic = PanopticEvaluator(split, setting, categories=categories)
         self.instances: list[Any] = []  # InstanceResults per image
+        self._pending: list[Any] = []  # panoptic images waiting for a batch
         self.count = 0
+
+    def _flush(self) -> None:
+        if self.panoptic is not None and self._pending:
+            self.panoptic.process_many(self._pending)
+        self._pending = []
 
     def feed(self, predictions: Iterable[ImagePrediction]) -> Iterator[ImagePrediction]:
         for p in predictions:
@@ -241,13 +247,16 @@ class _Scores:
                     self.data.semantic_gt(image_id), p.semantic.astype(np.uint8), name), 1)
             if self.panoptic is not None:
                 gt = self.data.panoptic_gt(image_id, self.panoptic)
-                self.panoptic.process_ground_truth(gt, p.panoptic, p.segments, name)
+                self._pending.append((gt, p.panoptic, p.segments, name))
+                if len(self._pending) >= BATCH_IMAGES:
+                    self._flush()
             if p.instances is not None:
                 self.instances.append(p.instances)
             self.count += 1
             yield p
 
     def results(self) -> dict[str, Any]:
+        self._flush()
         out: dict[str, Any] = {}
         options = {"evaluated": "in memory"}
         if self.semantic is not None:
