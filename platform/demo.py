@@ -262,10 +262,15 @@ def _pct(value: float | None) -> str:
 
 def leaderboard(store: Any) -> str:
     """Baselines and reproductions of the sweep's best config, test split, GZSL, mean +- std."""
-    from zeroseg.platform.pipeline.report import method_table, store_rows, table_title
+    from zeroseg.platform.pipeline.report import (
+        method_table,
+        newest_per_seed,
+        store_rows,
+        table_title,
+    )
 
-    rows = store.metrics_frame(per_class=False, setting="gzsl", eval_split="test",
-                               status="finished")
+    rows, _ = newest_per_seed(store.metrics_frame(per_class=False, setting="gzsl",
+                                                  eval_split="test", status="finished"))
     labelled = []
     for r in rows:
         if r["kind"] == "reproduction":

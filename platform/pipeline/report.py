@@ -126,6 +126,23 @@ def format_outcomes(outcomes: Sequence[Any], *, protocols: Sequence[str] = ("tes
                          protocols=protocols, settings=settings)
 
 
+def newest_per_seed(frame: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """The store's metric rows of one run per (kind, method, config hash, seed, source trial):
+    the newest. A seed measured twice -- the same config re-run under another code version,
+    whose run identity differs -- is one sample, not two (it would make n = 2, std 0). Returns
+    the rows kept and how many runs were left out."""
+    rows = list(frame)
+
+    def key(r: dict[str, Any]) -> tuple[Any, ...]:
+        return (r["kind"], r["method"], r["config_hash"], r["seed"], r["source_run_id"])
+
+    newest: dict[tuple[Any, ...], int] = {}
+    for r in rows:
+        newest[key(r)] = max(newest.get(key(r), r["run_id"]), r["run_id"])
+    kept = [r for r in rows if newest[key(r)] == r["run_id"]]
+    return kept, len({r["run_id"] for r in rows}) - len({r["run_id"] for r in kept})
+
+
 def store_rows(frame: Iterable[dict[str, Any]]) -> list[tuple[str, str, str, str, str, str,
                                                                float | None]]:
     """Table rows from the store's metric rows (``eval_split`` val -> validation protocol)."""

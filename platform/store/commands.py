@@ -115,13 +115,14 @@ def cmd_results_list(args: argparse.Namespace) -> int:
 # -- table --------------------------------------------------------------------------------------
 def cmd_results_table(args: argparse.Namespace) -> int:
     """PADing-Table-1-style seen / unseen / HM, mean +- std over the matching runs (seeds)."""
-    from zeroseg.platform.pipeline.report import format_tables, store_rows
+    from zeroseg.platform.pipeline.report import format_tables, newest_per_seed, store_rows
 
     store = _open(args)
     args._store = store
     filters = _run_filters(args)
     filters.setdefault("status", "finished")
-    rows = store.metrics_frame(per_class=False, eval_split=args.eval_split, **filters)
+    rows, older = newest_per_seed(store.metrics_frame(per_class=False,
+                                                      eval_split=args.eval_split, **filters))
     if args.methods:
         rows = [r for r in rows if r["method"] in args.methods]
     if not rows:
@@ -134,6 +135,9 @@ def cmd_results_table(args: argparse.Namespace) -> int:
     tables = format_tables(store_rows(rows), methods, protocols=[protocol],
                            settings=args.settings, over="runs")
     print(tables or f"(no {args.eval_split} / {' / '.join(args.settings)} results)")
+    if older:
+        print(f"\n{older} older run(s) of a config and seed that has a newer run (another code "
+              "version) left out: each seed counts once")
     return 0
 
 
@@ -236,9 +240,6 @@ def cmd_results_migrate(args: argparse.Namespace) -> int:
     from zeroseg.platform.store.store import Store
 
     store = Store(resolve_url(args.store), create=False, check_version=False)
-    if store.schema_version is None:
-        print(f"store {store.display} does not exist yet; nothing to migrate")
-        return 0
     done = store.migrate()
     if done:
         print(f"migrated store {store.display} to schema v{schema.SCHEMA_VERSION} "
@@ -287,7 +288,8 @@ def add_results_parser(sub: Any) -> None:
         "table", help="PADing-Table-1-style seen / unseen / HM per method, mean +- std",
         description="One row per method, seen / unseen / HM of every task's metrics (ZSS mIoU, "
                     "ZSI mAP@0.5 and Recall@100, ZSP PQ/SQ/RQ) in percent, as mean +- std over "
-                    "the finished runs that match the filters (the seeds of an experiment).")
+                    "the finished runs that match the filters (the seeds of an experiment; "
+                    "each config and seed counts once: its newest run).")
     _store_arg(table)
     _filter_args(table)
     table.add_argument("--methods", nargs="+", metavar="METHOD",
