@@ -473,6 +473,11 @@ def test_a_v1_store_migrates_keeps_its_runs_and_counts_a_stored_twice_run_once(t
     gmmn = next(ln for ln in out.splitlines() if ln.startswith("GMMN")).split()
     assert gmmn[1] == "2", out  # seeds 0 and 1, not 0, 0 and 1
     assert gmmn[3:5] == ["50.0±14.1", "20.0±14.1"]
+    from zeroseg.dashboards import data, queries
+
+    board = data.leaderboard_runs(queries.summary_frame(store, "results"),
+                                  queries.runs_frame(store))
+    assert sorted(set(board["run_id"])) == [2, 3, 4]  # the dashboard skips the copy too
 
     # The migrated store enforces the identity from now on: storing seed 0 again reuses run 2.
     writer = open_store(path)
@@ -880,3 +885,18 @@ def test_cli_table_is_mean_and_std_over_the_finished_runs(tmp_path, capsys):
     code, out, _ = cli(capsys, "results", "table", "--store", path, "--method", "nothing-here",
                        "--kind", "trial")
     assert code == 0 and "no finished run" in out
+
+
+def test_cli_table_counts_a_seed_re_run_under_another_code_version_once(tmp_path, capsys):
+    path = str(tmp_path / "results.db")
+    store = open_store(path)
+    for code, seen in (("v1", 0.2), ("v2", 0.4), ("v2", 0.6)):  # the last one: seed 1
+        seed = 1 if seen == 0.6 else 0
+        store.record_run(RunRecord(
+            kind="train", method="gmmn", seed=seed, code_version=code, config={"m": 1},
+            metrics=[MetricRecord("semantic", "gzsl", "test", s, "iou", seen)
+                     for s in ("seen", "unseen", "hm")]))
+    code, out, err = cli(capsys, "results", "table", "--store", path, "--settings", "gzsl")
+    gmmn = next(ln for ln in out.splitlines() if ln.startswith("GMMN")).split()
+    assert gmmn[1] == "2" and gmmn[3] == "50.0±14.1", out  # 40 and 60; the 20 is older
+    assert "1 older run(s) of a config and seed that has a newer run" in out
