@@ -182,7 +182,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.store:
         overrides["store"] = args.store
     return run_command(args.config, overrides, json_output=args.json, verbose=args.verbose,
-                       address=args.address)
+                       address=args.address, force=args.force)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -204,7 +204,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from zeroseg.platform.tuning.command import reproduce_command
 
     return reproduce_command(args.name, top=args.top, seeds=args.seeds, trial=args.trial,
-                             store=args.store)
+                             store=args.store, force=args.force)
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
@@ -355,8 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run every method x seed of CONFIG: dataset, class embeddings, segmenter "
                     "(Ray Train + DeepSpeed), feature cache, the method, inference and "
                     "evaluation of the three tasks; stages whose inputs are unchanged are "
-                    "reused. Prints seen / unseen / HM (mean +- std over seeds) and writes every "
-                    "run to the results store.")
+                    "reused, and so are runs already stored (--force re-runs them). Prints seen "
+                    "/ unseen / HM (mean +- std over seeds) and writes every run to the results "
+                    "store.")
     run.add_argument("config", help="experiment YAML (see configs/pading_small.yaml)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a config key, e.g. --set params.pading.tau=0.2")
@@ -364,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="replace `seeds`")
     run.add_argument("--store", help="results store URL or path (default: WORK_DIR/results.db)")
     run.add_argument("--address", help="Ray cluster address for the segmenter training")
+    run.add_argument("--force", action="store_true",
+                     help="re-run runs already stored (same config, method, seed, protocols "
+                          "and code version) and replace them; without it they are reused")
     run.add_argument("--json", action="store_true", help="print the runs as JSON")
     run.set_defaults(func=cmd_run)
 
@@ -400,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--seeds", type=int, default=3)
     rep.add_argument("--trial", help="reproduce this trial id instead of the best ones")
     rep.add_argument("--store", help="results store URL or path")
+    rep.add_argument("--force", action="store_true",
+                     help="re-run reproductions already stored and replace them")
     rep.set_defaults(func=cmd_reproduce)
 
     dash = sub.add_parser(

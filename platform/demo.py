@@ -19,7 +19,8 @@ End to end, through the same code a real COCO run uses, everything under ``OUT``
 The experiment config and the search space are written to ``OUT/experiment.yaml`` and
 ``OUT/space.yaml`` first, so every step can be re-run by hand with ``zeroseg run`` /
 ``zeroseg sweep`` / ``zeroseg reproduce``. Running the job again reuses every finished stage
-(and resumes an interrupted sweep); ``OUT/summary.json`` records the figures and timings.
+(and resumes an interrupted sweep) and every run already stored, so it stores no run twice;
+``OUT/summary.json`` records the figures and timings.
 """
 
 from __future__ import annotations
@@ -184,40 +185,27 @@ def run_demo(out: str | Path, *, size: str = "small", seed: int = 0, trials: int
     _stage(4, f"the best trial reproduced with 3 seeds and the baselines ({', '.join(BASELINES)}"
               "), side by side", started)
     t = time.perf_counter()
-    with open_store(store_url) as store:
-        done = {(r["method"], r["seed"]) for r in store.runs(kind="train", status="finished")}
-        reproduced = store.runs(kind="reproduction")
-    for method in BASELINES:
-        if (method, 0) in done:
-            print(f"{method}: already in the store")
-    plan = None
-    if reproduced:
-        print(f"{len(reproduced)} reproductions already in the store")
-    else:
-        plan = plan_reproductions(store_url, SWEEP_NAME, top=1, seeds=3, progress=say)
+    # Runs stored before (same config, seed, protocols, code version; a reproduction: of the
+    # same trial) come back from the store without running: a second `make run` stores nothing.
+    plan = plan_reproductions(store_url, SWEEP_NAME, top=1, seeds=3, progress=say)
 
     def ended(outcome: Any) -> None:
-        if outcome.record.kind == "reproduction" and plan is not None:
+        if outcome.record.kind == "reproduction":
             plan.on_run(outcome)
             return
         hm = outcome.metric("test", "semantic", "gzsl", "hm", "iou")
-        print(f"  {outcome.method}: {outcome.seconds:.0f} s, test ZSS HM {_pct(hm)} "
-              f"(run {outcome.run_id})", flush=True)
+        how = "stored before, reused" if outcome.reused else f"{outcome.seconds:.0f} s"
+        print(f"  {outcome.method}: {how}, test ZSS HM {_pct(hm)} (run {outcome.run_id})",
+              flush=True)
 
     # The longest runs first: the reproductions fill both cores, the baselines the gaps.
-    repro_jobs = plan.jobs if plan is not None else []
-    baseline_jobs = [RunJob(config, m, 0) for m in BASELINES if (m, 0) not in done]
-    outcomes = run_many(pipeline, [*repro_jobs, *baseline_jobs], on_run=ended)
+    baseline_jobs = [RunJob(config, m, 0) for m in BASELINES]
+    outcomes = run_many(pipeline, [*plan.jobs, *baseline_jobs], on_run=ended)
     timings["baselines_and_reproduction"] = time.perf_counter() - t
 
     _stage(5, "reproduction of the best trial: mean ± std over the seeds", started)
-    reps: list[Any] = []
-    if plan is not None:
-        reps = plan.finish(outcomes[:len(repro_jobs)])
-        print(format_reproductions(reps))
-    else:
-        print("reproduced before: zeroseg results list --kind reproduction --store "
-              f"{store_url}")
+    reps = plan.finish(outcomes[:len(plan.jobs)])
+    print(format_reproductions(reps))
 
     _stage(6, "leaderboard (test split, GZSL)", started)
     with open_store(store_url) as store:

@@ -844,7 +844,7 @@ def test_store_urls(tmp_path, monkeypatch):
 
 
 def test_every_results_command_has_help(capsys):
-    for action in ("list", "table", "show", "export", "migrate"):
+    for action in ("list", "table", "sweeps", "show", "export", "migrate"):
         with pytest.raises(SystemExit) as info:
             main(["results", action, "--help"])
         assert info.value.code == 0

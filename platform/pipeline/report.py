@@ -87,16 +87,12 @@ def method_table(rows: Iterable[tuple[str, str, str, str, str, str, float | None
 
 def outcome_rows(outcomes: Iterable[Any]) -> list[tuple[str, str, str, str, str, str,
                                                          float | None]]:
-    """Table rows from :class:`~zeroseg.platform.pipeline.runner.RunOutcome` objects."""
-    rows = []
-    for outcome in outcomes:
-        for protocol, pr in outcome.protocols.items():
-            for (task, setting), result in pr.evaluations.items():
-                for subset in SUBSETS:
-                    for metric, value in getattr(result, subset).items():
-                        rows.append((outcome.method, protocol, task, setting, subset, metric,
-                                     value))
-    return rows
+    """Table rows from :class:`~zeroseg.platform.pipeline.runner.RunOutcome` objects (their
+    store records' rows: the same for a run that ran and one reused from the store)."""
+    protocol = {"test": "test", "val": "validation"}
+    return [(outcome.method, protocol[m.eval_split], m.task, m.setting, m.subset, m.metric,
+             m.value) for outcome in outcomes for m in outcome.record.metrics
+            if m.subset in SUBSETS]
 
 
 def table_title(protocol: str, setting: str, over: str = "seeds") -> str:

@@ -1,4 +1,5 @@
-"""``zeroseg results list / show / export / migrate``: the results store from the command line.
+"""``zeroseg results list / table / sweeps / show / export / migrate``: the results store from
+the command line.
 
 Registered by :func:`add_results_parser` from :mod:`zeroseg.platform.cli`. SQLAlchemy is
 imported only when a ``results`` command runs.
@@ -138,6 +139,23 @@ def cmd_results_table(args: argparse.Namespace) -> int:
     if older:
         print(f"\n{older} older run(s) of a config and seed that has a newer run (another code "
               "version) left out: each seed counts once")
+    return 0
+
+
+# -- sweeps -------------------------------------------------------------------------------------
+def cmd_results_sweeps(args: argparse.Namespace) -> int:
+    store = _open(args)
+    sweeps = store.sweeps()
+    if args.json:
+        print(json.dumps(_jsonable(sweeps), indent=2))
+        return 0
+    if not sweeps:
+        print(f"no sweep in store {store.display}")
+        return 0
+    rows = [[s["name"], s["method"] or "-", s["status"], str(s["trials"]),
+             s["objective"] or "-", s["mode"] or "-", s["created_at"].strftime("%Y-%m-%d %H:%M")]
+            for s in sweeps]
+    print(_table(["name", "method", "status", "trials", "objective", "mode", "created"], rows))
     return 0
 
 
@@ -298,6 +316,14 @@ def add_results_parser(sub: Any) -> None:
                        help="test (default) or val: the validation split's held-out classes")
     table.add_argument("--settings", nargs="+", choices=["gzsl", "zsl"], default=["gzsl", "zsl"])
     table.set_defaults(func=cmd_results_table)
+
+    sweeps = res_sub.add_parser(
+        "sweeps", help="one line per sweep: method, status, trials, objective",
+        description="The sweeps of the store, newest first (`zeroseg reproduce NAME` re-runs "
+                    "the best trials of one).")
+    _store_arg(sweeps)
+    sweeps.add_argument("--json", action="store_true", help="print the sweeps as JSON")
+    sweeps.set_defaults(func=cmd_results_sweeps)
 
     show = res_sub.add_parser(
         "show", help="one run: config, leakage audit, artifacts, metrics",

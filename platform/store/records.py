@@ -327,7 +327,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 @functools.lru_cache(maxsize=1)
 def code_version() -> tuple[str, bool | None]:
     """``(git describe of the working tree, dirty?)``; the package version (dirty unknown)
-    when the code does not run from a git checkout or git is not available."""
+    when the code does not run from a git checkout or git is not available. A dirty tree's
+    version ends in ``+dirty.<sha256 of git diff HEAD>``, so edited code is another version
+    (a run's identity, :func:`run_key`, includes it)."""
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # read-only: never take the index lock
     if (REPO_ROOT / ".git").exists():
         try:
@@ -337,8 +339,13 @@ def code_version() -> tuple[str, bool | None]:
             status = subprocess.run(
                 ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
                 capture_output=True, text=True, timeout=10, env=env, check=True).stdout
+            if described and status.strip():
+                diff = subprocess.run(
+                    ["git", "-C", str(REPO_ROOT), "diff", "HEAD", "--no-ext-diff", "--binary"],
+                    capture_output=True, timeout=30, env=env, check=True).stdout
+                return f"{described}+dirty.{hashlib.sha256(diff).hexdigest()[:12]}", True
             if described:
-                return described, bool(status.strip())
+                return described, False
         except (OSError, subprocess.SubprocessError) as e:
             log.debug("git describe failed: %s", e)
     from importlib.metadata import PackageNotFoundError, version
