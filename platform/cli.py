@@ -14,7 +14,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from zeroseg.platform.errors import ZerosegError
+from zeroseg.platform.errors import ConfigError, ZerosegError
+from zeroseg.platform.io import check_writable_dir, check_writable_file
 
 log = logging.getLogger("zeroseg")
 
@@ -88,6 +89,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     config: dict[str, object] = {"provider": args.provider, **parse_overrides(args.set)}
     split = resolve_split(args.gt, args.benchmark)
+    # Outputs first: an unwritable --out or --cache-dir is one line before anything is computed.
+    if args.out:
+        check_writable_file(args.out, "embedding matrix (--out)")
+    if args.cache_dir:
+        check_writable_dir(args.cache_dir, "embedding cache (--cache-dir)")
     summary = embed_command(split, config, cache_dir=args.cache_dir, out_path=args.out)
     print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.format())
     return 0
@@ -100,11 +106,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from zeroseg.platform import evaluation
     from zeroseg.platform.data.layout import CocoLayout
 
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers: expected a positive number of processes, got "
+                          f"{args.workers}")
     split = resolve_split(args.gt, args.benchmark)
     layout = CocoLayout(Path(args.gt), args.split)
     pred = Path(args.pred)
     if args.task == "semantic":
-        result = evaluation.evaluate_semantic(layout, split, pred, args.setting)
+        result = evaluation.evaluate_semantic(layout, split, pred, args.setting,
+                                              workers=args.workers)
     elif args.task == "panoptic":
         result = evaluation.evaluate_panoptic(layout, split, pred, args.setting,
                                               workers=args.workers)
@@ -149,6 +159,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if args.rebuild:
         overrides["rebuild"] = True
     config = load_config(ExtractConfig, args.config, overrides)
+    check_writable_dir(config.cache_dir, "feature cache (cache_dir)")
     with progress_bar(f"extract {config.kind}", 0, enabled=not args.quiet) as advance:
         result = get_features(config, progress=advance)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.format())
@@ -309,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--pred", required=True, help="prediction folder or results json")
     ev.add_argument("--setting", choices=["gzsl", "zsl"], default="gzsl")
     ev.add_argument("--benchmark", help="registry split (default: the dataset's classes.json)")
-    ev.add_argument("--workers", type=int, default=None, help="processes for panoptic")
+    ev.add_argument("--workers", type=int, default=None,
+                    help="processes for semantic and panoptic (default: by the data's size)")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.set_defaults(func=cmd_eval)
 
@@ -463,6 +475,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"zeroseg: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:
+        # A file system refusal the command's own checks did not foresee (a disk that filled
+        # up, a folder that became read-only): still one line naming the path.
+        if args.debug or exc.filename is None:
+            raise
+        print(f"zeroseg: error: {exc.filename}: {exc.strerror or type(exc).__name__}",
+              file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("zeroseg: interrupted", file=sys.stderr)

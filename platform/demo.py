@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from zeroseg.platform.io import atomic_write_json, atomic_write_text
+from zeroseg.platform.io import atomic_write_json, atomic_write_text, check_writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def run_demo(out: str | Path, *, size: str = "small", seed: int = 0, trials: int
     from zeroseg.platform.tuning.sweep import prepare_job, run_sweep
 
     out = Path(out).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable_dir(out, "main job's folder (--out)")
     started = time.perf_counter()
     timings: dict[str, float] = {}
     say = (lambda line: None) if quiet else (lambda line: print(line, flush=True))
@@ -149,6 +149,7 @@ def run_demo(out: str | Path, *, size: str = "small", seed: int = 0, trials: int
           "timings across machines and runs by it)")
     _stage(1, f"synthetic benchmark '{size}' (seed {seed})", started)
     pipeline = Pipeline(config, progress=say)
+    pipeline.check_outputs()
     split = pipeline.split  # generates the benchmark on first use
     print(f"{pipeline.data_root}: split {split.name}, {split.num_classes} classes, "
           f"{len(split.seen)} seen, {len(split.unseen)} unseen "

@@ -92,27 +92,28 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
 
 
 def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
-    """Make sure files can be created in folder ``path`` (created with its parents if missing):
-    a one-line :class:`OutputError` naming it and ``what`` it is for otherwise."""
+    """Make sure files can be created in folder ``path``, or in the folders a later write would
+    create it in: the nearest existing one must be a folder that takes a file (a probe file,
+    removed at once). Nothing else is created; a one-line :class:`OutputError` naming the path
+    and ``what`` it is for otherwise."""
     path = Path(path)
-    blocker = next((p for p in (path, *path.parents) if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        raise OutputError(f"{path}: cannot write the {what} there ({blocker} is a file, not a "
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        raise OutputError(f"{path}: cannot write the {what} there ({existing} is a file, not a "
                           "folder)")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".zeroseg-write-probe.", dir=path)
+        fd, probe = tempfile.mkstemp(prefix=".zeroseg-write-probe.", dir=existing)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise OutputError(f"{path}: cannot write the {what} there "
-                          f"({e.strerror or type(e).__name__})") from None
+        raise OutputError(f"{path}: cannot write the {what} there ({existing}: "
+                          f"{e.strerror or type(e).__name__})") from None
     return path
 
 
 def check_writable_file(path: str | os.PathLike, what: str) -> Path:
-    """Make sure file ``path`` can be written (its folder created if missing): not a folder,
-    and its folder writable; a one-line :class:`OutputError` otherwise."""
+    """Make sure file ``path`` can be written: not a folder, and its folder (or the nearest
+    existing one above it) writable; a one-line :class:`OutputError` otherwise."""
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{path}: is a folder; the {what} needs a file path")

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from zeroseg.platform.errors import ZerosegError
+from zeroseg.platform.errors import ConfigError, ZerosegError
 
 
 def _line(text: str) -> None:
@@ -23,8 +23,18 @@ def run_command(config_path: str | Path, overrides: dict[str, Any], *, json_outp
     from zeroseg.platform.pipeline.stages import Pipeline
 
     config = load_pipeline_config(config_path, overrides)  # typos fail here, before any work
+    if address is not None:
+        from zeroseg.platform.tuning.sweep import check_address
+
+        if config.segmenter.distributed.workers == 0:
+            raise ConfigError(f"--address {address}: zeroseg run uses a Ray cluster only to "
+                              "train the segmenter, and segmenter.distributed.workers is 0 (it "
+                              "trains in this process); set it to 1 or more, or leave --address "
+                              "out")
+        check_address(address)
     started = time.perf_counter()
     pipeline = Pipeline(config, progress=_line, verbose=verbose, ray_address=address)
+    pipeline.check_outputs()  # store, work dir: one-line errors now, not after training
     total = len(config.methods) * len(config.seeds)
     done = {"n": 0}
 

@@ -146,6 +146,19 @@ class Pipeline:
         return self.config.store or os.environ.get("ZEROSEG_STORE") or str(
             self.work / "results.db")
 
+    def check_outputs(self) -> None:
+        """Before the first expensive stage: the work dir (segmenters, caches, runs) and, when
+        the dataset is still to be generated, data.root's folder must be writable, and the
+        results store must open (found or created, a zeroseg store of this schema version)
+        and take a write. Each failure is one line naming the path or store."""
+        from zeroseg.platform.io import check_writable_dir
+        from zeroseg.platform.store import open_writable_store
+
+        check_writable_dir(self.work, "work_dir (segmenters, feature caches, runs)")
+        if not self.data_root.exists() and self.config.data.synthetic is not None:
+            check_writable_dir(self.data_root.parent, "synthetic dataset (data.root)")
+        open_writable_store(self.store_url).close()
+
     # -- dataset and split -------------------------------------------------------------------
     def ensure_dataset(self) -> None:
         d = self.config.data

@@ -107,14 +107,27 @@ def train_segmenter_command(config_path: str | Path, overrides: dict[str, Any], 
                             address: str | None = None, quiet: bool = False,
                             json_output: bool = False, verbose: bool = False,
                             store: str | None = None) -> int:
+    from zeroseg.platform.errors import ConfigError
+    from zeroseg.platform.io import check_writable_dir
+    from zeroseg.platform.store import open_writable_store
     from zeroseg.platform.training.config import load_train_config
 
     config = load_train_config(config_path, overrides)  # typos fail here, before Ray
     if address is not None:
         import dataclasses
 
+        from zeroseg.platform.tuning.sweep import check_address
+
+        if config.distributed.workers == 0:
+            raise ConfigError(f"--address {address}: distributed.workers is 0 (training runs "
+                              "in this process); set it to 1 or more, or leave --address out")
+        check_address(address)
         config = dataclasses.replace(config, distributed=dataclasses.replace(
             config.distributed, address=address))
+    # Outputs before any work: the run folder and, with train.eval, the store the run goes to.
+    check_writable_dir(config.output.run_dir, "training run folder (output.run_dir)")
+    if config.train.eval:
+        open_writable_store(store or str(config.output.run_dir / "results.db")).close()
     from zeroseg.platform.training.ray_runner import run_training
 
     display = _Display(quiet or json_output)

@@ -358,6 +358,9 @@ def run_sweep(job: SweepJob, *, trials: int, concurrency: int, address: str | No
     check_address(address)
     work = Path(job.base["work_dir"])
     exp_dir = experiment_dir(work, job.name)
+    config = pipeline_config_from_dict(job.base, where=f"sweep {job.name}")
+    pipeline = Pipeline(config, progress=say, verbose=verbose, ray_address=address)
+    pipeline.check_outputs()  # store, work dir: one-line errors now, not after the segmenters
     with open_store(job.store_url) as store:
         existing = {s["name"]: s for s in store.sweeps()}
         if job.name in existing and not resume:
@@ -377,8 +380,6 @@ def run_sweep(job: SweepJob, *, trials: int, concurrency: int, address: str | No
                            status="running")
     started = time.perf_counter()
     # The shared stages, once, before any trial: segmenters and feature caches.
-    config = pipeline_config_from_dict(job.base, where=f"sweep {job.name}")
-    pipeline = Pipeline(config, progress=say, verbose=verbose, ray_address=address)
     for protocol in config.evaluation.protocols:
         pipeline.context(protocol, "zero-shot")
     from zeroseg.platform.training.ray_runner import ensure_ray
