@@ -40,6 +40,21 @@ def run_read_only(folder: str | os.PathLike, argv: list[str], **kwargs
             path.chmod(mode)
 
 
+def kill_ray_leftovers(marker: str) -> None:
+    """End the Ray processes a killed driver leaves behind (STACK.md), by PID: those whose
+    command line holds ``marker`` (the RAY_TMPDIR the test gave that driver)."""
+    import signal
+
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    for line in out.splitlines()[1:]:
+        pid, _, args = line.strip().partition(" ")
+        if marker in args and ("ray" in args or "raylet" in args or "gcs_server" in args):
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_ray_per_module():
     """A module that started Ray (a sweep, a distributed generator) shuts it down when it is

@@ -681,6 +681,13 @@ class Store:
 
         self._write(body, f"complete run {run_id}")
 
+    def delete_run(self, run_id: int) -> None:
+        """Delete a run with its metric rows and curve points (a sweep trial its driver lost
+        while it ran: the resumed sweep runs it again)."""
+        self.check_version()
+        self._write(lambda conn: conn.execute(delete(Run).where(Run.id == run_id)),
+                    f"delete run {run_id}")
+
     def update_status(self, run_id: int, status: str, *, error: str | None = None,
                       finished_at: datetime | None = None, duration_s: float | None = None,
                       artifacts: Mapping[str, Any] | None = None) -> None:

@@ -69,6 +69,7 @@ def trial_document(run: dict[str, Any], sweep: dict[str, Any]) -> dict[str, Any]
     params = config.pop("params")
     seed = config.pop("seed", 0)
     config.pop("knobs", None)
+    config.pop("tune_params", None)
     doc = {**config, "methods": [method], "params": {method: params}, "seeds": [seed],
            "name": f"{sweep['name']}-reproduce"}
     settings = sweep.get("settings") or {}
