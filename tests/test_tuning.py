@@ -227,7 +227,20 @@ def test_sweep_writes_every_trial_with_validation_and_test_metrics(sweep):
     assert [ln.split()[1] for ln in ended] == ["1/4", "2/4", "3/4", "4/4"]
     assert {ln.split()[2] for ln in ended} == {t["trial_id"] for t in trials}
     best = max(sweep["result"].best["value"], 0)
-    assert f"best {100 * best:.1f} ({sweep['result'].best['trial_id']})" in ended[-1]
+    # Trials tied at the best value: the progress line names the first of them that ended.
+    tied = {t["trial_id"] for t in trials if t["status"] == "finished" and
+            sweep["result"].best["value"] == _objective(sweep["store"], t["id"])}
+    assert any(f"best {100 * best:.1f} ({trial_id})" in ended[-1] for trial_id in tied), \
+        (ended[-1], tied)
+
+
+def _objective(store_path: Path, run_id: int) -> float | None:
+    from zeroseg.platform.store import open_store
+
+    with open_store(store_path) as store:
+        return next((m["value"] for m in store.run(run_id)["metrics"]
+                     if (m["eval_split"], m["task"], m["setting"], m["subset"], m["metric"]) ==
+                     ("val", "semantic", "gzsl", "hm", "iou")), None)
 
 
 def test_an_existing_sweep_name_is_refused_without_resume(sweep):
@@ -291,6 +304,7 @@ def test_resume_never_unpickles_the_sweep_folder(setup, tmp_path):
     pickles = [*folder.glob("*.pkl"), folder / "tuner.pkl", folder / "searcher-state-x.pkl"]
     for path in set(pickles):
         path.write_bytes(pickle.dumps(_Payload(marker)))
+    crafted = (folder / "tuner.pkl").read_bytes()
     lines: list[str] = []
     result = run_sweep(job, trials=2, concurrency=1, resume=True, progress=lines.append)
     assert not marker.exists()
@@ -307,8 +321,7 @@ def test_resume_never_unpickles_the_sweep_folder(setup, tmp_path):
     assert study.trials[0].params == first[0]["config"]["tune_params"]
 
     # The pickles are live: Ray's Tuner.restore would have run them.
-    with (folder / "tuner.pkl").open("rb") as f:
-        pickle.load(f)  # noqa: S301 - proving the payload works, on purpose
+    pickle.loads(crafted)  # noqa: S301 - proving the payload works, on purpose
     assert marker.read_text() == "payload ran"
 
 
