@@ -242,7 +242,10 @@ def cmd_results_show(args: argparse.Namespace) -> int:
 
 # -- export / migrate ---------------------------------------------------------------------------
 def cmd_results_export(args: argparse.Namespace) -> int:
+    from zeroseg.platform.io import check_writable_file
+
     store = _open(args)
+    check_writable_file(args.csv, "CSV export (--csv)")
     args._store = store
     filters = _run_filters(args)
     n = store.export_csv(args.csv, per_class=not args.no_classes, metric_task=args.task,
