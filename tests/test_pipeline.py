@@ -160,6 +160,16 @@ def test_validation_view_dataset_erases_test_unseen_classes(tiny_data, tmp_path)
     assert validation_eval_dataset(layout, split, tmp_path / "view") == out  # reused
 
 
+def test_the_dataset_fingerprint_is_taken_after_the_benchmark_is_generated(tmp_path):
+    """A first `zeroseg run` generates the synthetic benchmark; the stages it keys by the
+    dataset's fingerprint must have the keys a re-run computes (found, not trained again)."""
+    config = pipeline_config_from_dict(tiny_config(tmp_path / "data", tmp_path / "work"))
+    first = Pipeline(config, progress=lambda line: None)
+    fingerprint = first.dataset_fingerprint  # before anything else: generates the data
+    assert (tmp_path / "data" / "annotations" / "panoptic_train.json").is_file()
+    assert Pipeline(config).dataset_fingerprint == fingerprint
+
+
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
     from zeroseg.platform.data.synthetic.generate import generate

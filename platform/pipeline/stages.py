@@ -197,6 +197,9 @@ class Pipeline:
         if self._fingerprint is None:
             from zeroseg.platform.training.ray_runner import dataset_fingerprint
 
+            # The files first: a fingerprint taken before the synthetic benchmark exists would
+            # hash nothing, and key the segmenters by it (a re-run would not find them).
+            self.ensure_dataset()
             d = self.config.data
             self._fingerprint = dataset_fingerprint(self.data_root, (d.train_split,
                                                                      d.eval_split))
