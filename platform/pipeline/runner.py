@@ -231,8 +231,8 @@ def run_one(pipeline: Pipeline, method: str, seed: int, *, kind: str = "train",
     (``outcome.record``) and, with ``record``, write it -- unless the same run (its
     :func:`identity_key`) is stored as finished already: then nothing runs and the stored
     run comes back (``outcome.reused``); ``force`` re-runs it and replaces the stored one.
-    ``on_epoch(protocol, epoch,
-    classifier)`` sees every training round's classifier (``epochs`` rounds, or per protocol);
+    ``on_epoch(protocol, epoch, classifier)`` sees every training round's classifier
+    (``epochs`` rounds, or per protocol);
     it may raise :class:`~zeroseg.methods.registry.StopTrial`, which ends the run as
     ``stopped`` (still recorded, with what it evaluated). A failed run is recorded and then
     raised (without ``record``: raised at once), unless ``keep_failed``: then the outcome says
