@@ -468,6 +468,8 @@ def test_a_v1_store_migrates_keeps_its_runs_and_counts_a_stored_twice_run_once(t
     assert everything[5]["run_key"] is None and everything[5]["kind"] == "trial"
     assert sorted(r["id"] for r in store.runs()) == [2, 3, 4, 5]  # readers skip the copy
     assert len(store.run(1)["metrics"]) == 3  # still readable by id
+    code, out, _ = cli(capsys, "results", "show", "1", "--store", str(path))
+    assert code == 0 and "superseded by run 2" in out
 
     code, out, err = cli(capsys, "results", "table", "--store", str(path), "--settings", "gzsl")
     gmmn = next(ln for ln in out.splitlines() if ln.startswith("GMMN")).split()

@@ -212,6 +212,9 @@ def cmd_results_show(args: argparse.Namespace) -> int:
         f"  host {v('host')}  created {v('created_at')}  finished {v('finished_at')}  "
         f"duration {v('duration_s')} s",
     ]
+    if run.get("superseded_by"):
+        lines.append(f"  superseded by run {run['superseded_by']}: an older copy of the same "
+                     "run, left out of lists, tables and the dashboard")
     if run.get("error"):
         lines.append(f"  error: {run['error']}")
     for key, title in (("config", "config"), ("leakage_audit", "leakage audit"),
