@@ -191,6 +191,19 @@ def source_names(runs: pd.DataFrame) -> dict[int, str]:
             for r in rows.itertuples(index=False)}
 
 
+def older_copies(runs: pd.DataFrame) -> set[int]:
+    """Ids of finished runs that have a newer finished run of the same kind, method, config
+    hash, seed and source (a seed re-run under another code version): like ``zeroseg results
+    table`` (:func:`~zeroseg.platform.pipeline.report.newest_per_seed`), the leaderboard counts
+    each seed once."""
+    keys = ["kind", "method", "config_hash", "seed", "source_run_id", "sweep", "trial_id"]
+    if "config_hash" not in runs:
+        return set()
+    finished = runs[runs["status"] == "finished"].sort_values("id")
+    newest = finished.drop_duplicates(keys, keep="last")
+    return {int(i) for i in finished["id"]} - {int(i) for i in newest["id"]}
+
+
 def leaderboard_runs(summary: pd.DataFrame, runs: pd.DataFrame,
                      sources: Mapping[int, str] | None = None) -> pd.DataFrame:
     """One row per run x task x setting x eval split x metric with its ``seen`` / ``unseen``
@@ -206,7 +219,7 @@ def leaderboard_runs(summary: pd.DataFrame, runs: pd.DataFrame,
         return pd.DataFrame({c: pd.Series(dtype=object) for c in RUN_TABLE_COLUMNS})
     r = runs[["id", "kind", "status", "method", "dataset", "split", "embedding", "backbone",
               "seed", "sweep", "trial_id", "source_run_id"]].rename(columns={"id": "run_id"})
-    r = r.copy()
+    r = r[~r["run_id"].isin(older_copies(runs))].copy()
     sources = source_names(runs) if sources is None else sources
     r["Method"] = [method_label(m) for m in r["method"]]
     r["Split"] = [split_label(d, sp) for d, sp in zip(r["dataset"], r["split"], strict=True)]

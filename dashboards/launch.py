@@ -45,10 +45,11 @@ def command(store: str | None, port: int = DEFAULT_PORT, host: str = DEFAULT_HOS
 def start(store: str | None, port: int = DEFAULT_PORT, host: str = DEFAULT_HOST, *,
           env: dict[str, str] | None = None, **popen: object) -> subprocess.Popen:
     """Start the server and return its process (the caller stops it)."""
-    from zeroseg.platform.store import resolve_url
+    from zeroseg.platform.store import open_store
 
-    if store:
-        resolve_url(store)  # a malformed URL is a one-line StoreError here, not in the page
+    # A malformed URL, a store that is not found, not a zeroseg store or of another schema
+    # version is a one-line StoreError here, before the server starts.
+    open_store(store, read_only=True).close()
     env = {**os.environ, **(env or {}), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
     log.info("dashboard: http://%s:%d (store %s)", host, port, store or "default")
     return subprocess.Popen(command(store, port, host), env=env, **popen)  # noqa: S603

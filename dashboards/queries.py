@@ -111,12 +111,12 @@ def summary_frame(store: Store, part: str = "all") -> pd.DataFrame:
     if not readable(store):
         return pd.DataFrame({c: pd.Series(dtype=float if c in SUBSETS else object)
                              for c in _SUMMARY_COLUMNS})
-    query = select(Metric.run_id, Metric.task, Metric.setting, Metric.eval_split,
-                   Metric.subset, Metric.metric, Metric.value).where(
-        Metric.subset.in_(SUBSETS))
+    query = (select(Metric.run_id, Metric.task, Metric.setting, Metric.eval_split,
+                    Metric.subset, Metric.metric, Metric.value)
+             .join(Run, Run.id == Metric.run_id)
+             .where(Metric.subset.in_(SUBSETS), Run.superseded_by.is_(None)))
     if part != "all":
-        query = query.join(Run, Run.id == Metric.run_id).where(
-            Run.kind == "trial" if part == "trials" else Run.kind != "trial")
+        query = query.where(Run.kind == "trial" if part == "trials" else Run.kind != "trial")
     with _connect(store) as conn:
         rows = conn.execute(query).all()
     # Column-wise construction: much faster than DataFrame.from_records for 10^5-10^6 rows.
@@ -144,7 +144,7 @@ def runs_frame(store: Store, *, kind: str | None = None, sweep: str | None = Non
         cols.append("config")
     if not readable(store):
         return pd.DataFrame(columns=cols)
-    where = []
+    where = [Run.superseded_by.is_(None)]  # older copies of a run (a migrated v1 store)
     if kind is not None:
         where.append(Run.kind == kind)
     if sweep is not None:

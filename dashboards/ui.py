@@ -11,7 +11,8 @@ the store URL *and* that revision, so a page is re-read from the database only w
 arrived, and a store of 10,000 runs renders from memory on every other rerun.
 
 **Messages.** :func:`page_store` stops a page with one helpful line when the store cannot be
-read (older schema: run ``zeroseg results migrate``; empty store: how to fill it);
+read (not found, not a zeroseg store, older schema: run ``zeroseg results migrate``; empty
+store: how to fill it);
 :func:`section` shows a one-line warning in place of a part of a page that failed, and logs the
 traceback, so one unreadable artifact never takes the page down.
 """
@@ -58,13 +59,10 @@ def _cached_store(url: str) -> Store:
 
 
 def get_store(url: str) -> Store:
-    """The read-only store at ``url``; a store that does not exist yet is re-opened on every
-    call (so it appears as soon as a run creates it), an existing one is kept open."""
-    store = _cached_store(url)
-    if store.schema_version is None:
-        _cached_store.clear()
-        store = open_store(url, read_only=True, create=False)
-    return store
+    """The read-only store at ``url``, kept open. A store that cannot be opened (not found yet,
+    an older schema) raises; Streamlit does not cache that, so the next rerun tries again and
+    the store appears as soon as a run creates it."""
+    return _cached_store(url)
 
 
 @st.cache_data(ttl=REVISION_TTL_S, show_spinner=False, max_entries=16)
@@ -180,6 +178,8 @@ def page_store() -> tuple[Store, str]:
         if "zeroseg results migrate" in message:
             st.error(f"This results store was written by an older zeroseg. {message}, then "
                      "reload this page.", icon=":material/upgrade:")
+        elif message.endswith(": not found"):
+            st.error(f"The results {message}. {EMPTY_HELP}", icon=":material/search_off:")
         else:
             st.error(f"The results store cannot be read: {message}", icon=":material/error:")
         st.stop()

@@ -14,7 +14,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from zeroseg.platform.errors import ZerosegError
+from zeroseg.platform.errors import ConfigError, ZerosegError
+from zeroseg.platform.io import check_writable_dir, check_writable_file
 
 log = logging.getLogger("zeroseg")
 
@@ -88,6 +89,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     config: dict[str, object] = {"provider": args.provider, **parse_overrides(args.set)}
     split = resolve_split(args.gt, args.benchmark)
+    # Outputs first: an unwritable --out or --cache-dir is one line before anything is computed.
+    if args.out:
+        check_writable_file(args.out, "embedding matrix (--out)")
+    if args.cache_dir:
+        check_writable_dir(args.cache_dir, "embedding cache (--cache-dir)")
     summary = embed_command(split, config, cache_dir=args.cache_dir, out_path=args.out)
     print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.format())
     return 0
@@ -100,11 +106,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from zeroseg.platform import evaluation
     from zeroseg.platform.data.layout import CocoLayout
 
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers: expected a positive number of processes, got "
+                          f"{args.workers}")
     split = resolve_split(args.gt, args.benchmark)
     layout = CocoLayout(Path(args.gt), args.split)
     pred = Path(args.pred)
     if args.task == "semantic":
-        result = evaluation.evaluate_semantic(layout, split, pred, args.setting)
+        result = evaluation.evaluate_semantic(layout, split, pred, args.setting,
+                                              workers=args.workers)
     elif args.task == "panoptic":
         result = evaluation.evaluate_panoptic(layout, split, pred, args.setting,
                                               workers=args.workers)
@@ -149,6 +159,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if args.rebuild:
         overrides["rebuild"] = True
     config = load_config(ExtractConfig, args.config, overrides)
+    check_writable_dir(config.cache_dir, "feature cache (cache_dir)")
     with progress_bar(f"extract {config.kind}", 0, enabled=not args.quiet) as advance:
         result = get_features(config, progress=advance)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.format())
@@ -182,7 +193,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.store:
         overrides["store"] = args.store
     return run_command(args.config, overrides, json_output=args.json, verbose=args.verbose,
-                       address=args.address)
+                       address=args.address, force=args.force)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -204,7 +215,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from zeroseg.platform.tuning.command import reproduce_command
 
     return reproduce_command(args.name, top=args.top, seeds=args.seeds, trial=args.trial,
-                             store=args.store)
+                             store=args.store, force=args.force)
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
@@ -309,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--pred", required=True, help="prediction folder or results json")
     ev.add_argument("--setting", choices=["gzsl", "zsl"], default="gzsl")
     ev.add_argument("--benchmark", help="registry split (default: the dataset's classes.json)")
-    ev.add_argument("--workers", type=int, default=None, help="processes for panoptic")
+    ev.add_argument("--workers", type=int, default=None,
+                    help="processes for semantic and panoptic (default: by the data's size)")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.set_defaults(func=cmd_eval)
 
@@ -355,8 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run every method x seed of CONFIG: dataset, class embeddings, segmenter "
                     "(Ray Train + DeepSpeed), feature cache, the method, inference and "
                     "evaluation of the three tasks; stages whose inputs are unchanged are "
-                    "reused. Prints seen / unseen / HM (mean +- std over seeds) and writes every "
-                    "run to the results store.")
+                    "reused, and so are runs already stored (--force re-runs them). Prints seen "
+                    "/ unseen / HM (mean +- std over seeds) and writes every run to the results "
+                    "store.")
     run.add_argument("config", help="experiment YAML (see configs/pading_small.yaml)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a config key, e.g. --set params.pading.tau=0.2")
@@ -364,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="replace `seeds`")
     run.add_argument("--store", help="results store URL or path (default: WORK_DIR/results.db)")
     run.add_argument("--address", help="Ray cluster address for the segmenter training")
+    run.add_argument("--force", action="store_true",
+                     help="re-run runs already stored (same config, method, seed, protocols "
+                          "and code version) and replace them; without it they are reused")
     run.add_argument("--json", action="store_true", help="print the runs as JSON")
     run.set_defaults(func=cmd_run)
 
@@ -400,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--seeds", type=int, default=3)
     rep.add_argument("--trial", help="reproduce this trial id instead of the best ones")
     rep.add_argument("--store", help="results store URL or path")
+    rep.add_argument("--force", action="store_true",
+                     help="re-run reproductions already stored and replace them")
     rep.set_defaults(func=cmd_reproduce)
 
     dash = sub.add_parser(
@@ -457,6 +475,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"zeroseg: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:
+        # A file system refusal the command's own checks did not foresee (a disk that filled
+        # up, a folder that became read-only): still one line naming the path.
+        if args.debug or exc.filename is None:
+            raise
+        print(f"zeroseg: error: {exc.filename}: {exc.strerror or type(exc).__name__}",
+              file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("zeroseg: interrupted", file=sys.stderr)

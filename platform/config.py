@@ -38,8 +38,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}: not valid YAML{where}") from None
-    if data is None:
-        return {}
+    if data is None:  # an empty file (or only comments): not a config that means "defaults"
+        raise ConfigError(f"{path}: the file is empty (expected a YAML mapping of settings)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data

@@ -22,7 +22,8 @@ End to end, through the same code a real COCO run uses, everything under ``OUT``
 The experiment config and the search space are written to ``OUT/experiment.yaml`` and
 ``OUT/space.yaml`` first, so every step can be re-run by hand with ``zeroseg run`` /
 ``zeroseg sweep`` / ``zeroseg reproduce``. Running the job again reuses every finished stage
-(and resumes an interrupted sweep); ``OUT/summary.json`` records the figures and timings.
+(and resumes an interrupted sweep) and every run already stored, so it stores no run twice;
+``OUT/summary.json`` records the figures and timings.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from zeroseg.platform.io import atomic_write_json, atomic_write_text
+from zeroseg.platform.io import atomic_write_json, atomic_write_text, check_writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def run_demo(out: str | Path, *, size: str = "small", seed: int = 0, trials: int
     from zeroseg.platform.tuning.sweep import prepare_job, run_sweep
 
     out = Path(out).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable_dir(out, "main job's folder (--out)")
     started = time.perf_counter()
     timings: dict[str, float] = {}
     say = (lambda line: None) if quiet else (lambda line: print(line, flush=True))
@@ -151,6 +152,7 @@ def run_demo(out: str | Path, *, size: str = "small", seed: int = 0, trials: int
           "timings across machines and runs by it)")
     _stage(1, f"synthetic benchmark '{size}' (seed {seed})", started)
     pipeline = Pipeline(config, progress=say)
+    pipeline.check_outputs()
     split = pipeline.split  # generates the benchmark on first use
     print(f"{pipeline.data_root}: split {split.name}, {split.num_classes} classes, "
           f"{len(split.seen)} seen, {len(split.unseen)} unseen "
@@ -191,40 +193,27 @@ def run_demo(out: str | Path, *, size: str = "small", seed: int = 0, trials: int
     _stage(4, f"the best trial reproduced with 3 seeds and the baselines ({', '.join(BASELINES)}"
               "), side by side", started)
     t = time.perf_counter()
-    with open_store(store_url) as store:
-        done = {(r["method"], r["seed"]) for r in store.runs(kind="train", status="finished")}
-        reproduced = store.runs(kind="reproduction")
-    for method in BASELINES:
-        if (method, 0) in done:
-            print(f"{method}: already in the store")
-    plan = None
-    if reproduced:
-        print(f"{len(reproduced)} reproductions already in the store")
-    else:
-        plan = plan_reproductions(store_url, SWEEP_NAME, top=1, seeds=3, progress=say)
+    # Runs stored before (same config, seed, protocols, code version; a reproduction: of the
+    # same trial) come back from the store without running: a second `make run` stores nothing.
+    plan = plan_reproductions(store_url, SWEEP_NAME, top=1, seeds=3, progress=say)
 
     def ended(outcome: Any) -> None:
-        if outcome.record.kind == "reproduction" and plan is not None:
+        if outcome.record.kind == "reproduction":
             plan.on_run(outcome)
             return
         hm = outcome.metric("test", "semantic", "gzsl", "hm", "iou")
-        print(f"  {outcome.method}: {outcome.seconds:.0f} s, test ZSS HM {_pct(hm)} "
-              f"(run {outcome.run_id})", flush=True)
+        how = "stored before, reused" if outcome.reused else f"{outcome.seconds:.0f} s"
+        print(f"  {outcome.method}: {how}, test ZSS HM {_pct(hm)} (run {outcome.run_id})",
+              flush=True)
 
     # The longest runs first: the reproductions fill both cores, the baselines the gaps.
-    repro_jobs = plan.jobs if plan is not None else []
-    baseline_jobs = [RunJob(config, m, 0) for m in BASELINES if (m, 0) not in done]
-    outcomes = run_many(pipeline, [*repro_jobs, *baseline_jobs], on_run=ended)
+    baseline_jobs = [RunJob(config, m, 0) for m in BASELINES]
+    outcomes = run_many(pipeline, [*plan.jobs, *baseline_jobs], on_run=ended)
     timings["baselines_and_reproduction"] = time.perf_counter() - t
 
     _stage(5, "reproduction of the best trial: mean ± std over the seeds", started)
-    reps: list[Any] = []
-    if plan is not None:
-        reps = plan.finish(outcomes[:len(repro_jobs)])
-        print(format_reproductions(reps))
-    else:
-        print("reproduced before: zeroseg results list --kind reproduction --store "
-              f"{store_url}")
+    reps = plan.finish(outcomes[:len(plan.jobs)])
+    print(format_reproductions(reps))
 
     _stage(6, "leaderboard (test split, GZSL)", started)
     with open_store(store_url) as store:
@@ -269,10 +258,15 @@ def _pct(value: float | None) -> str:
 
 def leaderboard(store: Any) -> str:
     """Baselines and reproductions of the sweep's best config, test split, GZSL, mean +- std."""
-    from zeroseg.platform.pipeline.report import method_table, store_rows, table_title
+    from zeroseg.platform.pipeline.report import (
+        method_table,
+        newest_per_seed,
+        store_rows,
+        table_title,
+    )
 
-    rows = store.metrics_frame(per_class=False, setting="gzsl", eval_split="test",
-                               status="finished")
+    rows, _ = newest_per_seed(store.metrics_frame(per_class=False, setting="gzsl",
+                                                  eval_split="test", status="finished"))
     labelled = []
     for r in rows:
         if r["kind"] == "reproduction":

@@ -29,3 +29,8 @@ class EmbeddingError(ZerosegError):
 
 class LeakageError(ZerosegError):
     """A training set still contains a class that the protocol says is unseen."""
+
+
+class OutputError(ZerosegError):
+    """An output path (folder or file) cannot be written: a parent that is a file, a read-only
+    file system, no permission, a full disk."""

@@ -114,14 +114,26 @@ def test_layer_does_nothing_when_the_extension_loads():
 
 
 def test_ray_runtime_env_names_the_hook():
+    import logging
+
     from zeroseg.platform.compat import ray_runtime_env
-    from zeroseg.platform.compat.torchvision_ops import WORKER_SETUP_HOOK, ensure_torchvision
+    from zeroseg.platform.compat.ray_worker import QUIET_LOGGERS, WORKER_SETUP_HOOK
 
     env = ray_runtime_env({"env_vars": {"A": "1"}})
     assert env["worker_process_setup_hook"] == WORKER_SETUP_HOOK
     assert env["env_vars"] == {"A": "1"}
     module, _, name = WORKER_SETUP_HOOK.rpartition(".")
-    assert getattr(__import__(module, fromlist=[name]), name) is ensure_torchvision
+    hook = getattr(__import__(module, fromlist=[name]), name)
+    cleaner = logging.getLogger(QUIET_LOGGERS[0])
+    level = cleaner.level
+    try:
+        hook()  # what a Ray worker runs: torchvision usable, the cleaner's warnings dropped
+        import torchvision  # noqa: F401
+
+        assert not cleaner.isEnabledFor(logging.WARNING)
+        assert cleaner.isEnabledFor(logging.ERROR)
+    finally:
+        cleaner.setLevel(level)
 
 
 @pytest.mark.skipif(not BROKEN, reason="torchvision's extension loads on this machine")

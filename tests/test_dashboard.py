@@ -419,14 +419,22 @@ def _every_page(at):
         yield at
 
 
-def test_app_empty_or_missing_store_is_a_message(app, tmp_path):
+def test_app_empty_missing_or_foreign_store_is_a_message(app, tmp_path):
     missing = tmp_path / "nowhere" / "results.db"
-    open_store(tmp_path / "empty.db").close()
-    for path in (missing, tmp_path / "empty.db"):
-        for at in _every_page(app(path)):
-            assert not at.exception
-            assert "is empty: no run recorded yet" in at.info[0].value
+    for at in _every_page(app(missing)):
+        assert not at.exception
+        assert f"store {missing}: not found" in at.error[0].value
     assert not missing.exists()  # read-only: nothing created
+    foreign = tmp_path / "app.db"
+    with sqlite3.connect(foreign) as db:
+        db.execute("CREATE TABLE customers (name TEXT)")
+    for at in _every_page(app(foreign)):
+        assert not at.exception
+        assert "not a zeroseg results store" in at.error[0].value
+    open_store(tmp_path / "empty.db").close()
+    for at in _every_page(app(tmp_path / "empty.db")):
+        assert not at.exception
+        assert "is empty: no run recorded yet" in at.info[0].value
 
 
 def test_app_store_with_one_bare_running_run_degrades_gracefully(app, tmp_path):

@@ -238,18 +238,20 @@ def test_inference_from_the_cache_equals_running_the_segmenter(eval_cache, model
     layout = CocoLayout(tiny, "val")
     segmenter, meta = model
     own = segmenter_classifier(segmenter, meta["class_ids"], split)
-    # The extraction ran with threads_per_worker=1; oneDNN convolutions split their sums
-    # differently with another thread count, so the direct run uses one thread too (with 2
-    # threads a score may differ in its last digit: the bytes are equal only like for like).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        direct = predict_dataset(segmenter, own, layout, split, tmp_path / "direct")
-    finally:
-        torch.set_num_threads(previous)
     cached = predict_dataset(eval_cache.cache.iter_images(), own, layout, split,
                              tmp_path / "cached")
-    _same_predictions(direct, cached)
+    # The segmenter's outputs depend on the number of torch threads in their last bits; the
+    # direct path runs it with the cache's thread count whatever the caller's setting is (with
+    # the caller's 2 threads, the instance scores once differed in a digit: issue 15).
+    previous = torch.get_num_threads()
+    try:
+        for ambient in (2, 1):
+            torch.set_num_threads(ambient)
+            direct = predict_dataset(segmenter, own, layout, split, tmp_path / f"direct{ambient}")
+            assert torch.get_num_threads() == ambient
+            _same_predictions(direct, cached)
+    finally:
+        torch.set_num_threads(previous)
     instances = json.loads(Path(direct["instance"]).read_text())
     assert instances  # something was predicted, so the comparison means something
 
@@ -273,8 +275,7 @@ def test_inference_from_the_cache_equals_running_the_segmenter(eval_cache, model
 def test_key_changes_with_every_input_and_not_with_workers(ckpt, tiny, split, tmp_path):
     base = _config(ckpt, tiny, tmp_path / "c")
     key = feature_key(base)
-    assert feature_key(_config(ckpt, tiny, tmp_path / "c", workers=2, threads_per_worker=2)) \
-        == key
+    assert feature_key(_config(ckpt, tiny, tmp_path / "c", workers=2)) == key
     other_ckpt = _save_checkpoint(split, tmp_path / "ckpt1", 1, [c.id for c in split.seen])
     changed = {
         "checkpoint": _config(other_ckpt, tiny, tmp_path / "c"),
@@ -285,6 +286,8 @@ def test_key_changes_with_every_input_and_not_with_workers(ckpt, tiny, split, tm
         "dtype": _config(ckpt, tiny, tmp_path / "c", embed_dtype="float16"),
         "shard_size": _config(ckpt, tiny, tmp_path / "c", shard_size=7),
         "seed": _config(ckpt, tiny, tmp_path / "c", seed=1),
+        # the segmenter's outputs differ in their last bits with the number of torch threads
+        "threads": _config(ckpt, tiny, tmp_path / "c", threads_per_worker=2),
         "images": _config(ckpt, tiny, tmp_path / "c", max_images=5),
     }
     keys = {name: feature_key(cfg) for name, cfg in changed.items()}

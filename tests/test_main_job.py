@@ -56,13 +56,17 @@ def test_main_job_runs_every_stage_and_stores_everything(main_job):
 def test_main_job_again_reuses_every_stage(main_job):
     from zeroseg.platform.cli import main
 
+    with open_store(main_job["store"]) as store:
+        before = sorted(r["uid"] for r in store.runs(superseded=True))
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         assert main(["demo", "--out", str(main_job["out"]), "--size", "tiny", "--trials", "3",
                      "--quiet"]) == 0
     again = stdout.getvalue()
-    assert "already finished" in again and "already in the store" in again
+    assert "already finished" in again
+    assert again.count("stored before, reused") == 4  # the baselines (reproductions: quiet)
     with open_store(main_job["store"]) as store:
+        assert sorted(r["uid"] for r in store.runs(superseded=True)) == before  # no new run
         assert len(store.runs(kind="trial")) == 3 and len(store.runs(kind="reproduction")) == 3
 
 

@@ -347,7 +347,7 @@ def test_batched_stats_equal_one_image_at_a_time_to_the_last_bit(setting):
         gt, gt_segs, pred, pred_segs = random_image(rng, n_segments=int(rng.integers(0, 9)))
         if k % 5 == 0:  # zeroseg's own predictions: ids 1..P in segments order
             order = {s["id"]: j + 1 for j, s in enumerate(pred_segs)}
-            pred = np.vectorize(lambda v: order.get(v, 0))(pred)
+            pred = np.vectorize(lambda v, order=order: order.get(v, 0))(pred)
             pred_segs = [dict(s, id=order[s["id"]]) for s in pred_segs]
         if k % 7 == 3:
             pred, pred_segs = np.zeros_like(pred), []

@@ -160,6 +160,16 @@ def test_validation_view_dataset_erases_test_unseen_classes(tiny_data, tmp_path)
     assert validation_eval_dataset(layout, split, tmp_path / "view") == out  # reused
 
 
+def test_the_dataset_fingerprint_is_taken_after_the_benchmark_is_generated(tmp_path):
+    """A first `zeroseg run` generates the synthetic benchmark; the stages it keys by the
+    dataset's fingerprint must have the keys a re-run computes (found, not trained again)."""
+    config = pipeline_config_from_dict(tiny_config(tmp_path / "data", tmp_path / "work"))
+    first = Pipeline(config, progress=lambda line: None)
+    fingerprint = first.dataset_fingerprint  # before anything else: generates the data
+    assert (tmp_path / "data" / "annotations" / "panoptic_train.json").is_file()
+    assert Pipeline(config).dataset_fingerprint == fingerprint
+
+
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
     from zeroseg.platform.data.synthetic.generate import generate
@@ -352,6 +362,42 @@ def test_run_command_prints_the_table(pipeline_runs, tmp_path, capsys):
     assert "tau must be > 0" in capsys.readouterr().err
 
 
+def test_a_finished_run_is_reused_not_stored_again_and_force_replaces_it(pipeline_runs,
+                                                                        tmp_path, capsys):
+    import yaml
+
+    from zeroseg.platform.cli import main
+
+    doc = to_dict(pipeline_runs["pipeline"].config)
+    doc["methods"], doc["seeds"] = ["projection"], [0]
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with _store(pipeline_runs) as store:
+        before = {r["uid"] for r in store.runs(superseded=True)}
+        stored = next(r for r in store.runs() if r["method"] == "projection" and r["seed"] == 0)
+    assert main(["run", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert f"projection seed 0: already stored as run {stored['id']}" in err and "reused" in err
+    assert "Projection" in out  # the table, from the stored run
+    with _store(pipeline_runs) as store:
+        assert {r["uid"] for r in store.runs(superseded=True)} == before  # nothing new
+
+    assert main(["run", str(path), "--force"]) == 0
+    err = capsys.readouterr().err
+    assert "projection seed 0: finished in" in err
+    with _store(pipeline_runs) as store:
+        after = {r["uid"] for r in store.runs(superseded=True)}
+        again = next(r for r in store.runs() if r["method"] == "projection" and r["seed"] == 0)
+        assert len(after) == len(before) and stored["uid"] not in after  # replaced, not added
+        assert again["uid"] in after
+        metrics = {(m["eval_split"], m["task"], m["setting"], m["subset"], m["class_name"],
+                    m["metric"]): m["value"] for m in store.run(again["id"])["metrics"]}
+    first = pipeline_runs["outcomes"]["projection"].record.metrics
+    # the same numbers: same config, seed and machine
+    assert metrics == {(m.eval_split, m.task, m.setting, m.subset, m.class_name, m.metric):
+                       m.value for m in first}
+
+
 @pytest.mark.ray
 def test_generator_trains_on_two_deepspeed_workers(pipeline_runs):
     """method_training.workers = 2: PADing's generator on Ray Train + DeepSpeed (ZeRO 2)."""
@@ -393,7 +439,7 @@ def test_run_many_runs_side_by_side_on_ray_and_stores_every_run(pipeline_runs):
             RunJob(broken, "pading", 0)]
     ended: list[Any] = []
     with pytest.raises(ZerosegError, match="divisible by heads"):
-        run_many(pipeline, jobs, on_run=ended.append)
+        run_many(pipeline, jobs, on_run=ended.append, force=True)  # projection 0: stored
     assert sorted((o.method, o.seed, o.status) for o in ended) == [
         ("pading", 0, "failed"), ("projection", 0, "finished"), ("seen-only", 3, "finished")]
     first = pipeline_runs["outcomes"]["projection"]
@@ -409,3 +455,11 @@ def test_run_many_runs_side_by_side_on_ray_and_stores_every_run(pipeline_runs):
                 (outcome.method, outcome.seed, outcome.status)
         assert "divisible by heads" in store.run(
             next(o.run_id for o in ended if o.status == "failed"))["error"]
+        count = store.count_runs()
+    # Without force the finished ones come back from the store: nothing runs, nothing is stored.
+    again = run_many(pipeline, jobs[:2])
+    ids = {(o.method, o.seed): o.run_id for o in ended}
+    assert [o.reused for o in again] == [True, True]
+    assert [o.run_id for o in again] == [ids[("projection", 0)], ids[("seen-only", 3)]]
+    with _store(pipeline_runs) as store:
+        assert store.count_runs() == count

@@ -31,6 +31,7 @@ from zeroseg.platform.store import (
     dataset_fingerprint,
     migrations,
     open_store,
+    open_writable_store,
     schema,
     trial_uid,
 )
@@ -380,21 +381,20 @@ def test_parallel_writers_lose_nothing_and_duplicate_nothing_sqlite(tmp_path):
 
 
 # -- empty, missing, old, new and foreign stores ------------------------------------------------
-def test_missing_store_is_empty_and_stays_uncreated(tmp_path, capsys):
+def test_missing_store_is_not_found_and_stays_uncreated(tmp_path, capsys):
     path = tmp_path / "sub" / "results.db"
-    store = open_store(path, read_only=True)
-    assert store.is_empty() and store.runs() == [] and store.metrics_frame() == []
-    assert store.sweeps() == [] and store.schema_version is None
-    assert not path.exists() and not path.parent.exists()
-    with pytest.raises(StoreError, match="read-only"):
-        store.record_run(RunRecord())
-    code, out, err = cli(capsys, "results", "list", "--store", str(path))
-    assert code == 0 and "is empty" in out and not err
-    code, out, err = cli(capsys, "results", "show", "1", "--store", str(path))
-    assert code == EXIT_USER_ERROR and err.count("\n") == 1 and "is empty" in err
-    assert not path.exists()
+    with pytest.raises(StoreError) as info:
+        open_store(path, read_only=True)
+    assert str(info.value) == f"store {path}: not found"
+    for argv in (["results", "list"], ["results", "table"], ["results", "show", "1"],
+                 ["results", "export", "--csv", str(tmp_path / "x.csv")], ["results", "migrate"],
+                 ["dashboard"]):
+        code, out, err = cli(capsys, *argv, "--store", str(path))
+        assert code == EXIT_USER_ERROR and err == f"zeroseg: error: store {path}: not found\n", \
+            (argv, err)
+    assert not path.exists() and not path.parent.exists() and not (tmp_path / "x.csv").exists()
 
-    created = open_store(path)  # writers create it; still empty
+    created = open_store(path)  # writers create it; then it is an empty store
     assert created.is_empty() and created.schema_version == schema.SCHEMA_VERSION
     assert path.exists()
     monkey_env = {**os.environ, "ZEROSEG_STORE": str(path)}
@@ -416,55 +416,216 @@ def test_read_only_store_cannot_be_written_even_by_raw_sql(tmp_path, evaluated):
 def test_older_schema_is_a_clear_error_until_migrated(tmp_path, evaluated, capsys, monkeypatch):
     path = tmp_path / "results.db"
     run_id = open_store(path).record_run(realistic_run(evaluated))
-    # This code now "needs v2": a step that adds a column, as a real migration would.
+    # This code now "needs v3": a step that adds a column, as a real migration would.
 
-    def v1_to_v2(op, conn):
+    def v2_to_v3(op, conn):
         op.add_column("runs", Column("notes", Text, nullable=True))
 
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(migrations.MIGRATIONS, 1, v1_to_v2)
-    expected = (f"store {path} has schema v1, this zeroseg needs v2; run `zeroseg results "
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 3)
+    monkeypatch.setitem(migrations.MIGRATIONS, 2, v2_to_v3)
+    expected = (f"store {path}: schema version 2, this zeroseg reads 3; run `zeroseg results "
                 f"migrate --store {path}`")
     with pytest.raises(StoreError) as info:
         open_store(path, read_only=True)
     assert str(info.value) == expected
-    code, out, err = cli(capsys, "results", "list", "--store", str(path))
-    assert code == EXIT_USER_ERROR and err == f"zeroseg: error: {expected}\n" and not out
+    for argv in (["results", "list"], ["dashboard"]):
+        code, out, err = cli(capsys, *argv, "--store", str(path))
+        assert code == EXIT_USER_ERROR and err == f"zeroseg: error: {expected}\n" and not out
 
     code, out, err = cli(capsys, "results", "migrate", "--store", str(path))
-    assert code == 0 and "migrated" in out and "v2" in out, err
+    assert code == 0 and "migrated" in out and "v3" in out, err
     store = open_store(path)
-    assert store.schema_version == 2 and store.run(run_id)["uid"]
+    assert store.schema_version == 3 and store.run(run_id)["uid"]
     assert "notes" in {c["name"] for c in inspect(store.engine).get_columns("runs")}
     code, out, _ = cli(capsys, "results", "migrate", "--store", str(path))
     assert code == 0 and "up to date" in out
 
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", 3)  # no step from v2 to v3
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 4)  # no step from v3 to v4
     code, out, err = cli(capsys, "results", "migrate", "--store", str(path))
-    assert code == EXIT_USER_ERROR and "no migration from v2 to v3" in err
+    assert code == EXIT_USER_ERROR and "no migration from v3 to v4" in err
 
 
-def test_newer_or_foreign_stores_are_clear_errors(tmp_path):
+def test_a_v1_store_migrates_keeps_its_runs_and_counts_a_stored_twice_run_once(tmp_path,
+                                                                               capsys):
+    """tests/fixtures/results_store_v1.sql: a store of schema v1 where a re-run stored gmmn
+    seed 0 twice (runs 1 and 2). After `zeroseg results migrate` every run is still there, the
+    copy is marked superseded by the newer one, and `results table` counts that seed once."""
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as db:
+        db.executescript((TESTS / "fixtures" / "results_store_v1.sql").read_text())
+    code, out, err = cli(capsys, "results", "table", "--store", str(path))
+    assert code == EXIT_USER_ERROR and "schema version 1, this zeroseg reads 2" in err
+    code, out, err = cli(capsys, "results", "migrate", "--store", str(path))
+    assert code == 0 and "applied v2" in out, err
+
+    store = open_store(path, read_only=True)
+    everything = {r["id"]: r for r in store.runs(superseded=True)}
+    assert sorted(everything) == [1, 2, 3, 4, 5]
+    assert everything[1]["superseded_by"] == 2 and everything[1]["run_key"] is None
+    assert everything[2]["run_key"] and everything[2]["superseded_by"] is None
+    keys = [r["run_key"] for r in everything.values() if r["run_key"]]
+    assert len(keys) == len(set(keys)) == 3  # runs 2, 3, 4; the trial has none
+    assert everything[5]["run_key"] is None and everything[5]["kind"] == "trial"
+    assert sorted(r["id"] for r in store.runs()) == [2, 3, 4, 5]  # readers skip the copy
+    assert len(store.run(1)["metrics"]) == 3  # still readable by id
+    code, out, _ = cli(capsys, "results", "show", "1", "--store", str(path))
+    assert code == 0 and "superseded by run 2" in out
+
+    code, out, err = cli(capsys, "results", "table", "--store", str(path), "--settings", "gzsl")
+    gmmn = next(ln for ln in out.splitlines() if ln.startswith("GMMN")).split()
+    assert gmmn[1] == "2", out  # seeds 0 and 1, not 0, 0 and 1
+    assert gmmn[3:5] == ["50.0±14.1", "20.0±14.1"]
+    from zeroseg.dashboards import data, queries
+
+    board = data.leaderboard_runs(queries.summary_frame(store, "results"),
+                                  queries.runs_frame(store))
+    assert sorted(set(board["run_id"])) == [2, 3, 4]  # the dashboard skips the copy too
+
+    # The migrated store enforces the identity from now on: storing seed 0 again reuses run 2.
+    writer = open_store(path)
+    again = writer.run(2)
+    record = RunRecord(kind="train", method="gmmn", seed=0, run_key=again["run_key"],
+                       config={"method": "gmmn"})
+    assert writer.record_run(record) == 2 and writer.count_runs() == 5
+
+
+def test_newer_or_foreign_stores_are_clear_errors(tmp_path, capsys):
     newer = tmp_path / "newer.db"
     open_store(newer).close()
     with sqlite3.connect(newer) as db:
         db.execute("INSERT INTO schema_version (version, applied_at, zeroseg_version, note) "
                    "VALUES (99, '2030-01-01 00:00:00', '9.0', 'future')")
-    with pytest.raises(StoreError, match="has schema v99, newer than this zeroseg") as info:
+    with pytest.raises(StoreError, match="schema version 99, this zeroseg reads 2 .the store "
+                                         "is newer.") as info:
         open_store(newer, read_only=True)
     assert "\n" not in str(info.value)
 
     foreign = tmp_path / "foreign.db"
     with sqlite3.connect(foreign) as db:
         db.execute("CREATE TABLE runs (x INTEGER)")
-    with pytest.raises(StoreError, match="no schema_version table"):
+    with pytest.raises(StoreError, match="not a zeroseg results store .tables runs but no "
+                                         "schema_version table"):
         open_store(foreign)
+    # Another application's SQLite file: readers and writers refuse it, and leave it alone.
+    other = tmp_path / "app.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE customers (name TEXT)")
+    for read_only in (True, False):
+        with pytest.raises(StoreError, match="not a zeroseg results store .it holds another "
+                                             "application's tables: customers"):
+            open_store(other, read_only=read_only)
+    with sqlite3.connect(other) as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    assert tables == ["customers"]
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    with pytest.raises(StoreError, match="not a zeroseg results store .an empty database"):
+        open_store(empty, read_only=True)
     text = tmp_path / "notes.db"
     text.write_text("not a database at all, but long enough to have a header" * 10)
-    with pytest.raises(StoreError, match="not a SQLite database"):
+    with pytest.raises(StoreError, match="not a zeroseg results store .not a SQLite database"):
         open_store(text)
+    with pytest.raises(StoreError, match="not a zeroseg results store .a folder"):
+        open_store(tmp_path)
     with pytest.raises(StoreError, match="unsupported database 'mysql'"):
         open_store("mysql://u@localhost/db")
+    for url in ("mysql+foo://::garbage", "postgresql://u@host:notaport/db"):
+        for argv in (["results", "list"], ["dashboard"]):
+            code, out, err = cli(capsys, *argv, "--store", url)
+            assert code == EXIT_USER_ERROR and "not a database URL" in err, (url, err)
+            assert err.count("\n") == 1
+
+
+def test_a_store_that_cannot_be_written_fails_the_write_probe(tmp_path):
+    from conftest import run_read_only
+
+    path = tmp_path / "ro" / "results.db"
+    open_store(path).close()
+    probe = ("from zeroseg.platform.store import open_writable_store\n"
+             "try:\n"
+             f"    open_writable_store({str(path)!r})\n"
+             "except Exception as e:\n    print(e)\n")
+    out = run_read_only(path.parent, [sys.executable, "-c", probe], capture_output=True,
+                        text=True, timeout=120).stdout
+    assert out.strip().startswith(f"store {path}: cannot "), out
+    assert "\n" not in out.strip()
+    open_writable_store(path).close()  # writable: the probe passes and changes nothing
+    assert open_store(path, read_only=True).is_empty()
+    # A read-only connection to a writable store: the probe is refused as well.
+    with pytest.raises(StoreError, match="opened read-only, cannot write .probe."):
+        open_store(path, read_only=True).probe_write()
+
+
+def test_a_finished_run_is_stored_once_per_identity(tmp_path):
+    from zeroseg.platform.store import run_key
+
+    store = open_store(tmp_path / "results.db")
+    key = run_key(kind="train", config_hash="abc", method="gmmn", seed=0, eval_splits=["test"],
+                  code_version="v1")
+    assert key != run_key(kind="train", config_hash="abc", method="gmmn", seed=1,
+                          eval_splits=["test"], code_version="v1")
+
+    def record(status: str, value: float, **kw) -> int:
+        return store.record_run(RunRecord(
+            kind="train", status=status, method="gmmn", seed=0, run_key=key,
+            metrics=[MetricRecord("semantic", "gzsl", "test", "hm", "iou", value)]), **kw)
+
+    def uids() -> list[str]:
+        return [r["uid"] for r in store.runs()]
+
+    failed = store.run(record("failed", 0.0))["uid"]
+    first = record("finished", 0.5)
+    assert uids() == [store.run(first)["uid"]] != [failed]  # the failed attempt was replaced
+    assert record("finished", 0.9) == first and store.count_runs() == 1  # reused
+    assert store.run(first)["metrics"][0]["value"] == 0.5
+    assert store.finished_run(key)["id"] == first
+    before = uids()
+    replaced = record("finished", 0.7, replace=True)  # --force
+    assert uids() == [store.run(replaced)["uid"]] != before
+    assert store.run(replaced)["metrics"][0]["value"] == 0.7
+    # A failed --force re-run keeps the finished run beside it.
+    record("failed", 0.0, replace=True)
+    assert sorted(r["status"] for r in store.runs()) == ["failed", "finished"]
+    # The index, not only the code path, refuses a second finished row.
+    with pytest.raises(Exception, match="UNIQUE"), store.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE runs SET status = 'finished' WHERE status = 'failed'")
+
+
+def _write_same_run(url: str, key: str, go: str, out: str) -> None:
+    """One of several processes that all store the same finished run at the same moment."""
+    while not Path(go).exists():
+        time.sleep(0.001)
+    store = open_store(url)
+    run_id = store.record_run(RunRecord(kind="train", method="gmmn", seed=0, run_key=key,
+                                        metrics=[MetricRecord("semantic", "gzsl", "test", "hm",
+                                                              "iou", 0.5)]))
+    Path(out).write_text(str(run_id))
+
+
+def test_concurrent_processes_storing_the_same_run_end_with_one_row(tmp_path):
+    import multiprocessing
+
+    from zeroseg.platform.store import run_key
+
+    url = str(tmp_path / "results.db")
+    open_store(url).close()
+    key = run_key(kind="train", config_hash="abc", method="gmmn", seed=0, eval_splits=["test"],
+                  code_version="v1")
+    go = tmp_path / "go"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_write_same_run, args=(url, key, str(go),
+                                                       str(tmp_path / f"out{i}")))
+             for i in range(4)]
+    for proc in procs:
+        proc.start()
+    time.sleep(1.0)
+    go.touch()
+    for proc in procs:
+        proc.join(120)
+        assert proc.exitcode == 0
+    ids = {(tmp_path / f"out{i}").read_text() for i in range(4)}
+    store = open_store(url, read_only=True)
+    assert store.count_runs() == 1 and ids == {str(store.runs()[0]["id"])}
 
 
 def test_store_pickles_as_a_reopen_and_fingerprints_follow_annotations(tmp_path, evaluated):
@@ -680,10 +841,12 @@ def test_store_urls(tmp_path, monkeypatch):
     assert resolve_url(None).database == str(tmp_path / ".zeroseg" / "results.db")
     with pytest.raises(StoreError, match="not a database URL"):
         resolve_url("://nothing")
+    with pytest.raises(StoreError, match="not a database URL"):
+        resolve_url("mysql+foo://::garbage")
 
 
 def test_every_results_command_has_help(capsys):
-    for action in ("list", "table", "show", "export", "migrate"):
+    for action in ("list", "table", "sweeps", "show", "export", "migrate"):
         with pytest.raises(SystemExit) as info:
             main(["results", action, "--help"])
         assert info.value.code == 0
@@ -724,3 +887,18 @@ def test_cli_table_is_mean_and_std_over_the_finished_runs(tmp_path, capsys):
     code, out, _ = cli(capsys, "results", "table", "--store", path, "--method", "nothing-here",
                        "--kind", "trial")
     assert code == 0 and "no finished run" in out
+
+
+def test_cli_table_counts_a_seed_re_run_under_another_code_version_once(tmp_path, capsys):
+    path = str(tmp_path / "results.db")
+    store = open_store(path)
+    for code, seen in (("v1", 0.2), ("v2", 0.4), ("v2", 0.6)):  # the last one: seed 1
+        seed = 1 if seen == 0.6 else 0
+        store.record_run(RunRecord(
+            kind="train", method="gmmn", seed=seed, code_version=code, config={"m": 1},
+            metrics=[MetricRecord("semantic", "gzsl", "test", s, "iou", seen)
+                     for s in ("seen", "unseen", "hm")]))
+    code, out, err = cli(capsys, "results", "table", "--store", path, "--settings", "gzsl")
+    gmmn = next(ln for ln in out.splitlines() if ln.startswith("GMMN")).split()
+    assert gmmn[1] == "2" and gmmn[3] == "50.0±14.1", out  # 40 and 60; the 20 is older
+    assert "1 older run(s) of a config and seed that has a newer run" in out

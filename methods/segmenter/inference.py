@@ -32,6 +32,15 @@ writes the COCO result formats that :mod:`zeroseg.platform.evaluation` reads::
     OUT/instances_results.json            COCO results: image_id, category_id, RLE, bbox, score
 
 Each output is replaced atomically: a failed run leaves the previous outputs as they were.
+
+**Same bytes from the model and from the feature cache.** The segmenter's outputs depend, in
+their last bits, on the number of torch intra-op threads (oneDNN convolutions and MKL matrix
+products split their reductions by thread) and on how images are batched. A feature cache is
+extracted with ``threads_per_worker`` threads (part of its key) in batches of ``batch_size``;
+:func:`predict_dataset` runs a model with ``threads`` threads (default 1, the cache's default)
+in batches of ``batch_size`` (default 8, likewise), so predicting from the model and from a
+cache made with the same settings writes byte-identical files, whatever threads the calling
+process happens to use.
 """
 
 from __future__ import annotations
@@ -415,9 +424,23 @@ def _field(item: Any, name: str) -> Any:
     return getattr(item, name)
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch intra-op threads (``None``: leave them)."""
+    if threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _model_outputs(model: Any, layout: CocoLayout, images: Mapping[int, ImageInfo],
                    batch_size: int, device: str | torch.device, num_workers: int,
-                   ) -> Iterable[tuple[int, Tensor, Tensor]]:
+                   threads: int | None) -> Iterable[tuple[int, Tensor, Tensor]]:
     dataset = InferenceImages(layout, images, int(model.config.image_size))
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                          num_workers=num_workers, collate_fn=_collate_images)
@@ -425,7 +448,7 @@ def _model_outputs(model: Any, layout: CocoLayout, images: Mapping[int, ImageInf
     model.eval()
     try:
         for batch in loader:
-            with torch.no_grad():
+            with torch.no_grad(), torch_threads(threads):
                 out = model(batch["pixel_values"].to(device))
             for i, image_id in enumerate(batch["image_id"]):
                 yield int(image_id), out.query_embeddings[i], out.mask_logits[i]
@@ -631,7 +654,7 @@ def predict_dataset(source: Any, classifier: Classifier | None, layout: CocoLayo
                     out_dir: str | Path, tasks: Sequence[str] = TASKS, *,
                     config: InferenceConfig | None = None, batch_size: int = 8,
                     device: str | torch.device = "cpu", num_workers: int = 0,
-                    ) -> dict[str, Path]:
+                    threads: int | None = 1) -> dict[str, Path]:
     """Predict every image of ``layout`` and write the requested tasks' COCO result files.
 
     ``source``: a :class:`~zeroseg.methods.segmenter.model.Segmenter` (run here on the layout's
@@ -639,8 +662,10 @@ def predict_dataset(source: Any, classifier: Classifier | None, layout: CocoLayo
     ``query_embeddings`` [Q, D] and ``mask_logits`` [Q, h, w] at any resolution).
     ``classifier``: query embeddings [Q, D] -> logits [Q, C + 1] over ``split``'s classes in
     contiguous order + no object; ``None`` uses the segmenter's own head, which must then cover
-    the split's classes in order (the oracle). Returns ``{task: path}`` for the evaluators:
-    ``evaluate_semantic(layout, split, paths["semantic"])`` and likewise.
+    the split's classes in order (the oracle). A model runs in batches of ``batch_size`` with
+    ``threads`` torch threads (``None``: the process's setting), see the module docstring.
+    Returns ``{task: path}`` for the evaluators: ``evaluate_semantic(layout, split,
+    paths["semantic"])`` and likewise.
     """
     from zeroseg.methods.segmenter.model import Segmenter
 
@@ -659,7 +684,7 @@ def predict_dataset(source: Any, classifier: Classifier | None, layout: CocoLayo
                                   f"classifier (e.g. segmenter_classifier)")
             classifier = source.classify
         outputs: Iterable[Any] = _model_outputs(source, layout, listing.images, batch_size,
-                                                device, num_workers)
+                                                device, num_workers, threads)
     else:
         if classifier is None:
             raise ConfigError("classifier: required when predicting from cached outputs")

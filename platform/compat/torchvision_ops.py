@@ -24,7 +24,8 @@ post-import hook relaxes that check in ``torchvision.ops.boxes`` alone, whose on
 
 Where: every zeroseg entry point calls :func:`ensure_torchvision` before anything can import
 torchvision, and Ray workers run it through ``runtime_env["worker_process_setup_hook"]``
-(:func:`ray_runtime_env`). It is idempotent and cheap after the first call.
+(:func:`zeroseg.platform.compat.ray_worker.ray_runtime_env`). It is idempotent and cheap after
+the first call.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Import path of the hook Ray workers run at start-up.
-WORKER_SETUP_HOOK = "zeroseg.platform.compat.torchvision_ops.ensure_torchvision"
 
 # Outcomes of ensure_torchvision()
 NATIVE = "native"  # the compiled extension loaded: nothing was registered
@@ -215,10 +215,3 @@ def install_import_hook() -> None:
         sys.meta_path.insert(0, _ApplyOnFirstImport())
     elif "torchvision" in sys.modules:
         ensure_torchvision()
-
-
-def ray_runtime_env(extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A Ray ``runtime_env`` whose workers apply :func:`ensure_torchvision` at start-up."""
-    env = dict(extra or {})
-    env["worker_process_setup_hook"] = WORKER_SETUP_HOOK
-    return env

@@ -115,6 +115,11 @@ def _check_results(results: Sequence[Mapping[str, Any]], image_sizes: Mapping[An
         if isinstance(seg, Mapping) and list(seg.get("size", [])) != image_sizes[det["image_id"]]:
             raise DataError(f"{where}: detection {i}: RLE size {seg.get('size')} differs from the "
                             f"size {image_sizes[det['image_id']]} of image {det['image_id']}")
+        if seg is not None:
+            problem = segmentation_problem(seg)
+            if problem:
+                raise DataError(f"{where}: detection {i} (image {det['image_id']}): invalid "
+                                f"segmentation: {problem}")
         bbox = "bbox" in det
         if has_bbox is None:
             has_bbox = bbox
@@ -123,6 +128,65 @@ def _check_results(results: Sequence[Mapping[str, Any]], image_sizes: Mapping[An
                             f"the first detection (all or none must have one)")
         if iou_type == "bbox" and not bbox and "segmentation" not in det:
             raise DataError(f"{where}: detection {i} has neither 'bbox' nor 'segmentation'")
+
+
+def _rle_string_counts(text: str) -> list[int] | None:
+    """The run lengths of a COCO compressed RLE string (pycocotools' ``rleFrString``: 6-bit
+    groups offset by 48, 5 bits of value, a continuation bit, sign-extended, deltas from the
+    second-last run after the first three); ``None`` if it is not one."""
+    counts: list[int] = []
+    p = 0
+    while p < len(text):
+        x, k, more = 0, 0, True
+        while more:
+            if p >= len(text):
+                return None  # ends inside a value
+            c = ord(text[p]) - 48
+            if not 0 <= c < 64:
+                return None
+            x |= (c & 0x1F) << 5 * k
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << 5 * k
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    return counts
+
+
+def segmentation_problem(seg: Any) -> str | None:
+    """Why ``seg`` is not a valid COCO segmentation (an RLE whose runs cover exactly its
+    ``size``, or polygons of at least 3 points), or ``None``. hotcoco scores garbage RLE
+    ``counts`` as some mask and pycocotools raises on it; both must refuse it first."""
+    if isinstance(seg, Mapping):
+        size = seg.get("size")
+        if not (isinstance(size, list | tuple) and len(size) == 2 and
+                all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+            return f"RLE 'size' must be [height, width], got {size!r:.40}"
+        counts = seg.get("counts")
+        if isinstance(counts, str):
+            runs = _rle_string_counts(counts)
+            if runs is None:
+                return f"RLE 'counts' {counts!r:.40} is not a compressed COCO RLE string"
+        elif isinstance(counts, list) and all(isinstance(v, int) and not isinstance(v, bool)
+                                              for v in counts):
+            runs = counts
+        else:
+            return "RLE 'counts' must be a compressed string or a list of integers"
+        if any(v < 0 for v in runs) or sum(runs) != size[0] * size[1]:
+            return (f"RLE 'counts' runs must be >= 0 and cover {size[0]} x {size[1]} = "
+                    f"{size[0] * size[1]} pixels (they cover {sum(runs)})")
+        return None
+    if isinstance(seg, list) and seg:
+        for polygon in seg:
+            if not (isinstance(polygon, list) and len(polygon) >= 6 and len(polygon) % 2 == 0
+                    and all(isinstance(v, int | float) and not isinstance(v, bool)
+                            and math.isfinite(v) for v in polygon)):
+                return "a polygon must be a list of at least 3 (x, y) pairs of finite numbers"
+        return None
+    return "expected an RLE object {size, counts} or a list of polygons"
 
 
 @dataclass

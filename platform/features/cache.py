@@ -52,7 +52,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -65,7 +64,13 @@ from zeroseg.platform.config import config_hash
 from zeroseg.platform.data.classes import Split
 from zeroseg.platform.data.layout import CocoLayout
 from zeroseg.platform.errors import ConfigError, DataError
-from zeroseg.platform.io import atomic_write_json, read_json, sha256_file
+from zeroseg.platform.io import (
+    atomic_write_json,
+    read_json,
+    replace_dir,
+    sha256_file,
+    temp_sibling_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -298,9 +303,7 @@ class CacheWriter:
         self.shards: dict[int, ShardRecord] = {}
 
     def __enter__(self) -> CacheWriter:
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.key}.", suffix=".tmp",
-                                         dir=self.cache_dir))
+        self.tmp = temp_sibling_dir(self.final)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -329,12 +332,6 @@ class CacheWriter:
         index["created_at"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         index["index_sha256"] = index_digest(index)
         atomic_write_json(self.tmp / INDEX_FILE, index, indent=1)
-        if self.final.exists():
-            old = self.cache_dir / f".{self.key}.old.{os.getpid()}"
-            os.replace(self.final, old)
-            os.replace(self.tmp, self.final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.final)
+        replace_dir(self.tmp, self.final)
         self.tmp = None
         return self.final

@@ -8,9 +8,11 @@ Example (``configs/extract_tiny.yaml``)::
     kind: train                          # train | train_all | eval
     cache_dir: .zeroseg/cache/features
 
-Which fields make the cache key: see :meth:`ExtractConfig.key_config`. ``workers``,
-``threads_per_worker`` and ``device`` only change how fast the same bytes are produced; they are
-recorded in the index but not hashed (shards are byte-identical for any number of workers).
+Which fields make the cache key: see :meth:`ExtractConfig.key_config`. ``workers`` only changes
+how fast the same bytes are produced (shards are byte-identical for any number of workers); it
+and ``device`` are recorded in the index but not hashed. ``threads_per_worker`` is hashed: the
+segmenter's outputs differ in their last bits with the number of torch threads (see
+:mod:`zeroseg.methods.segmenter.inference`), like with ``batch_size``.
 """
 
 from __future__ import annotations
@@ -80,5 +82,6 @@ class ExtractConfig:
             "compress": self.compress,
             "shard_size": self.shard_size,
             "batch_size": self.batch_size,
+            "threads": self.threads_per_worker,
             "seed": self.seed,
         }

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from zeroseg.platform.errors import ZerosegError
+from zeroseg.platform.errors import ConfigError, ZerosegError
 
 
 def _line(text: str) -> None:
@@ -16,15 +16,25 @@ def _line(text: str) -> None:
 
 
 def run_command(config_path: str | Path, overrides: dict[str, Any], *, json_output: bool = False,
-                verbose: bool = False, address: str | None = None) -> int:
+                verbose: bool = False, address: str | None = None, force: bool = False) -> int:
     from zeroseg.platform.pipeline.config import load_pipeline_config
     from zeroseg.platform.pipeline.report import format_outcomes
     from zeroseg.platform.pipeline.runner import run_pipeline
     from zeroseg.platform.pipeline.stages import Pipeline
 
     config = load_pipeline_config(config_path, overrides)  # typos fail here, before any work
+    if address is not None:
+        from zeroseg.platform.tuning.sweep import check_address
+
+        if config.segmenter.distributed.workers == 0:
+            raise ConfigError(f"--address {address}: zeroseg run uses a Ray cluster only to "
+                              "train the segmenter, and segmenter.distributed.workers is 0 (it "
+                              "trains in this process); set it to 1 or more, or leave --address "
+                              "out")
+        check_address(address)
     started = time.perf_counter()
     pipeline = Pipeline(config, progress=_line, verbose=verbose, ray_address=address)
+    pipeline.check_outputs()  # store, work dir: one-line errors now, not after training
     total = len(config.methods) * len(config.seeds)
     done = {"n": 0}
 
@@ -32,13 +42,18 @@ def run_command(config_path: str | Path, overrides: dict[str, Any], *, json_outp
         done["n"] += 1
         hm = outcome.metric("test", "semantic", "gzsl", "hm", "iou")
         hm_text = "-" if hm is None else f"{100 * hm:.1f}"
+        if outcome.reused:
+            _line(f"[{done['n']}/{total}] {outcome.method} seed {outcome.seed}: already stored "
+                  f"as run {outcome.run_id} (ZSS HM {hm_text}); reused, not run again "
+                  "(--force re-runs it)")
+            return
         _line(f"[{done['n']}/{total}] {outcome.method} seed {outcome.seed}: {outcome.status} in "
               f"{outcome.seconds:.0f} s (ZSS HM {hm_text}), stored as run {outcome.run_id}")
 
     _line(f"zeroseg run {config.name}: {len(config.methods)} method(s) x {len(config.seeds)} "
           f"seed(s), protocols {', '.join(config.evaluation.protocols)}; store "
           f"{pipeline.store_url}")
-    outcomes = run_pipeline(pipeline, on_run=on_run)
+    outcomes = run_pipeline(pipeline, on_run=on_run, force=force)
     if json_output:
         print(json.dumps([_outcome_json(o) for o in outcomes], indent=2))
         return 0
@@ -50,13 +65,17 @@ def run_command(config_path: str | Path, overrides: dict[str, Any], *, json_outp
 
 
 def _outcome_json(outcome: Any) -> dict[str, Any]:
+    protocol = {"test": "test", "val": "validation"}
+    metrics: dict[str, dict[str, dict[str, float | None]]] = {}
+    for m in outcome.record.metrics:
+        if m.subset != "class":
+            entry = metrics.setdefault(f"{protocol[m.eval_split]}/{m.task}/{m.setting}",
+                                       {"seen": {}, "unseen": {}, "hm": {}})
+            entry[m.subset][m.metric] = m.value
     return {
         "method": outcome.method, "seed": outcome.seed, "run_id": outcome.run_id,
         "uid": outcome.uid, "status": outcome.status, "seconds": round(outcome.seconds, 2),
-        "metrics": {f"{protocol}/{task}/{setting}": {"seen": r.seen, "unseen": r.unseen,
-                                                      "hm": r.hm}
-                    for protocol, pr in outcome.protocols.items()
-                    for (task, setting), r in pr.evaluations.items()},
+        "reused": outcome.reused, "metrics": metrics,
     }
 
 

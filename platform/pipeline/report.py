@@ -87,16 +87,12 @@ def method_table(rows: Iterable[tuple[str, str, str, str, str, str, float | None
 
 def outcome_rows(outcomes: Iterable[Any]) -> list[tuple[str, str, str, str, str, str,
                                                          float | None]]:
-    """Table rows from :class:`~zeroseg.platform.pipeline.runner.RunOutcome` objects."""
-    rows = []
-    for outcome in outcomes:
-        for protocol, pr in outcome.protocols.items():
-            for (task, setting), result in pr.evaluations.items():
-                for subset in SUBSETS:
-                    for metric, value in getattr(result, subset).items():
-                        rows.append((outcome.method, protocol, task, setting, subset, metric,
-                                     value))
-    return rows
+    """Table rows from :class:`~zeroseg.platform.pipeline.runner.RunOutcome` objects (their
+    store records' rows: the same for a run that ran and one reused from the store)."""
+    protocol = {"test": "test", "val": "validation"}
+    return [(outcome.method, protocol[m.eval_split], m.task, m.setting, m.subset, m.metric,
+             m.value) for outcome in outcomes for m in outcome.record.metrics
+            if m.subset in SUBSETS]
 
 
 def table_title(protocol: str, setting: str, over: str = "seeds") -> str:
@@ -124,6 +120,23 @@ def format_outcomes(outcomes: Sequence[Any], *, protocols: Sequence[str] = ("tes
                     settings: Sequence[str] = ("gzsl", "zsl")) -> str:
     return format_tables(outcome_rows(outcomes), list(dict.fromkeys(o.method for o in outcomes)),
                          protocols=protocols, settings=settings)
+
+
+def newest_per_seed(frame: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """The store's metric rows of one run per (kind, method, config hash, seed, source trial):
+    the newest. A seed measured twice -- the same config re-run under another code version,
+    whose run identity differs -- is one sample, not two (it would make n = 2, std 0). Returns
+    the rows kept and how many runs were left out."""
+    rows = list(frame)
+
+    def key(r: dict[str, Any]) -> tuple[Any, ...]:
+        return (r["kind"], r["method"], r["config_hash"], r["seed"], r["source_run_id"])
+
+    newest: dict[tuple[Any, ...], int] = {}
+    for r in rows:
+        newest[key(r)] = max(newest.get(key(r), r["run_id"]), r["run_id"])
+    kept = [r for r in rows if newest[key(r)] == r["run_id"]]
+    return kept, len({r["run_id"] for r in rows}) - len({r["run_id"] for r in kept})
 
 
 def store_rows(frame: Iterable[dict[str, Any]]) -> list[tuple[str, str, str, str, str, str,

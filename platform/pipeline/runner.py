@@ -7,17 +7,23 @@ inference writes the three COCO result formats, and the evaluators score them in
 (GZSL: all classes; ZSL: the classifier restricted to the unseen classes). The run is then
 written to the results store in one transaction with its config, config hash, code version,
 dataset fingerprint, seed, metrics, curves, leakage audit and artifact paths.
+
+A run is identified by (kind, config hash, method, seed, protocols, code version; for a
+reproduction, its trial): :func:`identity_key`. A run whose identity is already stored as
+finished is not run again -- its stored record comes back as a ``reused`` outcome -- unless
+``force``, which re-runs it and replaces the stored one (:meth:`Store.record_run`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,14 +101,55 @@ class RunOutcome:
     run_id: int | None = None
     error: str | None = None
     seconds: float = 0.0
-    record: Any = None  # the RunRecord written
+    record: Any = None  # the RunRecord written (for a reused run: the stored one's metrics)
+    reused: bool = False  # the run was stored before: nothing ran (see identity_key)
 
     def metric(self, protocol: str, task: str, setting: str, subset: str, metric: str
                ) -> float | None:
         pr = self.protocols.get(protocol)
-        if pr is None or (task, setting) not in pr.evaluations:
+        if pr is not None:
+            if (task, setting) not in pr.evaluations:
+                return None
+            return getattr(pr.evaluations[(task, setting)], subset).get(metric)
+        if self.record is None:
             return None
-        return getattr(pr.evaluations[(task, setting)], subset).get(metric)
+        key = (task, setting, EVAL_SPLIT[protocol], subset, None, metric)
+        return next((m.value for m in self.record.metrics if m.key == key), None)
+
+
+def identity_key(pipeline: Pipeline, method: str, seed: int, *, kind: str = "train",
+                 source_run_id: int | None = None, protocols: Sequence[str] | None = None
+                 ) -> str | None:
+    """The run's identity in the store (:func:`~zeroseg.platform.store.run_key`); ``None`` for
+    a sweep trial, which its sweep and trial id identify."""
+    from zeroseg.platform.store import code_version, run_key
+
+    if kind == "trial":
+        return None
+    spec = get_method(method)
+    protocols = run_protocols(spec, protocols or pipeline.config.evaluation.protocols)
+    return run_key(kind=kind, config_hash=run_config_hash(pipeline.config, method),
+                   method=method, seed=seed, eval_splits=[EVAL_SPLIT[p] for p in protocols],
+                   code_version=code_version()[0],
+                   source_run_id=source_run_id if kind == "reproduction" else None)
+
+
+def stored_outcome(store: Any, key: str | None, method: str, seed: int) -> RunOutcome | None:
+    """The outcome of a finished run already stored under ``key``, if there is one."""
+    from zeroseg.platform.store import MetricRecord, RunRecord
+
+    found = store.finished_run(key) if key else None
+    if found is None:
+        return None
+    run = store.run(found["id"])
+    record = RunRecord(kind=run["kind"], status="finished", method=method, seed=seed,
+                       uid=run["uid"], run_key=key, source_run_id=run["source_run_id"],
+                       metrics=[MetricRecord(m["task"], m["setting"], m["eval_split"],
+                                             m["subset"], m["metric"], m["value"],
+                                             m["class_name"]) for m in run["metrics"]])
+    return RunOutcome(method=method, seed=seed, uid=run["uid"], status="finished",
+                      run_id=int(run["id"]), seconds=float(run["duration_s"] or 0.0),
+                      record=record, reused=True)
 
 
 EpochCallback = Callable[[str, int, Any], None]  # (protocol, epoch, classifier)
@@ -112,21 +159,33 @@ def run_one(pipeline: Pipeline, method: str, seed: int, *, kind: str = "train",
             uid: str | None = None, sweep: str | None = None, trial_id: str | None = None,
             source_run_id: int | None = None, protocols: Sequence[str] | None = None,
             epochs: int | Mapping[str, int] = 1, on_epoch: EpochCallback | None = None,
-            record: bool = True, store: Any = None, keep_failed: bool = False) -> RunOutcome:
+            record: bool = True, store: Any = None, keep_failed: bool = False,
+            force: bool = False, run_key: str | None = None) -> RunOutcome:
     """Fit ``method`` with ``seed`` on each protocol, evaluate, build the store record
-    (``outcome.record``) and, with ``record``, write it. ``on_epoch(protocol, epoch,
-    classifier)`` sees every training round's classifier (``epochs`` rounds, or per protocol);
+    (``outcome.record``) and, with ``record``, write it -- unless the same run (its
+    :func:`identity_key`) is stored as finished already: then nothing runs and the stored
+    run comes back (``outcome.reused``); ``force`` re-runs it and replaces the stored one.
+    ``on_epoch(protocol, epoch, classifier)`` sees every training round's classifier
+    (``epochs`` rounds, or per protocol);
     it may raise :class:`~zeroseg.methods.registry.StopTrial`, which ends the run as
     ``stopped`` (still recorded, with what it evaluated). A failed run is recorded and then
     raised (without ``record``: raised at once), unless ``keep_failed``: then the outcome says
     ``failed`` and carries its record. Method stages run with ``config.threads`` torch threads,
-    so the same config and seed give the same numbers."""
+    so the same config and seed give the same numbers. ``run_key``: the identity the caller
+    computed (:func:`run_many` passes the driver's to its tasks)."""
     from zeroseg.methods.registry import StopTrial
 
     config = pipeline.config
     spec = get_method(method)
     method_config = config.method_config(method)
     protocols = run_protocols(spec, protocols or config.evaluation.protocols)
+    key = run_key or identity_key(pipeline, method, seed, kind=kind,
+                                  source_run_id=source_run_id, protocols=protocols)
+    if record and not force and key is not None:
+        with _opened(pipeline, store) as opened:
+            stored = stored_outcome(opened, key, method, seed)
+        if stored is not None:
+            return stored
     uid = uid or uuid.uuid4().hex
     run_dir = pipeline.work / "runs" / uid
     curves: list[tuple[str, int, float]] = []
@@ -155,9 +214,10 @@ def run_one(pipeline: Pipeline, method: str, seed: int, *, kind: str = "train",
         torch.set_num_threads(threads)
     outcome.seconds = time.perf_counter() - started
     outcome.record = build_record(pipeline, spec, method_config, outcome, curves, kind=kind,
-                                  sweep=sweep, trial_id=trial_id, source_run_id=source_run_id)
+                                  sweep=sweep, trial_id=trial_id, source_run_id=source_run_id,
+                                  run_key=key)
     if record:
-        outcome.run_id = write_record(pipeline, outcome.record, store)
+        outcome.run_id = write_record(pipeline, outcome.record, store, replace=force)
     if outcome.status == "failed" and not keep_failed:
         raise ZerosegError(outcome.error or f"run of {method} failed")
     return outcome
@@ -273,7 +333,8 @@ def leakage_audit(pipeline: Pipeline, spec: MethodSpec, outcome: RunOutcome) -> 
 
 def build_record(pipeline: Pipeline, spec: MethodSpec, method_config: Any, outcome: RunOutcome,
                  curves: Iterable[tuple[str, int, float]], *, kind: str, sweep: str | None,
-                 trial_id: str | None, source_run_id: int | None) -> Any:
+                 trial_id: str | None, source_run_id: int | None,
+                 run_key: str | None = None) -> Any:
     from zeroseg.platform.store import CurveRecord, RunRecord
 
     config = pipeline.config
@@ -300,7 +361,7 @@ def build_record(pipeline: Pipeline, spec: MethodSpec, method_config: Any, outco
         if protocol == "validation":
             artifacts["validation_dataset_root"] = str(ctx.eval_layout.root)
     record = RunRecord(
-        uid=outcome.uid, kind=kind, status=outcome.status, method=spec.name,
+        uid=outcome.uid, run_key=run_key, kind=kind, status=outcome.status, method=spec.name,
         dataset=split.dataset, split=split.name, embedding=config.embedding.provider,
         backbone=config.segmenter.model.size, seed=outcome.seed,
         config={**run_identity(config, spec.name), "seed": outcome.seed},
@@ -325,13 +386,24 @@ def _dedupe(curves: Iterable[tuple[str, int, float]]) -> list[tuple[str, int, fl
     return [(n, s, v) for (n, s), v in points.items()]
 
 
-def write_record(pipeline: Pipeline, record: Any, store: Any = None) -> int:
+@contextlib.contextmanager
+def _opened(pipeline: Pipeline, store: Any = None) -> Iterator[Any]:
+    """``store``, or the pipeline's store opened for the block."""
     from zeroseg.platform.store import open_store
 
     if store is not None:
-        return store.record_run(record)
+        yield store
+        return
     with open_store(pipeline.store_url) as opened:
-        return opened.record_run(record)
+        yield opened
+
+
+def write_record(pipeline: Pipeline, record: Any, store: Any = None, *,
+                 replace: bool = False) -> int:
+    """Store ``record`` (a finished run of a stored identity: the stored id, or with
+    ``replace``, replaced); returns the run id."""
+    with _opened(pipeline, store) as opened:
+        return opened.record_run(record, replace=replace)
 
 
 # -- several runs at once -------------------------------------------------------------------------
@@ -345,54 +417,71 @@ class RunJob:
     source_run_id: int | None = None
 
 
-def _run_job(job: RunJob) -> RunOutcome:
-    """A Ray task: one run on the stages already built (see :func:`run_many`), not stored."""
+def _run_job(job: RunJob, run_key: str | None) -> RunOutcome:
+    """A Ray task: one run on the stages already built (see :func:`run_many`), not stored;
+    ``run_key``: its identity as the driver computed it."""
     pipeline = Pipeline(job.config, progress=lambda line: None)
     outcome = run_one(pipeline, job.method, job.seed, kind=job.kind,
-                      source_run_id=job.source_run_id, record=False, keep_failed=True)
+                      source_run_id=job.source_run_id, record=False, keep_failed=True,
+                      run_key=run_key)
     for result in outcome.protocols.values():
         result.output = None  # the fitted modules stay in the worker; the record has the paths
     return outcome
 
 
 def run_many(pipeline: Pipeline, jobs: Sequence[RunJob], *,
-             on_run: Callable[[RunOutcome], None] | None = None) -> list[RunOutcome]:
+             on_run: Callable[[RunOutcome], None] | None = None,
+             force: bool = False) -> list[RunOutcome]:
     """Run ``jobs`` side by side as Ray tasks (on ``pipeline.ray_address``, or a local Ray), as
     many at once as the cluster has CPUs for (each asks for its config's ``threads``).
 
-    The shared stages every job reads are built first, here, once; the tasks only read them.
-    Each run is written to the store by this process as it ends (``on_run`` then sees it), so
-    a driver stopped half-way keeps the runs that ended. Outcomes come back in the jobs' order;
-    when a run failed, the first failure is raised after all have ended (and been stored). A
-    single job runs in this process. Numbers do not depend on how runs are spread: each run
-    sets its own seed and ``threads``."""
+    A job whose run is stored as finished already comes back from the store (``reused``)
+    without running, unless ``force``. The shared stages every other job reads are built
+    first, here, once; the tasks only read them. Each run is written to the store by this
+    process as it ends (``on_run`` then sees it), so a driver stopped half-way keeps the runs
+    that ended. Outcomes come back in the jobs' order; when a run failed, the first failure is
+    raised after all have ended (and been stored). A single job runs in this process. Numbers
+    do not depend on how runs are spread: each run sets its own seed and ``threads``."""
     import ray
 
     from zeroseg.platform.training.ray_runner import ensure_ray
 
     pipelines = [pipeline.derive(job.config) for job in jobs]  # each shares the built stages
-    if len(jobs) <= 1:
-        outcomes = [run_one(p, j.method, j.seed, kind=j.kind, source_run_id=j.source_run_id)
-                    for p, j in zip(pipelines, jobs, strict=True)]
-        for outcome in outcomes:
+    keys = [identity_key(derived, job.method, job.seed, kind=job.kind,
+                         source_run_id=job.source_run_id)
+            for derived, job in zip(pipelines, jobs, strict=True)]
+    outcomes: list[RunOutcome | None] = [None] * len(jobs)
+    if not force:
+        with _opened(pipeline) as store:
+            for i, job in enumerate(jobs):
+                outcomes[i] = stored_outcome(store, keys[i], job.method, job.seed)
+    for outcome in outcomes:
+        if outcome is not None and on_run is not None:
+            on_run(outcome)
+    todo = [i for i, outcome in enumerate(outcomes) if outcome is None]
+    if len(todo) <= 1:
+        for i in todo:
+            job = jobs[i]
+            outcomes[i] = run_one(pipelines[i], job.method, job.seed, kind=job.kind,
+                                  source_run_id=job.source_run_id, force=force,
+                                  run_key=keys[i])
             if on_run is not None:
-                on_run(outcome)
-        return outcomes
-    for derived, job in zip(pipelines, jobs, strict=True):
-        spec = get_method(job.method)
-        for protocol in run_protocols(spec, job.config.evaluation.protocols):
-            run_context(derived, spec, protocol)
+                on_run(outcomes[i])
+        return [o for o in outcomes if o is not None]
+    for i in todo:
+        spec = get_method(jobs[i].method)
+        for protocol in run_protocols(spec, jobs[i].config.evaluation.protocols):
+            run_context(pipelines[i], spec, protocol)
     ensure_ray(pipeline.ray_address)
     task = ray.remote(_run_job)
-    pending = {task.options(num_cpus=job.config.threads).remote(job): i
-               for i, job in enumerate(jobs)}
-    outcomes: list[RunOutcome | None] = [None] * len(jobs)
+    pending = {task.options(num_cpus=jobs[i].config.threads).remote(jobs[i], keys[i]): i
+               for i in todo}
     try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             index = pending.pop(ready[0])
             outcome = ray.get(ready[0])
-            outcome.run_id = write_record(pipelines[index], outcome.record)
+            outcome.run_id = write_record(pipelines[index], outcome.record, replace=force)
             outcomes[index] = outcome
             if on_run is not None:
                 on_run(outcome)
@@ -406,13 +495,14 @@ def run_many(pipeline: Pipeline, jobs: Sequence[RunJob], *,
 
 
 # -- a whole config -------------------------------------------------------------------------------
-def run_pipeline(pipeline: Pipeline, *, on_run: Callable[[RunOutcome], None] | None = None
-                 ) -> list[RunOutcome]:
-    """Every method x seed of the config, in order; each run is stored as it finishes."""
+def run_pipeline(pipeline: Pipeline, *, on_run: Callable[[RunOutcome], None] | None = None,
+                 force: bool = False) -> list[RunOutcome]:
+    """Every method x seed of the config, in order; each run is stored as it finishes, a run
+    stored before is reused (``force``: re-run and replaced)."""
     outcomes = []
     for method in pipeline.config.methods:
         for seed in pipeline.config.seeds:
-            outcome = run_one(pipeline, method, seed)
+            outcome = run_one(pipeline, method, seed, force=force)
             outcomes.append(outcome)
             if on_run is not None:
                 on_run(outcome)

@@ -157,6 +157,19 @@ class Pipeline:
         return self.config.store or os.environ.get("ZEROSEG_STORE") or str(
             self.work / "results.db")
 
+    def check_outputs(self) -> None:
+        """Before the first expensive stage: the work dir (segmenters, caches, runs) and, when
+        the dataset is still to be generated, data.root's folder must be writable, and the
+        results store must open (found or created, a zeroseg store of this schema version)
+        and take a write. Each failure is one line naming the path or store."""
+        from zeroseg.platform.io import check_writable_dir
+        from zeroseg.platform.store import open_writable_store
+
+        check_writable_dir(self.work, "work_dir (segmenters, feature caches, runs)")
+        if not self.data_root.exists() and self.config.data.synthetic is not None:
+            check_writable_dir(self.data_root.parent, "synthetic dataset (data.root)")
+        open_writable_store(self.store_url).close()
+
     # -- dataset and split -------------------------------------------------------------------
     def ensure_dataset(self) -> None:
         d = self.config.data
@@ -195,6 +208,9 @@ class Pipeline:
         if self._fingerprint is None:
             from zeroseg.platform.training.ray_runner import dataset_fingerprint
 
+            # The files first: a fingerprint taken before the synthetic benchmark exists would
+            # hash nothing, and key the segmenters by it (a re-run would not find them).
+            self.ensure_dataset()
             d = self.config.data
             self._fingerprint = dataset_fingerprint(self.data_root, (d.train_split,
                                                                      d.eval_split))

@@ -10,6 +10,7 @@ from zeroseg.platform.store.records import (
     code_version,
     dataset_fingerprint,
     metrics_from_eval,
+    run_key,
     trial_uid,
 )
 from zeroseg.platform.store.schema import SCHEMA_VERSION
@@ -19,6 +20,7 @@ from zeroseg.platform.store.store import (
     EXPORT_COLUMNS,
     Store,
     open_store,
+    open_writable_store,
     resolve_url,
 )
 
@@ -37,6 +39,8 @@ __all__ = [
     "dataset_fingerprint",
     "metrics_from_eval",
     "open_store",
+    "open_writable_store",
     "resolve_url",
+    "run_key",
     "trial_uid",
 ]

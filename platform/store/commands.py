@@ -1,4 +1,5 @@
-"""``zeroseg results list / show / export / migrate``: the results store from the command line.
+"""``zeroseg results list / table / sweeps / show / export / migrate``: the results store from
+the command line.
 
 Registered by :func:`add_results_parser` from :mod:`zeroseg.platform.cli`. SQLAlchemy is
 imported only when a ``results`` command runs.
@@ -115,13 +116,14 @@ def cmd_results_list(args: argparse.Namespace) -> int:
 # -- table --------------------------------------------------------------------------------------
 def cmd_results_table(args: argparse.Namespace) -> int:
     """PADing-Table-1-style seen / unseen / HM, mean +- std over the matching runs (seeds)."""
-    from zeroseg.platform.pipeline.report import format_tables, store_rows
+    from zeroseg.platform.pipeline.report import format_tables, newest_per_seed, store_rows
 
     store = _open(args)
     args._store = store
     filters = _run_filters(args)
     filters.setdefault("status", "finished")
-    rows = store.metrics_frame(per_class=False, eval_split=args.eval_split, **filters)
+    rows, older = newest_per_seed(store.metrics_frame(per_class=False,
+                                                      eval_split=args.eval_split, **filters))
     if args.methods:
         rows = [r for r in rows if r["method"] in args.methods]
     if not rows:
@@ -134,6 +136,26 @@ def cmd_results_table(args: argparse.Namespace) -> int:
     tables = format_tables(store_rows(rows), methods, protocols=[protocol],
                            settings=args.settings, over="runs")
     print(tables or f"(no {args.eval_split} / {' / '.join(args.settings)} results)")
+    if older:
+        print(f"\n{older} older run(s) of a config and seed that has a newer run (another code "
+              "version) left out: each seed counts once")
+    return 0
+
+
+# -- sweeps -------------------------------------------------------------------------------------
+def cmd_results_sweeps(args: argparse.Namespace) -> int:
+    store = _open(args)
+    sweeps = store.sweeps()
+    if args.json:
+        print(json.dumps(_jsonable(sweeps), indent=2))
+        return 0
+    if not sweeps:
+        print(f"no sweep in store {store.display}")
+        return 0
+    rows = [[s["name"], s["method"] or "-", s["status"], str(s["trials"]),
+             s["objective"] or "-", s["mode"] or "-", s["created_at"].strftime("%Y-%m-%d %H:%M")]
+            for s in sweeps]
+    print(_table(["name", "method", "status", "trials", "objective", "mode", "created"], rows))
     return 0
 
 
@@ -190,6 +212,9 @@ def cmd_results_show(args: argparse.Namespace) -> int:
         f"  host {v('host')}  created {v('created_at')}  finished {v('finished_at')}  "
         f"duration {v('duration_s')} s",
     ]
+    if run.get("superseded_by"):
+        lines.append(f"  superseded by run {run['superseded_by']}: an older copy of the same "
+                     "run, left out of lists, tables and the dashboard")
     if run.get("error"):
         lines.append(f"  error: {run['error']}")
     for key, title in (("config", "config"), ("leakage_audit", "leakage audit"),
@@ -220,7 +245,10 @@ def cmd_results_show(args: argparse.Namespace) -> int:
 
 # -- export / migrate ---------------------------------------------------------------------------
 def cmd_results_export(args: argparse.Namespace) -> int:
+    from zeroseg.platform.io import check_writable_file
+
     store = _open(args)
+    check_writable_file(args.csv, "CSV export (--csv)")
     args._store = store
     filters = _run_filters(args)
     n = store.export_csv(args.csv, per_class=not args.no_classes, metric_task=args.task,
@@ -236,9 +264,6 @@ def cmd_results_migrate(args: argparse.Namespace) -> int:
     from zeroseg.platform.store.store import Store
 
     store = Store(resolve_url(args.store), create=False, check_version=False)
-    if store.schema_version is None:
-        print(f"store {store.display} does not exist yet; nothing to migrate")
-        return 0
     done = store.migrate()
     if done:
         print(f"migrated store {store.display} to schema v{schema.SCHEMA_VERSION} "
@@ -287,7 +312,8 @@ def add_results_parser(sub: Any) -> None:
         "table", help="PADing-Table-1-style seen / unseen / HM per method, mean +- std",
         description="One row per method, seen / unseen / HM of every task's metrics (ZSS mIoU, "
                     "ZSI mAP@0.5 and Recall@100, ZSP PQ/SQ/RQ) in percent, as mean +- std over "
-                    "the finished runs that match the filters (the seeds of an experiment).")
+                    "the finished runs that match the filters (the seeds of an experiment; "
+                    "each config and seed counts once: its newest run).")
     _store_arg(table)
     _filter_args(table)
     table.add_argument("--methods", nargs="+", metavar="METHOD",
@@ -296,6 +322,14 @@ def add_results_parser(sub: Any) -> None:
                        help="test (default) or val: the validation split's held-out classes")
     table.add_argument("--settings", nargs="+", choices=["gzsl", "zsl"], default=["gzsl", "zsl"])
     table.set_defaults(func=cmd_results_table)
+
+    sweeps = res_sub.add_parser(
+        "sweeps", help="one line per sweep: method, status, trials, objective",
+        description="The sweeps of the store, newest first (`zeroseg reproduce NAME` re-runs "
+                    "the best trials of one).")
+    _store_arg(sweeps)
+    sweeps.add_argument("--json", action="store_true", help="print the sweeps as JSON")
+    sweeps.set_defaults(func=cmd_results_sweeps)
 
     show = res_sub.add_parser(
         "show", help="one run: config, leakage audit, artifacts, metrics",

@@ -6,24 +6,65 @@
 place) and the raw connection. :func:`apply_migrations` runs the missing steps in one
 transaction, so a store is either fully upgraded or left as it was.
 
-The first schema is v1; no step exists yet. When the tables change, bump
-``schema.SCHEMA_VERSION`` and add the step here, with a test that upgrades a store written by the
-previous version.
+When the tables change, bump ``schema.SCHEMA_VERSION`` and add the step here, with a test that
+upgrades a store written by the previous version (``tests/fixtures/results_store_v1.sql``).
+
+- v1 -> v2: run identities. ``runs.run_key`` and ``runs.superseded_by`` are added; every
+  finished training run and reproduction gets its key (computed from its stored kind, config
+  hash, method, seed, code version, source run and the evaluation splits of its metric rows);
+  where a re-run had stored the same run several times, the newest keeps the key and the older
+  copies are marked ``superseded_by`` it (kept, but left out by readers); then the partial
+  unique index on finished runs' keys is created.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Column, Connection, Integer, String, text
 
 log = logging.getLogger(__name__)
 
 MigrationStep = Callable[..., None]  # (op: alembic Operations, conn: Connection) -> None
 
+
+def _v1_to_v2(op: Any, conn: Connection) -> None:
+    from zeroseg.platform.store.records import run_key
+    from zeroseg.platform.store.schema import RUN_KEY_INDEX
+
+    with op.batch_alter_table("runs") as batch:
+        batch.add_column(Column("run_key", String(64), nullable=True))
+        batch.add_column(Column("superseded_by", Integer, nullable=True))
+    splits: dict[int, set[str]] = {}
+    for run_id, eval_split in conn.execute(text("SELECT DISTINCT run_id, eval_split FROM "
+                                                "metrics")):
+        splits.setdefault(int(run_id), set()).add(eval_split)
+    newest: dict[str, int] = {}
+    rows = conn.execute(text(
+        "SELECT id, kind, config_hash, method, seed, code_version, source_run_id FROM runs "
+        "WHERE status = 'finished' AND kind IN ('train', 'reproduction') ORDER BY id DESC"))
+    for run_id, kind, config_hash, method, seed, code, source in rows.all():
+        key = run_key(kind=kind, config_hash=config_hash, method=method, seed=seed,
+                      eval_splits=splits.get(int(run_id), ()), code_version=code,
+                      source_run_id=source if kind == "reproduction" else None)
+        if key in newest:
+            conn.execute(text("UPDATE runs SET superseded_by = :by WHERE id = :id"),
+                         {"by": newest[key], "id": run_id})
+            log.info("results store: run %d is a copy of run %d; marked superseded", run_id,
+                     newest[key])
+        else:
+            newest[key] = int(run_id)
+            conn.execute(text("UPDATE runs SET run_key = :key WHERE id = :id"),
+                         {"key": key, "id": run_id})
+    op.create_index(RUN_KEY_INDEX, "runs", ["run_key"], unique=True,
+                    sqlite_where=text("status = 'finished'"),
+                    postgresql_where=text("status = 'finished'"))
+
+
 #: from_version -> step upgrading to from_version + 1
-MIGRATIONS: dict[int, MigrationStep] = {}
+MIGRATIONS: dict[int, MigrationStep] = {1: _v1_to_v2}
 
 
 def missing_steps(current: int, target: int) -> list[int]:

@@ -154,6 +154,21 @@ def evaluation_info(result: Mapping[str, Any]) -> dict[str, Any]:
             "counts": result.get("counts", {}), "options": result.get("options", {})}
 
 
+def run_key(*, kind: str, config_hash: str | None, method: str | None, seed: int | None,
+            eval_splits: Iterable[str], code_version: str | None,
+            source_run_id: int | None = None) -> str:
+    """What makes two runs the same run: the same kind of run of the same config (hash) and
+    method with the same seed, evaluated on the same protocols (``eval_splits``: ``test`` /
+    ``val``) by the same code version -- and, for a reproduction, of the same trial. Stored as
+    ``runs.run_key``; at most one finished run per key (see :mod:`.schema`)."""
+    from zeroseg.platform.config import canonical_json
+
+    doc = {"kind": kind, "config_hash": config_hash, "method": method, "seed": seed,
+           "eval_splits": sorted(set(eval_splits)), "code_version": code_version,
+           "source_run_id": source_run_id}
+    return "run-" + hashlib.sha256(canonical_json(doc).encode()).hexdigest()[:40]
+
+
 def trial_uid(sweep: str, trial_id: str) -> str:
     """The uid of a sweep trial, derived from its sweep and trial id: a trial reported again
     (a restarted driver, a retried callback) maps to the run already stored."""
@@ -167,6 +182,8 @@ class RunRecord:
 
     ``uid`` is the idempotency key: writing the same record twice (a retry after a lost reply,
     a restarted trial reporting again) returns the first run's id and writes nothing new.
+    ``run_key`` (:func:`run_key`) is the run's identity: a finished run with the same key is
+    stored once (:meth:`Store.record_run` reuses or, with ``replace``, replaces it).
     ``config_hash`` and ``code_version`` are filled in when left empty.
     """
 
@@ -199,6 +216,7 @@ class RunRecord:
     metrics: list[MetricRecord] = field(default_factory=list)
     curves: list[CurveRecord] = field(default_factory=list)
     uid: str = field(default_factory=lambda: uuid.uuid4().hex)
+    run_key: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON data (a sweep trial sends its record to the driver this way)."""
@@ -242,6 +260,10 @@ class RunRecord:
         _one_of("run.status", self.status, STATUSES)
         if not isinstance(self.uid, str) or not 8 <= len(self.uid) <= 64:
             raise StoreError(f"run.uid: expected a string of 8-64 characters, got {self.uid!r}")
+        if self.run_key is not None and (not isinstance(self.run_key, str)
+                                         or not 8 <= len(self.run_key) <= 64):
+            raise StoreError(f"run.run_key: expected a string of 8-64 characters, got "
+                             f"{self.run_key!r}")
         documents = {}
         for name in ("config", "leakage_audit", "artifacts", "evaluations"):
             documents[name] = _json_document(f"run.{name}", getattr(self, name))
@@ -305,7 +327,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 @functools.lru_cache(maxsize=1)
 def code_version() -> tuple[str, bool | None]:
     """``(git describe of the working tree, dirty?)``; the package version (dirty unknown)
-    when the code does not run from a git checkout or git is not available."""
+    when the code does not run from a git checkout or git is not available. A dirty tree's
+    version ends in ``+dirty.<sha256 of git diff HEAD>``, so edited code is another version
+    (a run's identity, :func:`run_key`, includes it)."""
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # read-only: never take the index lock
     if (REPO_ROOT / ".git").exists():
         try:
@@ -315,8 +339,13 @@ def code_version() -> tuple[str, bool | None]:
             status = subprocess.run(
                 ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
                 capture_output=True, text=True, timeout=10, env=env, check=True).stdout
+            if described and status.strip():
+                diff = subprocess.run(
+                    ["git", "-C", str(REPO_ROOT), "diff", "HEAD", "--no-ext-diff", "--binary"],
+                    capture_output=True, timeout=30, env=env, check=True).stdout
+                return f"{described}+dirty.{hashlib.sha256(diff).hexdigest()[:12]}", True
             if described:
-                return described, bool(status.strip())
+                return described, False
         except (OSError, subprocess.SubprocessError) as e:
             log.debug("git describe failed: %s", e)
     from importlib.metadata import PackageNotFoundError, version

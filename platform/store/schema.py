@@ -17,6 +17,14 @@ Vocabulary (checked in Python before anything is written, and again by CHECK con
 - ``metrics.subset``: ``seen`` | ``unseen`` | ``hm`` (class means and their harmonic mean) |
   ``class`` (one class, named by ``class_name``).
 
+Run identity (schema v2): ``runs.run_key`` is what makes two runs the same run -- kind, config
+hash, method, seed, evaluation protocols, code version and, for a reproduction, its trial
+(:func:`~zeroseg.platform.store.records.run_key`). At most one *finished* run has a given key
+(a partial unique index), so a re-run or a second process cannot store it twice; runs of other
+statuses with that key are replaced by the next attempt. Stores migrated from v1 keep the
+copies a re-run had stored before: the newest keeps the key, older ones get
+``superseded_by`` = its id and readers leave them out.
+
 A value is NULL where the metric is undefined (e.g. a class absent from ground truth and
 prediction); values are fractions in [0, 1], as :mod:`zeroseg.platform.evaluation` returns them.
 """
@@ -38,11 +46,12 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 #: The schema this code reads and writes. Bump it with a step in :mod:`.migrations`.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 KINDS = ("train", "trial", "reproduction", "eval")
 STATUSES = ("running", "finished", "failed", "stopped")
@@ -51,6 +60,7 @@ SETTINGS = ("gzsl", "zsl")
 EVAL_SPLITS = ("val", "test")
 SUBSETS = ("seen", "unseen", "hm", "class")
 SWEEP_STATUSES = ("running", "finished", "failed", "stopped")
+RUN_KEY_INDEX = "uq_runs_run_key_finished"
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -100,11 +110,21 @@ class Run(Base):
         Index("ix_runs_kind_status", "kind", "status"),
         Index("ix_runs_config_hash", "config_hash"),
         Index("ix_runs_source", "source_run_id"),
+        # One finished run per identity (v2): a re-run or a concurrent process cannot store it
+        # twice; unfinished attempts (failed, stopped, running) are not constrained.
+        Index(RUN_KEY_INDEX, "run_key", unique=True, sqlite_where=text("status = 'finished'"),
+              postgresql_where=text("status = 'finished'")),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     # Client-generated idempotency key: a retried write of the same run finds this and stops.
     uid: Mapped[str] = mapped_column(String(64), unique=True)
+    # What the run is (records.run_key); NULL for runs without an identity (sweep trials are
+    # identified by sweep + trial_id, plain evaluations have none).
+    run_key: Mapped[str | None] = mapped_column(String(64))
+    # Set on an older copy of a run (stores migrated from v1): the id of the run that replaced
+    # it. Readers leave such rows out.
+    superseded_by: Mapped[int | None] = mapped_column(Integer)
     name: Mapped[str | None] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16))

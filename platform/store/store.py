@@ -22,11 +22,24 @@ curve points together or not at all. Many processes may write at once:
   — a retry after a lost reply, a trial reporting twice — returns the first run's id and
   writes nothing. Sweeps rely on that: completed trials are neither lost nor duplicated.
 
-Opening a store checks its ``schema_version``: an older store gets a one-line
-:class:`StoreError` telling the user to run ``zeroseg results migrate``, a newer one a line
-telling them to upgrade zeroseg. A store that does not exist yet is *empty*
-(:meth:`Store.is_empty`): readers get no rows, never a traceback, and ``create=False`` leaves
-no file behind.
+Opening a store checks what it is, with one distinct one-line :class:`StoreError` each:
+
+- ``store X: not found`` -- a SQLite file that does not exist, opened by a reader
+  (``create=False`` / ``read_only``; nothing is created);
+- ``store X: not a zeroseg results store (...)`` -- not a SQLite file, a folder, an empty
+  database opened by a reader, or another application's database (tables, but no
+  ``schema_version``); writers refuse it too rather than add tables to it;
+- ``store X: schema version N, this zeroseg reads M; ...`` -- older (run ``zeroseg results
+  migrate``) or newer (upgrade zeroseg).
+
+Writers create a missing store. :meth:`Store.probe_write` checks, with a write that changes
+nothing, that a store opened for writing can really be written (permissions, a read-only
+file system, a server that refuses) -- the commands call it before their first expensive stage.
+
+Run identity: a record with a ``run_key`` (see :mod:`.schema`) is stored once as a finished
+run; :meth:`Store.record_run` reuses the stored one (or replaces it with ``replace=True``) and
+removes earlier unfinished attempts of the same run; :meth:`Store.finished_run` finds it before
+a run is started.
 """
 
 from __future__ import annotations
@@ -99,7 +112,8 @@ _ADVISORY_LOCK = 0x7A65_726F  # PostgreSQL advisory lock key for schema changes 
 RUN_COLUMNS = ("id", "uid", "name", "kind", "status", "method", "dataset", "split", "embedding",
                "backbone", "tasks", "seed", "config_hash", "code_version", "code_dirty",
                "dataset_fingerprint", "sweep", "trial_id", "source_run_id", "host",
-               "created_at", "updated_at", "finished_at", "duration_s", "error")
+               "created_at", "updated_at", "finished_at", "duration_s", "error", "run_key",
+               "superseded_by")
 JSON_COLUMNS = ("config", "leakage_audit", "artifacts", "evaluations")
 METRIC_COLUMNS = ("task", "setting", "eval_split", "subset", "class_name", "metric", "value")
 #: Run columns repeated on every exported metric row.
@@ -121,7 +135,7 @@ def resolve_url(url_or_path: str | os.PathLike | None = None) -> URL:
         return URL.create("sqlite", database=str(Path(value).expanduser().absolute()))
     try:
         url = make_url(value)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise StoreError(f"store URL {value!r}: not a database URL (expected sqlite:///PATH, "
                          "postgresql+psycopg://USER@HOST:PORT/DB or a file path)") from None
     if url.drivername in ("postgresql", "postgres"):  # psycopg (3) is the driver installed
@@ -141,6 +155,20 @@ def open_store(url_or_path: str | os.PathLike | None = None, *, create: bool = T
     never create anything; a store that does not exist opens as an empty store.
     """
     return Store(resolve_url(url_or_path), create=create and not read_only, read_only=read_only)
+
+
+def open_writable_store(url_or_path: str | os.PathLike | None = None) -> Store:
+    """Open (creating it when missing) a store that is about to be written, check its schema
+    version and probe a write (:meth:`Store.probe_write`): what every command that stores runs
+    does before its first expensive stage, so a mistyped URL, another application's database,
+    an older schema or a read-only file is a one-line error then, not after training."""
+    store = open_store(url_or_path)
+    try:
+        store.probe_write()
+    except BaseException:
+        store.close()
+        raise
+    return store
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -180,18 +208,24 @@ class Store:
             url.render_as_string(hide_password=True)
         self._pid = os.getpid()
         self._version: int | None = None
-        self._absent = False  # the database or its tables do not exist (and were not created)
         self.engine: Engine | None = None
         memory = self.dialect == "sqlite" and url.database in (None, "", ":memory:")
         if self.dialect == "sqlite" and not memory:
             path = Path(url.database or "")
             if path.is_dir():
-                raise StoreError(f"store {path}: is a folder (expected a SQLite file)")
+                raise StoreError(f"store {path}: not a zeroseg results store (a folder; "
+                                 "expected a SQLite file)")
             if not path.exists():
                 if not create:
-                    self._absent = True
-                    return
-                path.parent.mkdir(parents=True, exist_ok=True)
+                    raise StoreError(f"store {path}: not found")
+                if path.parent.exists() and not path.parent.is_dir():
+                    raise StoreError(f"store {path}: cannot be created ({path.parent} is a "
+                                     "file, not a folder)")
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise StoreError(f"store {path}: cannot create its folder "
+                                     f"({e.strerror or e})") from None
         self.engine = self._make_engine(memory)
         self._open(create, check_version)
 
@@ -299,20 +333,25 @@ class Store:
         except DBAPIError as e:
             raise StoreError(f"store {self.display}: cannot read ({_first_line(e)})") from None
 
-    def _readable(self) -> bool:
-        return self.engine is not None and not self._absent
-
     # -- schema -------------------------------------------------------------------------------
     def _stored_version(self, conn: Connection) -> int | None:
+        """The store's schema version; ``None`` for a database without any table (a new one);
+        a database with tables but no ``schema_version`` is not a zeroseg store."""
         tables = set(inspect(conn).get_table_names())
         if "schema_version" not in tables:
-            ours = sorted(tables & set(TABLES))
-            if ours:
-                raise StoreError(f"store {self.display}: has tables {', '.join(ours)} but no "
-                                 "schema_version table (not a zeroseg results store, or one "
-                                 "written before schema versioning)")
+            if tables:
+                ours = sorted(tables & set(TABLES))
+                shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+                detail = (f"tables {', '.join(ours)} but no schema_version table" if ours
+                          else f"it holds another application's tables: {shown}")
+                raise StoreError(f"store {self.display}: not a zeroseg results store "
+                                 f"({detail})")
             return None
-        return conn.scalar(select(func.max(SchemaVersion.version)))
+        version = conn.scalar(select(func.max(SchemaVersion.version)))
+        if version is None:
+            raise StoreError(f"store {self.display}: not a zeroseg results store (its "
+                             "schema_version table is empty)")
+        return int(version)
 
     def _open(self, create: bool, check_version: bool) -> None:
         try:
@@ -320,16 +359,32 @@ class Store:
                 version = self._stored_version(conn)
         except StoreError as e:
             if "file is not a database" in str(e):
-                raise StoreError(f"store {self.display}: not a SQLite database") from None
+                raise StoreError(f"store {self.display}: not a zeroseg results store (not a "
+                                 "SQLite database)") from None
+            if "unable to open database file" in str(e):  # WAL needs its -shm file beside it
+                raise StoreError(f"store {self.display}: cannot open (unable to open the "
+                                 "database file; its folder must be writable)") from None
             raise
         if version is None and create:
             version = self._write(self._create_schema, "create the schema")
         if version is None:
-            self._absent = True
-            return
+            raise StoreError(f"store {self.display}: not a zeroseg results store (an empty "
+                             "database: no tables)")
         self._version = version
         if check_version:
             self.check_version()
+
+    def probe_write(self) -> None:
+        """Check that this store can be written: a write transaction that rewrites the newest
+        ``schema_version`` row with its own values (nothing changes) and commits. A read-only
+        file or folder, a full disk or a server that refuses writes is a one-line
+        :class:`StoreError` here, before any expensive work."""
+        def body(conn: Connection) -> None:
+            newest = select(func.max(SchemaVersion.version)).scalar_subquery()
+            conn.execute(update(SchemaVersion).where(SchemaVersion.version == newest)
+                         .values(note=SchemaVersion.note))
+
+        self._write(body, "write (probe)")
 
     def _lock_schema(self, conn: Connection) -> None:
         if self.dialect == "postgresql":
@@ -353,11 +408,12 @@ class Store:
         if v is None or v == schema.SCHEMA_VERSION:
             return
         if v < schema.SCHEMA_VERSION:
-            raise StoreError(f"store {self.display} has schema v{v}, this zeroseg needs "
-                             f"v{schema.SCHEMA_VERSION}; run `zeroseg results migrate --store "
+            raise StoreError(f"store {self.display}: schema version {v}, this zeroseg reads "
+                             f"{schema.SCHEMA_VERSION}; run `zeroseg results migrate --store "
                              f"{self.display}`")
-        raise StoreError(f"store {self.display} has schema v{v}, newer than this zeroseg "
-                         f"(v{schema.SCHEMA_VERSION}); upgrade zeroseg to read it")
+        raise StoreError(f"store {self.display}: schema version {v}, this zeroseg reads "
+                         f"{schema.SCHEMA_VERSION} (the store is newer); upgrade zeroseg to "
+                         "read it")
 
     @property
     def schema_version(self) -> int | None:
@@ -389,17 +445,22 @@ class Store:
             return done
 
         done = self._write(body, "migrate the schema")
-        self._absent = False
         with self._read() as conn:
             self._version = self._stored_version(conn)
         return done
 
     # -- writes -------------------------------------------------------------------------------
-    def record_run(self, run: RunRecord) -> int:
+    def record_run(self, run: RunRecord, *, replace: bool = False) -> int:
         """Write ``run`` with its metrics and curves in one transaction; return its id.
 
         Idempotent by ``run.uid``: a second write of the same uid returns the first id and
-        changes nothing.
+        changes nothing. With a ``run.run_key``, a finished run of that key is stored once:
+        when one is stored already, its id is returned and nothing is written, unless
+        ``replace`` (``--force``): then it is deleted and ``run`` takes its place, in the same
+        transaction. Unfinished attempts with the key (failed, stopped, running) are removed
+        when the next attempt is written. Two processes writing the same finished run at once
+        end with one row: the partial unique index refuses the second insert, which then
+        returns the first one's id.
         """
         self.check_version()
         rec = run.checked()
@@ -412,6 +473,18 @@ class Store:
             if existing is not None:
                 log.info("run %s already stored as %d; nothing written", rec.uid, existing)
                 return int(existing)
+            if rec.run_key is not None:
+                same = conn.execute(select(Run.id, Run.status).where(
+                    Run.run_key == rec.run_key)).all()
+                finished = [int(r.id) for r in same if r.status == "finished"]
+                if finished and not replace and rec.status == "finished":
+                    log.info("run %s already stored as %d; nothing written", rec.run_key,
+                             finished[0])
+                    return finished[0]
+                stale = [int(r.id) for r in same if r.status != "finished" or (
+                    replace and rec.status == "finished")]
+                if stale:
+                    conn.execute(delete(Run).where(Run.id.in_(stale)))
             if rec.source_run_id is not None and conn.scalar(
                     select(Run.id).where(Run.id == rec.source_run_id)) is None:
                 raise StoreError(f"run.source_run_id: no run {rec.source_run_id} in store "
@@ -426,7 +499,8 @@ class Store:
             if rec.sweep:
                 self._ensure_sweep(conn, rec.sweep, now)
             values = {
-                "uid": rec.uid, "name": rec.name, "kind": rec.kind, "status": rec.status,
+                "uid": rec.uid, "run_key": rec.run_key, "name": rec.name, "kind": rec.kind,
+                "status": rec.status,
                 "method": rec.method, "dataset": rec.dataset, "split": rec.split,
                 "embedding": rec.embedding, "backbone": rec.backbone,
                 "tasks": ",".join(rec.tasks) or None, "seed": rec.seed, "config": rec.config,
@@ -447,12 +521,24 @@ class Store:
         try:
             return self._write(body, f"record run {rec.uid}", raise_integrity=True)
         except IntegrityError as e:
-            # Two writers raced with the same uid (PostgreSQL): the other one won.
+            # Two writers raced with the same uid or the same finished run: the other one won.
             existing = self._run_id_by_uid(rec.uid)
+            if existing is None and rec.run_key is not None and rec.status == "finished":
+                found = self.finished_run(rec.run_key)
+                existing = None if found is None else int(found["id"])
             if existing is not None:
                 return existing
             raise StoreError(f"store {self.display}: cannot record run {rec.uid} "
                              f"({_first_line(e)})") from None
+
+    def finished_run(self, run_key: str) -> dict[str, Any] | None:
+        """The finished run stored under ``run_key`` (columns as in :meth:`runs`), if any."""
+        self.check_version()
+        query = select(*[getattr(Run, c) for c in RUN_COLUMNS]).where(
+            Run.run_key == run_key, Run.status == "finished")
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else _run_dict(row._mapping)
 
     def _run_id_by_uid(self, uid: str) -> int | None:
         with self._read() as conn:
@@ -595,6 +681,13 @@ class Store:
 
         self._write(body, f"complete run {run_id}")
 
+    def delete_run(self, run_id: int) -> None:
+        """Delete a run with its metric rows and curve points (a sweep trial its driver lost
+        while it ran: the resumed sweep runs it again)."""
+        self.check_version()
+        self._write(lambda conn: conn.execute(delete(Run).where(Run.id == run_id)),
+                    f"delete run {run_id}")
+
     def update_status(self, run_id: int, status: str, *, error: str | None = None,
                       finished_at: datetime | None = None, duration_s: float | None = None,
                       artifacts: Mapping[str, Any] | None = None) -> None:
@@ -650,12 +743,10 @@ class Store:
 
     # -- reads --------------------------------------------------------------------------------
     def is_empty(self) -> bool:
-        """True when the store does not exist yet or holds no run."""
+        """True when the store holds no run."""
         return self.count_runs() == 0
 
     def count_runs(self) -> int:
-        if not self._readable():
-            return 0
         self.check_version()
         with self._read() as conn:
             return int(conn.scalar(select(func.count()).select_from(Run)) or 0)
@@ -664,8 +755,8 @@ class Store:
                      dataset: str | None = None, split: str | None = None,
                      kind: str | None = None, status: str | None = None,
                      sweep: str | None = None, task: str | None = None,
-                     config_hash: str | None = None) -> list[Any]:
-        where: list[Any] = []
+                     config_hash: str | None = None, superseded: bool = False) -> list[Any]:
+        where: list[Any] = [] if superseded else [Run.superseded_by.is_(None)]
         if ids is not None:
             where.append(Run.id.in_(list(ids)))
         for column, value in ((Run.method, method), (Run.dataset, dataset),
@@ -680,11 +771,10 @@ class Store:
     def runs(self, *, limit: int | None = None, offset: int = 0, full: bool = False,
              newest_first: bool = True, **filters: Any) -> list[dict[str, Any]]:
         """Runs matching ``filters`` (``ids``, ``method``, ``dataset``, ``split``, ``kind``,
-        ``status``, ``sweep``, ``task``, ``config_hash``), newest first. Without ``full`` the
+        ``status``, ``sweep``, ``task``, ``config_hash``; ``superseded=True`` includes the older
+        copies a v1 store had, see :mod:`.schema`), newest first. Without ``full`` the
         JSON columns (config, audit, artifacts, evaluations) are left out, so listing thousands
         of runs stays cheap."""
-        if not self._readable():
-            return []
         self.check_version()
         columns = [getattr(Run, c) for c in RUN_COLUMNS]
         if full:
@@ -700,8 +790,6 @@ class Store:
 
     def resolve_run(self, ref: int | str) -> int:
         """A run id from an id (``17``) or a uid or unique uid prefix (at least 4 characters)."""
-        if not self._readable():
-            raise StoreError(f"store {self.display}: is empty, no run {ref!r}")
         self.check_version()
         text_ref = str(ref).strip()
         with self._read() as conn:
@@ -746,8 +834,6 @@ class Store:
         metric, each with the run's columns (:data:`EXPORT_COLUMNS`). Run filters as in
         :meth:`runs`; ``metric_task`` / ``setting`` / ``eval_split`` / ``subset`` / ``metric``
         select rows; ``per_class=False`` keeps only the seen / unseen / HM rows."""
-        if not self._readable():
-            return []
         self.check_version()
         run_where = self._run_filters(**filters)
         where = list(run_where)
@@ -782,7 +868,7 @@ class Store:
         """run id -> task -> ``{"metric", "eval_split", "seen", "unseen", "hm"}`` for each
         task's primary metric (:data:`PRIMARY_METRIC`). ``eval_split=None`` prefers ``test``
         and falls back to ``val``."""
-        if not self._readable() or not run_ids:
+        if not run_ids:
             return {}
         self.check_version()
         pairs = or_(*[and_(Metric.task == t, Metric.metric == m)
@@ -815,8 +901,6 @@ class Store:
 
     def curves(self, run_id: int, name: str | None = None) -> list[dict[str, Any]]:
         """Curve points of a run (optionally one curve), by name then step."""
-        if not self._readable():
-            return []
         self.check_version()
         query = select(CurvePoint.name, CurvePoint.step, CurvePoint.value).where(
             CurvePoint.run_id == run_id)
@@ -828,8 +912,6 @@ class Store:
 
     def sweeps(self) -> list[dict[str, Any]]:
         """Every sweep with its number of trials, newest first."""
-        if not self._readable():
-            return []
         self.check_version()
         trials = (select(Run.sweep, func.count().label("trials")).where(Run.sweep.is_not(None))
                   .group_by(Run.sweep).subquery())

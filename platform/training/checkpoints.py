@@ -12,12 +12,26 @@ A checkpoint directory (one per ``ray.train.report``; Ray merges the ranks' file
 manifest, so a missing, truncated or altered shard is a one-line :class:`CheckpointError` naming
 the file, before DeepSpeed is asked to load anything. :func:`check_compatible` compares a
 checkpoint with the run that wants to resume it and names the first field that differs.
+
+**No code from a checkpoint.** The manifests are written by the checkpoint about itself: they
+catch a truncated or corrupt file, not a crafted one (whoever can write the folder can recompute
+them). What makes resuming safe is how the files are read: :func:`load_tensor_file` is
+``torch.load(weights_only=True)`` with exactly three harmless DeepSpeed types allowed (below);
+:func:`check_tensor_files` reads every ``.pt`` file of a checkpoint that way before anything is
+handed to DeepSpeed, and :func:`load_training_state` replaces DeepSpeed's checkpoint engine
+(whose ``load`` is ``torch.load(weights_only=False)``) by one that reads through
+:func:`load_tensor_file` too, so the bytes DeepSpeed restores from are never unpickled with
+arbitrary globals either (no window between our check and its read). A file that needs any
+other global is a one-line :class:`CheckpointError` naming the file and the global; nothing in
+it runs. Ray Train's own run state (``checkpoint_manager_snapshot.json``) is JSON.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,8 +47,9 @@ MANIFEST_PREFIX = "zeroseg_manifest_rank"
 EXPORT_DIR = "segmenter"
 FORMAT = "zeroseg-train-checkpoint-1"
 
-__all__ = ["CheckpointError", "CheckpointInfo", "check_compatible", "verify_checkpoint",
-           "write_info", "write_manifest"]
+__all__ = ["CheckpointError", "CheckpointInfo", "check_compatible", "check_tensor_files",
+           "load_tensor_file", "load_training_state", "newest_valid_checkpoint",
+           "verify_checkpoint", "write_info", "write_manifest"]
 
 
 @dataclass(frozen=True)
@@ -172,3 +187,107 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
                 return found
         return None
     return None if a == b else (prefix or "<root>")
+
+
+# -- reading tensor files without running code ----------------------------------------------------
+def _deepspeed_safe_globals() -> list[Any]:
+    """The only non-tensor types DeepSpeed 0.19 writes into the checkpoints zeroseg makes (found
+    by loading ZeRO 0-3, fp32 and bf16 checkpoints with ``weights_only=True``): the ZeRO
+    optimizer's static loss scaler (a float and a bool), the ZeRO stage (an int enum) and a
+    tensor fragment's (numel, start) pair. Unpickling them sets attributes; it runs no code."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def load_tensor_file(path: str | Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` allowing only :func:`_deepspeed_safe_globals`;
+    a file that needs anything else (a crafted pickle) is a :class:`CheckpointError`."""
+    import torch
+
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(_deepspeed_safe_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = _GLOBAL.findall(str(e))
+        needs = f"it needs {found[0]}, " if found else ""
+        raise CheckpointError(f"{path}: refused, not a plain tensor file ({needs}which "
+                              f"zeroseg never unpickles; nothing in it was run)") from None
+    except Exception as e:  # a truncated zip, a file that is no torch file at all
+        first = str(e).splitlines()[0][:160] if str(e) else ""
+        raise CheckpointError(f"{path}: not a readable tensor file ({type(e).__name__}: "
+                              f"{first})") from None
+
+
+def check_tensor_files(directory: str | Path) -> None:
+    """Read every ``.pt`` file under a checkpoint directory with :func:`load_tensor_file`
+    (one at a time, then dropped): the first that is refused or unreadable is the error."""
+    for path in sorted(Path(directory).rglob("*.pt")):
+        if path.is_file():
+            load_tensor_file(path)
+
+
+def load_training_state(engine: Any, directory: Path, tag: str) -> dict[str, Any]:
+    """Restore a DeepSpeed engine (module, optimizer, scheduler) from a verified checkpoint
+    and return the client state, reading every file with :func:`load_tensor_file`."""
+    from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+
+    class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
+        """DeepSpeed's torch checkpoint engine, loading with ``weights_only=True``."""
+
+        def load(self, path: str, map_location: Any = None) -> Any:
+            return load_tensor_file(path, map_location=map_location)
+
+    if engine.load_universal_checkpoint():  # reads its files with torch.load directly
+        raise CheckpointError(f"{directory}: DeepSpeed universal checkpoints are not loaded")
+    if type(engine.checkpoint_engine) is not TorchCheckpointEngine:
+        raise CheckpointError(f"{directory}: DeepSpeed is configured with the checkpoint "
+                              f"engine {type(engine.checkpoint_engine).__name__}, which zeroseg "
+                              f"cannot make load without unpickling")
+    engine.checkpoint_engine = WeightsOnlyCheckpointEngine(engine._config)
+    try:
+        load_path, client = engine.load_checkpoint(str(directory), tag=tag)
+    except CheckpointError:
+        raise
+    except Exception as e:  # DeepSpeed raises many kinds on unreadable shards
+        first = str(e).splitlines()[0][:160] if str(e) else ""
+        raise CheckpointError(f"{directory / tag}: DeepSpeed cannot load the checkpoint "
+                              f"({type(e).__name__}: {first})") from None
+    if load_path is None:
+        raise CheckpointError(f"{directory / tag}: DeepSpeed found no checkpoint to load")
+    return dict(client or {})
+
+
+# -- which checkpoint to resume ------------------------------------------------------------------
+def _recorded_step(directory: Path) -> int | None:
+    try:
+        step = json.loads((directory / INFO_FILE).read_text()).get("step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+def newest_valid_checkpoint(directories: list[Path]) -> tuple[CheckpointInfo | None,
+                                                             list[tuple[Path, str]]]:
+    """The newest of ``directories`` (by the step its info file records) that verifies against
+    its manifests and whose tensor files all load safely, and the ones skipped on the way with
+    the reason (an interrupted write leaves a folder without info file or manifest; a corrupt
+    or crafted file is refused). Folders whose info file cannot be read sort last."""
+    ordered = sorted(directories, key=lambda d: (_recorded_step(d) is not None,
+                                                 _recorded_step(d) or -1, d.name), reverse=True)
+    skipped: list[tuple[Path, str]] = []
+    for directory in ordered:
+        try:
+            info = verify_checkpoint(directory)
+            check_tensor_files(directory)
+        except CheckpointError as e:
+            skipped.append((directory, str(e)))
+            continue
+        return info, skipped
+    return None, skipped

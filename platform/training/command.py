@@ -66,10 +66,12 @@ class _Display:
             print(f"step {step}{total}  {info}", flush=True)
 
 
-def record_training(result: Any, config: Any, store_url: str | None) -> int | None:
+def record_training(result: Any, config: Any, store_url: str | None
+                    ) -> tuple[int, bool] | None:
     """Store a trained segmenter's own-head evaluation as a run: ``supervised`` for the oracle,
-    ``seen-only`` for a zero-shot segmenter (its unseen figures are 0 by construction)."""
-    from zeroseg.platform.store import RunRecord, open_store
+    ``seen-only`` for a zero-shot segmenter (its unseen figures are 0 by construction).
+    Returns (run id, whether that run was stored before: a re-run of the same run_dir)."""
+    from zeroseg.platform.store import RunRecord, code_version, open_store, run_key
 
     results = result.results
     if not results.get("metrics"):
@@ -79,9 +81,11 @@ def record_training(result: Any, config: Any, store_url: str | None) -> int | No
              "unseen_instances_in_training": None if config.data.oracle else 0}
     leak = results.get("leakage") or {}
     audit.update({k: leak.get(k) for k in ("images_total", "images_kept", "images_dropped")})
+    method = "supervised" if config.data.oracle else "seen-only"
+    key = run_key(kind="train", config_hash=results.get("config_hash"), method=method,
+                  seed=config.train.seed, eval_splits=["test"], code_version=code_version()[0])
     record = RunRecord(
-        kind="train", status="finished",
-        method="supervised" if config.data.oracle else "seen-only",
+        kind="train", status="finished", method=method, run_key=key,
         dataset=split_name.split("/")[0] or None, split=split_name or None,
         backbone=config.model.size, seed=config.train.seed, config=results["config"],
         config_hash=results.get("config_hash"), dataset_fingerprint=results.get("dataset"),
@@ -95,27 +99,41 @@ def record_training(result: Any, config: Any, store_url: str | None) -> int | No
         record.add_evaluation(evaluation, "test")
     url = store_url or str(Path(result.run_dir) / "results.db")
     with open_store(url) as store:
-        return store.record_run(record)
+        stored = store.finished_run(key)
+        return (int(stored["id"]), True) if stored else (store.record_run(record), False)
 
 
 def train_segmenter_command(config_path: str | Path, overrides: dict[str, Any], *,
                             address: str | None = None, quiet: bool = False,
                             json_output: bool = False, verbose: bool = False,
                             store: str | None = None) -> int:
+    from zeroseg.platform.errors import ConfigError
+    from zeroseg.platform.io import check_writable_dir
+    from zeroseg.platform.store import open_writable_store
     from zeroseg.platform.training.config import load_train_config
 
     config = load_train_config(config_path, overrides)  # typos fail here, before Ray
     if address is not None:
         import dataclasses
 
+        from zeroseg.platform.tuning.sweep import check_address
+
+        if config.distributed.workers == 0:
+            raise ConfigError(f"--address {address}: distributed.workers is 0 (training runs "
+                              "in this process); set it to 1 or more, or leave --address out")
+        check_address(address)
         config = dataclasses.replace(config, distributed=dataclasses.replace(
             config.distributed, address=address))
+    # Outputs before any work: the run folder and, with train.eval, the store the run goes to.
+    check_writable_dir(config.output.run_dir, "training run folder (output.run_dir)")
+    if config.train.eval:
+        open_writable_store(store or str(config.output.run_dir / "results.db")).close()
     from zeroseg.platform.training.ray_runner import run_training
 
     display = _Display(quiet or json_output)
     with display.active():
         result = run_training(config, progress=display, verbose=verbose)
-    run_id = record_training(result, config, store)
+    stored = record_training(result, config, store)
     if json_output:
         print(json.dumps(result.results, indent=2))
         return 0
@@ -136,8 +154,10 @@ def train_segmenter_command(config_path: str | Path, overrides: dict[str, Any], 
         print(_table_from_json(rows, f"{result.results.get('eval_split')} split, GZSL, "
                                      f"the segmenter's own classifier (%)"))
     print(f"\nresults: {result.run_dir / 'results.json'}")
-    if run_id is not None:
-        print(f"stored as run {run_id} in {store or result.run_dir / 'results.db'}")
+    if stored is not None:
+        where = store or result.run_dir / "results.db"
+        print(f"already stored as run {stored[0]} in {where} (reused)" if stored[1] else
+              f"stored as run {stored[0]} in {where}")
     return 0
 
 

@@ -44,8 +44,9 @@ def evaluate_segmenter(segmenter_dir: str | Path, layout: CocoLayout, split: Spl
     tasks = tuple(t for t in tasks if t in split.tasks) if split.tasks else tasks
     model, meta = load_segmenter(segmenter_dir, map_location=device)
     classifier = segmenter_classifier(model, [int(c) for c in meta["class_ids"]], split)
+    # All the process's threads: nothing compares these bytes with a feature cache's.
     paths = predict_dataset(model, classifier, layout, split, out_dir, tasks,
-                            batch_size=batch_size, device=device)
+                            batch_size=batch_size, device=device, threads=None)
     evaluators: dict[str, Any] = {"semantic": evaluate_semantic, "instance": evaluate_instance,
                                   "panoptic": evaluate_panoptic}
     results = {}

@@ -7,8 +7,10 @@ in its local mode); it never branches on "distributed or not". Per worker:
    weights agree; DeepSpeed broadcasts rank 0's anyway);
 2. build the :class:`~zeroseg.methods.segmenter.model.Segmenter` and the DeepSpeed engine;
 3. resume: ``ray.train.get_checkpoint()`` (after a failure, or a re-run in the same run_dir)
-   or ``train.resume_from``; the checkpoint is verified against its manifests and this run's
-   config before DeepSpeed loads it, and training continues at the saved step;
+   or the checkpoint the driver chose (the run's newest valid one, or ``train.resume_from``);
+   it is verified against its manifests and this run's config, and every tensor file is read
+   with ``weights_only=True`` before DeepSpeed loads it (through the same safe reader, see
+   :mod:`.checkpoints`); training continues at the saved step;
 4. train: step ``s`` reads the batch :func:`batch_indices` gives for ``s`` (each rank its slice
    of a seeded per-epoch permutation, DistributedSampler semantics), so the data order after a
    resume is the one an uninterrupted run sees; the random state is re-seeded from
@@ -48,6 +50,9 @@ from zeroseg.platform.training.checkpoints import (
     EXPORT_DIR,
     CheckpointError,
     check_compatible,
+    check_tensor_files,
+    load_training_state,
+    newest_valid_checkpoint,
     verify_checkpoint,
     write_info,
     write_manifest,
@@ -155,19 +160,34 @@ def _context() -> tuple[int, int]:
     return int(ctx.get_world_rank()), int(ctx.get_world_size())
 
 
-def _find_resume(config: SegmenterTrainConfig) -> tuple[Path | None, Any]:
-    """(checkpoint directory, Ray checkpoint object to keep alive) to resume from, if any."""
+def _find_resume(loop_config: dict[str, Any], config: SegmenterTrainConfig
+                 ) -> tuple[Path | None, Any]:
+    """(checkpoint directory, Ray checkpoint object to keep alive) to resume from, if any.
+
+    Ray Train hands back the latest checkpoint it registered (after a worker failure, or when
+    the driver re-runs the same run_dir); the driver chose the newest *valid* one before Ray
+    started (``loop_config["resume"]``, see ``ray_runner._resume_checkpoint``). Ray's is used
+    when it is newer and valid, else it is skipped, with the reason, for the driver's."""
     import ray.train
 
+    chosen = loop_config.get("resume") or config.train.resume_from
+    chosen = Path(chosen) if chosen else None
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        local = Path(checkpoint.path)
-        if not local.is_dir():  # remote storage (a cluster's shared bucket): download it
-            local = Path(checkpoint.to_directory())
-        return local, checkpoint
-    if config.train.resume_from is not None:
-        return Path(config.train.resume_from), None
-    return None, None
+    if checkpoint is None:
+        return chosen, None
+    local = Path(checkpoint.path)
+    if not local.is_dir():  # remote storage (a cluster's shared bucket): download it
+        local = Path(checkpoint.to_directory())
+    if chosen is not None and local.resolve() == chosen.resolve():
+        return chosen, checkpoint
+    info, skipped = newest_valid_checkpoint([local])
+    if info is None:
+        log.warning("resume: skipping Ray Train's latest checkpoint %s: %s", local,
+                    skipped[0][1] if skipped else "invalid")
+        return chosen, None
+    if chosen is not None and verify_checkpoint(chosen).step >= info.step:
+        return chosen, None
+    return local, checkpoint
 
 
 def _maybe_fail(fault: dict[str, Any] | None, rank: int, step: int) -> None:
@@ -193,7 +213,8 @@ def train_func(loop_config: dict[str, Any]) -> dict[str, Any]:
     (the SegmenterTrainConfig as plain data, paths absolute), ``class_ids``, ``class_names``,
     ``image_ids`` (training images after the leakage filter), ``split``, ``dataset``
     (fingerprint), ``config_hash``, optionally ``progress`` (sink), ``checkpoint_root`` (a
-    persistent folder for checkpoints), ``local`` (Ray Train's local mode) and ``fault`` (tests).
+    persistent folder for checkpoints), ``local`` (Ray Train's local mode), ``resume`` (the
+    checkpoint the driver chose) and ``fault`` (tests).
     """
     from zeroseg.platform.training import deepspeed_engine as dse
 
@@ -239,7 +260,7 @@ def _train(loop_config: dict[str, Any], config: SegmenterTrainConfig, rank: int,
 
     # -- resume ----------------------------------------------------------------------------
     start = 0
-    resume_dir, _keep = _find_resume(config)
+    resume_dir, _keep = _find_resume(loop_config, config)
     if resume_dir is not None:
         info = verify_checkpoint(resume_dir)
         check_compatible(info, world_size=world, zero_stage=dist_cfg.zero_stage,
@@ -249,15 +270,11 @@ def _train(loop_config: dict[str, Any], config: SegmenterTrainConfig, rank: int,
         if info.step > t.steps:
             raise CheckpointError(f"{resume_dir}: checkpoint is at step {info.step}, beyond "
                                   f"train.steps {t.steps}")
-        try:
-            load_path, client = engine.load_checkpoint(str(resume_dir), tag=info.tag)
-        except Exception as e:  # DeepSpeed raises many kinds on unreadable shards
-            first = str(e).splitlines()[0][:160] if str(e) else ""
-            raise CheckpointError(f"{resume_dir / info.tag}: DeepSpeed cannot load the checkpoint "
-                                  f"({type(e).__name__}: {first})") from None
-        if load_path is None:
-            raise CheckpointError(f"{resume_dir / info.tag}: DeepSpeed found no checkpoint to load")
-        start = int((client or {}).get("step", info.step))
+        # Every file first: a refusal half-way through DeepSpeed's load would leave the engine
+        # half-restored. Then DeepSpeed reads them again, through weights_only=True as well.
+        check_tensor_files(resume_dir)
+        client = load_training_state(engine, resume_dir, info.tag)
+        start = int(client.get("step", info.step))
         log.info("rank %d resumed from %s at step %d", rank, resume_dir, start)
     _emit(sink, {"event": "start", "step": start, "steps": t.steps, "world_size": world,
                  "time": time.time()})

@@ -5,9 +5,10 @@
 1. before Ray starts (cheap, so bad input fails fast): the config is already typed and
    validated; the dataset is generated when ``data.synthetic`` is set and ``data.root`` does not
    exist; the split and the classes to train are resolved; the protocol's leakage filter picks
-   the training images (zero-shot runs); a checkpoint to resume (``train.resume_from``, or the
-   latest one of an earlier run in the same ``output.run_dir``) is verified and compared with
-   this config;
+   the training images (zero-shot runs); a checkpoint to resume (the newest *valid* one of an
+   earlier run in the same ``output.run_dir`` -- corrupt, crafted or half-written ones are
+   skipped with a warning saying why -- else ``train.resume_from``) is verified, every tensor
+   file in it read with ``weights_only=True``, and compared with this config;
 2. ``TorchTrainer(train_func)`` with ``ScalingConfig(workers, use_gpu)``,
    ``RunConfig(storage_path=RUN_DIR/ray, name="train", CheckpointConfig(num_to_keep=2),
    FailureConfig(max_failures))``. ``workers: 0`` runs Ray Train's local mode in this process;
@@ -16,8 +17,8 @@
 4. with ``train.eval``, the segmenter is evaluated on ``data.eval_split`` (semantic, instance,
    panoptic; seen / unseen / HM, GZSL) and ``RUN_DIR/results.json`` is written atomically.
 
-Re-running the same config in the same run_dir resumes from its latest checkpoint (Ray Train
-restores the run by name); a different config there is refused before Ray starts.
+Re-running the same config in the same run_dir resumes from its newest valid checkpoint (Ray
+Train restores the run by name); a different config there is refused before Ray starts.
 """
 
 from __future__ import annotations
@@ -41,9 +42,10 @@ from zeroseg.platform.errors import ConfigError, DataError, ZerosegError
 from zeroseg.platform.io import atomic_directory, atomic_write_json, atomic_write_text
 from zeroseg.platform.training.checkpoints import (
     EXPORT_DIR,
-    INFO_FILE,
     CheckpointError,
     check_compatible,
+    check_tensor_files,
+    newest_valid_checkpoint,
     verify_checkpoint,
 )
 from zeroseg.platform.training.config import SegmenterTrainConfig
@@ -70,7 +72,9 @@ class PreparedRun:
     dataset: str  # fingerprint of the annotation files
     config_hash: str
     leakage: dict[str, Any] | None
-    resume: Path | None  # checkpoint verified for resuming (resume_from or the run's latest)
+    resume: Path | None  # checkpoint verified for resuming (the run's newest valid, or
+    #                      resume_from)
+    skipped: list[tuple[Path, str]] = dataclasses.field(default_factory=list)  # and why
 
     @property
     def run_dir(self) -> Path:
@@ -155,18 +159,47 @@ def dataset_fingerprint(root: Path, splits: tuple[str, ...]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The training checkpoint with the highest step under ``RUN_DIR/ray/train``, if any."""
-    base = run_dir / "ray" / RUN_NAME
-    best: tuple[int, Path] | None = None
-    for info in base.glob(f"checkpoint_*/{INFO_FILE}"):
-        try:
-            step = int(json.loads(info.read_text()).get("step", -1))
-        except (OSError, ValueError, AttributeError):
-            continue
-        if best is None or step > best[0]:
-            best = (step, info.parent)
-    return best[1] if best else None
+LOCAL_CHECKPOINTS = "checkpoints"  # RUN_DIR/checkpoints/step_*: local mode (workers: 0)
+
+
+def run_checkpoints(run_dir: Path, workers: int) -> list[Path]:
+    """Every training checkpoint folder of an earlier run in ``run_dir``: Ray Train's
+    (``RUN_DIR/ray/train/checkpoint_*``) or local mode's (``RUN_DIR/checkpoints/step_*``),
+    complete or not."""
+    pattern = (Path(LOCAL_CHECKPOINTS), "step_*") if workers == 0 else (
+        Path("ray") / RUN_NAME, "checkpoint_*")
+    return [p for p in (run_dir / pattern[0]).glob(pattern[1]) if p.is_dir()]
+
+
+def latest_checkpoint(run_dir: Path, workers: int = 1) -> Path | None:
+    """The newest valid training checkpoint of an earlier run in ``run_dir``, if any."""
+    info, _ = newest_valid_checkpoint(run_checkpoints(run_dir, workers))
+    return info.path if info else None
+
+
+def _resume_checkpoint(config: SegmenterTrainConfig, world: int, fingerprint: str,
+                       class_ids: list[int]) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The checkpoint to resume (verified, every tensor file read safely, compatible with this
+    config) and the ones skipped: the newest valid checkpoint of the run itself, falling back
+    past corrupt, crafted or half-written ones; else ``train.resume_from``, which must be
+    valid (a one-line error otherwise)."""
+    info, skipped = newest_valid_checkpoint(run_checkpoints(config.output.run_dir,
+                                                            config.distributed.workers))
+    for path, reason in skipped:
+        log.warning("resume: skipping checkpoint %s: %s", path, reason)
+    if info is None and config.train.resume_from is not None:
+        info = verify_checkpoint(config.train.resume_from)
+        check_tensor_files(config.train.resume_from)
+    if info is None:
+        return None, skipped
+    check_compatible(info, world_size=world, zero_stage=config.distributed.zero_stage,
+                     precision=config.distributed.precision, resume_hash=config.resume_hash(),
+                     dataset=fingerprint, class_ids=class_ids,
+                     resume_identity=config.resume_identity())
+    if info.step > config.train.steps:
+        raise CheckpointError(f"{info.path}: checkpoint is at step {info.step}, beyond "
+                              f"train.steps {config.train.steps}")
+    return info.path, skipped
 
 
 def prepare(config: SegmenterTrainConfig) -> PreparedRun:
@@ -210,24 +243,12 @@ def prepare(config: SegmenterTrainConfig) -> PreparedRun:
                           f"batch of {config.train.batch_size} on each of {world} workers")
     fingerprint = dataset_fingerprint(d.root, (d.train_split, d.eval_split))
 
-    prepared = PreparedRun(config=config, split=split, class_ids=class_ids,
-                           class_names=[names[c] for c in class_ids], image_ids=image_ids,
-                           dataset=fingerprint, config_hash=config_hash(config),
-                           leakage=leakage, resume=None)
     # A checkpoint we would resume from must fit this run: check it before Ray starts.
-    candidate = latest_checkpoint(prepared.run_dir) if config.distributed.workers > 0 else None
-    candidate = candidate or config.train.resume_from
-    if candidate is not None:
-        info = verify_checkpoint(candidate)
-        check_compatible(info, world_size=world, zero_stage=config.distributed.zero_stage,
-                         precision=config.distributed.precision,
-                         resume_hash=config.resume_hash(), dataset=fingerprint,
-                         class_ids=class_ids, resume_identity=config.resume_identity())
-        if info.step > config.train.steps:
-            raise CheckpointError(f"{candidate}: checkpoint is at step {info.step}, beyond "
-                                  f"train.steps {config.train.steps}")
-        prepared.resume = Path(candidate)
-    return prepared
+    resume, skipped = _resume_checkpoint(config, world, fingerprint, class_ids)
+    return PreparedRun(config=config, split=split, class_ids=class_ids,
+                       class_names=[names[c] for c in class_ids], image_ids=image_ids,
+                       dataset=fingerprint, config_hash=config_hash(config), leakage=leakage,
+                       resume=resume, skipped=skipped)
 
 
 def loop_config(prepared: PreparedRun, *, progress: Any = None,
@@ -245,6 +266,7 @@ def loop_config(prepared: PreparedRun, *, progress: Any = None,
         "progress": progress,
         "checkpoint_root": str(checkpoint_root) if checkpoint_root else None,
         "local": prepared.config.distributed.workers == 0,
+        "resume": str(prepared.resume) if prepared.resume else None,
     }
     if fault:
         out["fault"] = dict(fault)
@@ -388,19 +410,7 @@ def _fit(prepared: PreparedRun, progress: Progress | None, fault: dict[str, Any]
                 logging.WARNING)
         sink: Any = _LocalSink(progress)
         poller = None
-        checkpoint_root: Path | None = prepared.run_dir / "checkpoints"
-        if prepared.resume is None:
-            # Resume a local-mode run from its own latest checkpoint.
-            kept = sorted(checkpoint_root.glob("step_*/" + INFO_FILE))
-            if kept:
-                info = verify_checkpoint(kept[-1].parent)
-                check_compatible(info, world_size=1, zero_stage=dist_cfg.zero_stage,
-                                 precision=dist_cfg.precision, resume_hash=cfg.resume_hash(),
-                                 dataset=prepared.dataset, class_ids=prepared.class_ids,
-                                 resume_identity=cfg.resume_identity())
-                cfg = dataclasses.replace(cfg, train=dataclasses.replace(
-                    cfg.train, resume_from=kept[-1].parent))
-                prepared = dataclasses.replace(prepared, config=cfg)
+        checkpoint_root: Path | None = prepared.run_dir / LOCAL_CHECKPOINTS
     else:
         ensure_ray(dist_cfg.address, verbose=verbose)
         check_resources(cfg)

@@ -57,13 +57,17 @@ def _stored_space(name: str, store: str | None, overrides: dict[str, Any]) -> st
 
 
 def reproduce_command(name: str, *, top: int, seeds: int, trial: str | None,
-                      store: str | None) -> int:
+                      store: str | None, force: bool = False) -> int:
     from zeroseg.platform.store import resolve_url
     from zeroseg.platform.tuning.reproduce import format_reproductions, reproduce
 
     url = store or str(resolve_url(None).render_as_string(hide_password=False))
-    reps = reproduce(url, name, top=top, seeds=seeds, trial=trial, progress=_line)
+    reps = reproduce(url, name, top=top, seeds=seeds, trial=trial, progress=_line, force=force)
     print(format_reproductions(reps))
-    ids = [o.run_id for rep in reps for o in rep.runs]
-    print(f"{len(ids)} reproduction runs stored: {', '.join(map(str, ids))}")
+    runs = [o for rep in reps for o in rep.runs]
+    reused = [o.run_id for o in runs if o.reused]
+    print(f"{len(runs)} reproduction runs in the store: "
+          f"{', '.join(str(o.run_id) for o in runs)}"
+          + (f" ({len(reused)} stored before and reused; --force re-runs them)" if reused
+             else ""))
     return 0

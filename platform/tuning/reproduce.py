@@ -69,6 +69,7 @@ def trial_document(run: dict[str, Any], sweep: dict[str, Any]) -> dict[str, Any]
     params = config.pop("params")
     seed = config.pop("seed", 0)
     config.pop("knobs", None)
+    config.pop("tune_params", None)
     doc = {**config, "methods": [method], "params": {method: params}, "seeds": [seed],
            "name": f"{sweep['name']}-reproduce"}
     settings = sweep.get("settings") or {}
@@ -101,12 +102,14 @@ class ReproductionPlan:
         return outcome.metric("validation", *self.objective)
 
     def on_run(self, outcome: Any) -> None:
-        """A progress line for a reproduction run that ended."""
+        """A progress line for a reproduction run that ended (or was stored before)."""
         value = self.value(outcome)
         shown = "-" if value is None else f"{100 * value:.2f}"
+        how = ("stored before, reused" if outcome.reused else
+               f"{outcome.status} in {outcome.seconds:.0f} s")
         self.say(f"  reproduction of run {outcome.record.source_run_id} with seed "
-                 f"{outcome.seed}: {outcome.status} in {outcome.seconds:.0f} s, "
-                 f"{self.reproductions[0].objective} {shown} (run {outcome.run_id})")
+                 f"{outcome.seed}: {how}, {self.reproductions[0].objective} {shown} "
+                 f"(run {outcome.run_id})")
 
     def finish(self, outcomes: list[Any]) -> list[Reproduction]:
         """Fill the reproductions from the outcomes of :attr:`jobs` (same order)."""
@@ -134,8 +137,8 @@ def plan_reproductions(store_url: str, sweep: str, *, top: int = 1, seeds: int =
     with open_store(store_url, create=False) as store:
         info = next((s for s in store.sweeps() if s["name"] == sweep), None)
         if info is None:
-            raise SweepError(f"sweep {sweep!r}: not in store {store.display} (zeroseg results "
-                             f"sweeps lists them)")
+            raise SweepError(f"sweep {sweep!r}: not in store {store.display} (`zeroseg "
+                             f"results sweeps --store {store.display}` lists them)")
         ranked = best_trials(store, sweep, top=10_000)
         if trial is not None:
             ranked = [r for r in ranked if r["trial_id"] == trial]
@@ -166,15 +169,17 @@ def plan_reproductions(store_url: str, sweep: str, *, top: int = 1, seeds: int =
 
 
 def reproduce(store_url: str, sweep: str, *, top: int = 1, seeds: int = 3,
-              trial: str | None = None, progress: Callable[[str], None] | None = None
-              ) -> list[Reproduction]:
+              trial: str | None = None, progress: Callable[[str], None] | None = None,
+              force: bool = False) -> list[Reproduction]:
     """Plan the reproductions and run all seeds of all trials side by side (as many at once as
-    Ray has CPUs for); each run is stored as it ends."""
+    Ray has CPUs for); each run is stored as it ends. Reproductions stored before are reused
+    (``force``: re-run and replaced)."""
     from zeroseg.platform.pipeline.runner import run_many
 
     plan = plan_reproductions(store_url, sweep, top=top, seeds=seeds, trial=trial,
                               progress=progress)
-    return plan.finish(run_many(plan.pipeline, plan.jobs, on_run=plan.on_run))
+    plan.pipeline.check_outputs()
+    return plan.finish(run_many(plan.pipeline, plan.jobs, on_run=plan.on_run, force=force))
 
 
 def _compare(source: dict[str, Any], outcome: Any) -> tuple[bool, list[str]]:

@@ -20,9 +20,17 @@ A trial (:func:`trial_function`, in a Ray worker) fits the method on the validat
 tasks, fits and evaluates the test protocol (recorded, never optimised), and reports the final
 objective with the record. Worker processes keep the loaded features between trials.
 
-``--resume NAME`` restores the Tune experiment (``Tuner.restore``): finished trials are kept,
-unfinished ones restart from scratch (a trial is a short method fit on cached features), and the
-Optuna study continues from its storage.
+``--resume NAME`` continues from zeroseg's own record of the sweep -- the results store -- and
+never from the sweep folder. Ray's ``Tuner.restore`` would unpickle ``tuner.pkl`` and the
+searcher state there, and anyone who can write that folder (a shared ``work_dir``, as the
+cluster setup has) could make that run code; a sidecar of their sha256s in the same folder is
+as easy to rewrite as the pickles. So a resume builds a new Tuner: the trials that ended
+(finished, stopped early, failed) stay in the store as they are and count towards ``--trials``;
+the Optuna study is rebuilt from them (their sampled values, ``config["tune_params"]``, and
+objective, see :func:`_rebuild_study`), so TPE goes on from what was learnt; a trial the driver
+lost while it ran (still ``running`` in the store) is deleted and its values queued to run first
+again, from scratch (a trial is a short method fit on cached features). Nothing in the sweep
+folder is read.
 """
 
 from __future__ import annotations
@@ -233,7 +241,7 @@ def _callback_class() -> type:
                 embedding=config.embedding.provider,
                 backbone=config.segmenter.model.size, seed=space.seed,
                 config={**run_identity(config, space.method), "seed": space.seed,
-                        "knobs": values},
+                        "knobs": values, "tune_params": dict(trial.config)},
                 config_hash=run_config_hash(config, space.method), sweep=self.job.name,
                 trial_id=trial.trial_id, name=self.job.name,
                 leakage_audit={"hyperparameters_chosen_on":
@@ -256,11 +264,9 @@ def _callback_class() -> type:
                 store.add_curve_points(run_id, [(OBJECTIVE_CURVE, int(result[EPOCH_KEY]),
                                                  float(result[OBJECTIVE_KEY]))])
                 if result.get("final") and result.get("record"):
-                    if store.runs(ids=[run_id])[0]["status"] == "finished":
-                        self.final.add(trial.trial_id)  # a restored trial run again: keep
-                        return  # the record written the first time
                     record = RunRecord.from_json(result["record"])
-                    record.config = {**record.config, "knobs": result.get("knobs", {})}
+                    record.config = {**record.config, "knobs": result.get("knobs", {}),
+                                     "tune_params": dict(trial.config)}
                     store.complete_run(run_id, record)
                     self.final.add(trial.trial_id)
 
@@ -349,22 +355,24 @@ def run_sweep(job: SweepJob, *, trials: int, concurrency: int, address: str | No
     # Tune's automatic CSV / JSON / TensorBoard loggers would copy every record into the
     # experiment folder; the results store is where trials go.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    # Save the experiment state at every step of the controller, so a driver killed at any
-    # moment resumes with every trial it had created (no trial is lost or started twice).
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     if trials < 1 or concurrency < 1:
         raise SweepError(f"--trials and --concurrency must be >= 1, got {trials}, "
                          f"{concurrency}")
     check_address(address)
     work = Path(job.base["work_dir"])
     exp_dir = experiment_dir(work, job.name)
+    config = pipeline_config_from_dict(job.base, where=f"sweep {job.name}")
+    pipeline = Pipeline(config, progress=say, verbose=verbose, ray_address=address)
+    pipeline.check_outputs()  # store, work dir: one-line errors now, not after the segmenters
     with open_store(job.store_url) as store:
         existing = {s["name"]: s for s in store.sweeps()}
         if job.name in existing and not resume:
             raise SweepError(f"--name {job.name}: a sweep of that name is already in "
                              f"{store.display}; pick another name or add --resume")
-        if resume and job.name not in existing and not exp_dir.exists():
-            raise SweepError(f"--resume {job.name}: no such sweep in {store.display}")
+        if resume and job.name not in existing:
+            raise SweepError(f"--resume {job.name}: no such sweep in {store.display} (a sweep "
+                             "resumes from the store that recorded it)")
+        past = _past_trials(store, job) if resume else PastTrials()
         store.upsert_sweep(job.name, method=job.space.method, space=job.space.describe(),
                            objective=job.objective.name, mode=job.space.mode,
                            settings={"trials": trials, "concurrency": concurrency,
@@ -377,21 +385,30 @@ def run_sweep(job: SweepJob, *, trials: int, concurrency: int, address: str | No
                            status="running")
     started = time.perf_counter()
     # The shared stages, once, before any trial: segmenters and feature caches.
-    config = pipeline_config_from_dict(job.base, where=f"sweep {job.name}")
-    pipeline = Pipeline(config, progress=say, verbose=verbose, ray_address=address)
     for protocol in config.evaluation.protocols:
         pipeline.context(protocol, "zero-shot")
     from zeroseg.platform.training.ray_runner import ensure_ray
 
+    remaining = trials - len(past.ended)
+    if resume:
+        say(f"resuming sweep {job.name}: {len(past.ended)} trial(s) ended before, kept; "
+            f"{len(past.lost)} interrupted, run again from scratch; {max(remaining, 0)} to run")
+        with open_store(job.store_url) as store:
+            for run_id in past.lost_run_ids:
+                store.delete_run(run_id)
+    if remaining < 1:
+        with open_store(job.store_url) as store:
+            store.upsert_sweep(job.name, status="finished")
+        return _summary(job, exp_dir, time.perf_counter() - started, resume)
     ensure_ray(address, verbose=verbose)
-    tuner = _tuner(job, trials=trials, concurrency=concurrency, exp_dir=exp_dir, resume=resume,
+    tuner = _tuner(job, trials=remaining, concurrency=concurrency, exp_dir=exp_dir, past=past,
                    say=say, split=pipeline.split)
     # With the auto loggers off, Tune's result grid has no per-trial files to read and warns
     # about each trial at the end; the store holds the results, so that warning is noise.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     status = "failed"
     try:
-        results = tuner.fit()
+        tuner.fit()
         status = "finished"
     except KeyboardInterrupt:
         status = "stopped"
@@ -399,10 +416,67 @@ def run_sweep(job: SweepJob, *, trials: int, concurrency: int, address: str | No
     finally:
         with open_store(job.store_url) as store:
             store.upsert_sweep(job.name, status=status)
-    return _summary(job, results, exp_dir, time.perf_counter() - started, resume)
+    return _summary(job, exp_dir, time.perf_counter() - started, resume)
 
 
-def _tuner(job: SweepJob, *, trials: int, concurrency: int, exp_dir: Path, resume: bool,
+@dataclass
+class PastTrials:
+    """What the store says about the trials of a sweep being resumed."""
+
+    ended: list[dict[str, Any]] = field(default_factory=list)  # finished, stopped, failed
+    lost: list[dict[str, Any]] = field(default_factory=list)  # "running": the driver died
+    values: dict[int, float | None] = field(default_factory=dict)  # run id -> last objective
+
+    @property
+    def lost_run_ids(self) -> list[int]:
+        return [int(t["id"]) for t in self.lost]
+
+
+def _past_trials(store: Any, job: SweepJob) -> PastTrials:
+    from zeroseg.platform.pipeline.runner import OBJECTIVE_CURVE
+
+    past = PastTrials()
+    for run in store.runs(sweep=job.name, kind="trial", full=True, newest_first=False):
+        (past.lost if run["status"] == "running" else past.ended).append(run)
+        curve = store.curves(run["id"], OBJECTIVE_CURVE)
+        past.values[int(run["id"])] = curve[-1]["value"] if curve else None
+    return past
+
+
+def _rebuild_study(job: SweepJob, storage: Any, past: PastTrials) -> None:
+    """The sweep's Optuna study, rebuilt in ``storage`` from the store: each ended trial as
+    Ray's OptunaSearch would have told it (finished or stopped early: COMPLETE with its last
+    objective; stopped before any report: PRUNED; failed: FAIL), then the interrupted trials'
+    values queued (``enqueue_trial``) so they are the first ones asked for again."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    with contextlib.suppress(KeyError):
+        optuna.delete_study(study_name=job.name, storage=storage)
+    study = optuna.create_study(study_name=job.name, storage=storage,
+                                direction="maximize" if job.space.mode == "max" else "minimize")
+    distributions = OptunaSearch.convert_search_space(job.space.tune_space())
+    State = optuna.trial.TrialState
+    for run in past.ended:
+        params = (run["config"] or {}).get("tune_params")
+        if not isinstance(params, dict) or set(params) != set(distributions):
+            log.warning("sweep %s: trial %s has no sampled values on record (stored by an "
+                        "older zeroseg); the searcher resumes without it", job.name,
+                        run["trial_id"])
+            continue
+        value = past.values.get(int(run["id"]))
+        state = (State.FAIL if run["status"] == "failed" else
+                 State.COMPLETE if value is not None else State.PRUNED)
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions=distributions, state=state,
+            value=value if state == State.COMPLETE else None))
+    for run in past.lost:
+        params = (run["config"] or {}).get("tune_params")
+        if isinstance(params, dict) and set(params) == set(distributions):
+            study.enqueue_trial(params)
+
+
+def _tuner(job: SweepJob, *, trials: int, concurrency: int, exp_dir: Path, past: PastTrials,
            say: Callable[[str], None], split: Any) -> Any:
     import optuna
     from ray import tune
@@ -410,23 +484,19 @@ def _tuner(job: SweepJob, *, trials: int, concurrency: int, exp_dir: Path, resum
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
+    from zeroseg.platform.tuning.sampler import make_sampler
+
     space = job.space
     trainable = tune.with_resources(tune.with_parameters(trial_function, job=job),
                                     {"cpu": job.cpus_per_trial})
     callbacks = [_callback_class()(job, split, say, trials)]
-    if resume and tune.Tuner.can_restore(str(exp_dir)):
-        say(f"resuming sweep {job.name} from {exp_dir}")
-        return tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
-                                  resume_errored=True, restart_errored=False,
-                                  param_space=space.tune_space())
-    seed = int(space.searcher.get("seed", 0))
-    if space.searcher.get("type") == "random":
-        sampler: Any = optuna.samplers.RandomSampler(seed=seed)
-    else:
-        sampler = optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=int(space.searcher.get("n_startup_trials", 4)))
+    # Trial n draws with a sampler seeded by (seed, n): a resumed sweep draws what the
+    # uninterrupted one would have (one trial at a time; see .sampler).
+    sampler = make_sampler(space.searcher)
     storage_url = optuna_storage_url(job.store_url)
-    storage = optuna.storages.RDBStorage(storage_url) if storage_url else None
+    storage = (optuna.storages.RDBStorage(storage_url) if storage_url
+               else optuna.storages.InMemoryStorage())
+    _rebuild_study(job, storage, past)
     searcher = ConcurrencyLimiter(
         OptunaSearch(metric=OBJECTIVE_KEY, mode=space.mode, sampler=sampler,
                      study_name=job.name, storage=storage), max_concurrent=concurrency)
@@ -447,8 +517,7 @@ def _tuner(job: SweepJob, *, trials: int, concurrency: int, exp_dir: Path, resum
                                   failure_config=tune.FailureConfig(max_failures=1)))
 
 
-def _summary(job: SweepJob, results: Any, exp_dir: Path, seconds: float, resumed: bool
-             ) -> SweepResult:
+def _summary(job: SweepJob, exp_dir: Path, seconds: float, resumed: bool) -> SweepResult:
     from zeroseg.platform.store import open_store
 
     with open_store(job.store_url) as store:

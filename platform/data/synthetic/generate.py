@@ -49,7 +49,7 @@ from zeroseg.platform.data.synthetic.render import (
 )
 from zeroseg.platform.data.synthetic.vocabulary import synthetic_split
 from zeroseg.platform.errors import ConfigError, DataError
-from zeroseg.platform.io import atomic_directory, dumps_json
+from zeroseg.platform.io import atomic_directory, check_writable_dir, dumps_json
 
 __all__ = ["SIZES", "SizeSpec", "generate", "load_classes_json", "SPLITS"]
 
@@ -310,6 +310,7 @@ def _split_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
+    check_writable_dir(out.parent, "synthetic benchmark")
     if not out.exists():
         return
     if not out.is_dir():
