@@ -46,7 +46,7 @@ run: install
 	$(BIN)/zeroseg demo --out $(RUN_DIR)
 
 test: install browser
-	$(BIN)/python -m pytest -m "not slow" -n $(PYTEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -m "not slow" -n $(PYTEST_WORKERS) --dist loadfile --durations=30
 
 test-slow: install
 	$(BIN)/python -m pytest -m slow

@@ -446,7 +446,8 @@ def ray_instance():
 
     from zeroseg.platform.compat import ray_runtime_env
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False,
              runtime_env=ray_runtime_env({"env_vars": {"HF_HUB_OFFLINE": "1"}}))
     yield ray
     ray.shutdown()

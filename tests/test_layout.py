@@ -67,7 +67,7 @@ def test_ray_worker_with_repo_working_dir_sees_stdlib_platform_and_working_torch
         "working_dir": str(REPO),
         "excludes": [".venv", ".git", "runs", "*.egg-info"],
     })
-    ray.init(num_cpus=1, include_dashboard=False, runtime_env=runtime_env,
+    ray.init(address="local", num_cpus=1, include_dashboard=False, runtime_env=runtime_env,
              log_to_driver=False, configure_logging=False)
     try:
         @ray.remote

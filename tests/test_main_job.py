@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from zeroseg.platform.demo import BASELINES
 from zeroseg.platform.store import open_store
 
 APP = Path(__file__).resolve().parents[1] / "dashboards" / "app.py"
@@ -64,7 +65,7 @@ def test_main_job_again_reuses_every_stage(main_job):
                      "--quiet"]) == 0
     again = stdout.getvalue()
     assert "already finished" in again
-    assert again.count("stored before, reused") == 4  # the baselines (reproductions: quiet)
+    assert again.count("stored before, reused") == len(BASELINES)  # reproductions: quiet
     with open_store(main_job["store"]) as store:
         assert sorted(r["uid"] for r in store.runs(superseded=True)) == before  # no new run
         assert len(store.runs(kind="trial")) == 3 and len(store.runs(kind="reproduction")) == 3

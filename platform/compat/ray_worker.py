@@ -17,6 +17,7 @@ and actor of the job (Ray Train's workers and controller, Tune's trials, their h
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from zeroseg.platform.compat.torchvision_ops import ensure_torchvision
@@ -30,6 +31,22 @@ def setup_ray_worker() -> None:
     ensure_torchvision()
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def ray_init_address(address: str | None = None) -> str | None:
+    """The ``address`` zeroseg passes to ``ray.init``.
+
+    An explicit address wins; inside a Ray job (``RAY_ADDRESS`` set by ``ray job submit``) Ray
+    connects to that cluster. Otherwise zeroseg starts its own local Ray ("local"): left to
+    itself, ``ray.init()`` would join whatever cluster ``/tmp/ray/ray_current_cluster`` names --
+    another user's ``ray start``, a test's two-node cluster, or one that has since died
+    ("Failed to connect to Ray cluster at ...").
+    """
+    if address:
+        return address
+    if os.environ.get("RAY_ADDRESS"):
+        return None
+    return "local"
 
 
 def ray_runtime_env(extra: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -339,12 +339,13 @@ def _run_on_ray(job: ExtractionJob, shards: list[Shard], workers: int) -> Iterat
     import ray
     from ray.util import ActorPool
 
-    from zeroseg.platform.compat import ray_runtime_env
+    from zeroseg.platform.compat import ray_init_address, ray_runtime_env
 
     runtime_env = ray_runtime_env({"env_vars": {"HF_HUB_OFFLINE": "1"}})
     started = False
     if not ray.is_initialized():
-        ray.init(num_cpus=max(workers * job.threads, os.cpu_count() or 1),
+        ray.init(address=ray_init_address(),
+                 num_cpus=max(workers * job.threads, os.cpu_count() or 1),
                  include_dashboard=False, log_to_driver=False, configure_logging=False,
                  runtime_env=runtime_env)
         started = True

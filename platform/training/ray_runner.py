@@ -278,14 +278,14 @@ def ensure_ray(address: str | None = None, *, verbose: bool = False) -> bool:
     """``ray.init`` unless Ray is already initialised; returns True if this call started it."""
     import ray
 
-    from zeroseg.platform.compat import ray_runtime_env
+    from zeroseg.platform.compat import ray_init_address, ray_runtime_env
 
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     env_vars = {"HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
-    ray.init(address=address, runtime_env=ray_runtime_env({"env_vars": env_vars}),
+    ray.init(address=ray_init_address(address), runtime_env=ray_runtime_env({"env_vars": env_vars}),
              include_dashboard=False, log_to_driver=verbose,
              logging_level=logging.INFO if verbose else logging.WARNING)
     return True
