@@ -9,7 +9,10 @@ checkpoint at the end) and prints:
   checkpoint are excluded;
 - peak resident memory of each worker process (MiB; ``getrusage``), and peak GPU memory
   allocated on ``--device cuda``;
-- the ratios 2 workers / 1 worker (per ZeRO stage) and ZeRO 2 / ZeRO 0 (per worker count).
+- the ratios 2 workers / 1 worker (per ZeRO stage) and ZeRO 2 / ZeRO 0 (per worker count);
+- on CPU, the FLOP bound: forward + backward FLOPs of one training image
+  (``torch.utils.flop_counter``) against this machine's fp32 matmul peak (2048^2 ``torch.mm``,
+  one thread) times the CPUs the workers use, and each row's images/s as a fraction of it.
 
 The batch is the same **per worker** (``--batch-size``), so N workers process N times as many
 images per step: the 2w/1w ratio is the data-parallel speed-up, 2.0 at best.
@@ -88,6 +91,38 @@ def run_one(root: Path, run_dir: Path, args: argparse.Namespace, workers: int, z
     }
 
 
+def flop_bound(args: argparse.Namespace, cpus: int) -> tuple[float, float, float]:
+    """(GFLOP per training image, single-thread matmul GFLOP/s, images/s bound on ``cpus``)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from zeroseg.methods.segmenter import Segmenter, SegmenterConfig
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        model = Segmenter(SegmenterConfig(size=args.size, image_size=args.image_size), 25)
+        b, s = args.batch_size, args.image_size
+        x = torch.randn(b, 3, s, s)
+        masks = [(torch.rand(3, s, s) > 0.5).float() for _ in range(b)]
+        labels = [torch.tensor([0, 1, 2]) for _ in range(b)]
+        with FlopCounterMode(display=False) as counter:
+            model(x, masks, labels).loss.backward()
+        per_image = counter.get_total_flops() / b
+        a = torch.randn(2048, 2048)
+        a @ a
+        best = float("inf")
+        for _ in range(5):
+            t = time.perf_counter()
+            a @ a
+            best = min(best, time.perf_counter() - t)
+        peak = 2 * 2048**3 / best
+    finally:
+        torch.set_num_threads(threads)
+    return per_image / 1e9, peak / 1e9, cpus * peak / per_image
+
+
 def ensure_data(args: argparse.Namespace) -> Path:
     if args.data is not None and (args.data / "annotations" / "classes.json").is_file():
         return args.data
@@ -151,6 +186,18 @@ def main(argv: list[str] | None = None) -> int:
     def find(workers: int, zero: int) -> dict[str, Any] | None:
         return next((r for r in rows if r["workers"] == workers and r["zero_stage"] == zero),
                     None)
+
+    if args.device == "cpu":
+        cpus = int(round(max(args.workers) * args.cpus_per_worker))
+        gflop, peak, bound = flop_bound(args, cpus)
+        print(f"\nFLOP bound: {gflop:.3f} GFLOP per training image (forward + backward), "
+              f"matmul peak {peak:.0f} GFLOP/s per thread -> {bound:.0f} images/s on {cpus} "
+              f"CPUs")
+        for r in rows:
+            used = r["workers"] * args.cpus_per_worker
+            print(f"  {r['workers']} worker(s) ZeRO {r['zero_stage']}: {r['images_per_s']:.1f} "
+                  f"images/s = 1/{bound * used / cpus / r['images_per_s']:.2f} of the bound "
+                  f"for {used:g} CPU(s)")
 
     print("\nratios")
     lo, hi = min(args.workers), max(args.workers)

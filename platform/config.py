@@ -172,10 +172,19 @@ def _coerce(tp: Any, value: Any, where: str, dotted: str) -> Any:
     return value
 
 
+def added_field(default: Any, *, since: str) -> Any:
+    """A config field added after configs were first stored (``since``: the change that added
+    it). At its default it is left out of :func:`to_dict`, so the documents, hashes and run
+    identities of every existing config stay exactly what they were."""
+    return dataclasses.field(default=default, metadata={"added": since})
+
+
 def to_dict(config: Any) -> Any:
-    """Plain data (JSON/YAML-ready) from a config dataclass."""
+    """Plain data (JSON/YAML-ready) from a config dataclass (fields of :func:`added_field` at
+    their defaults left out)."""
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)
+                if not ("added" in f.metadata and getattr(config, f.name) == f.default)}
     if isinstance(config, list | tuple):
         return [to_dict(v) for v in config]
     if isinstance(config, dict):

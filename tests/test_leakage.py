@@ -336,13 +336,26 @@ def test_bad_arguments(layout: CocoLayout, tmp_path: Path) -> None:
     assert [c.name for c in excluded_classes(small_split(), True)] == ["dog", "cow", "grass"]
 
 
-def test_panoptic_category_outside_split_is_an_error(layout: CocoLayout) -> None:
+def test_panoptic_category_outside_split_is_left_out_and_counted(layout: CocoLayout,
+                                                                  tmp_path: Path) -> None:
     data = json.loads(layout.panoptic_json.read_text())
     data["categories"].append({"id": BIRD, "name": "bird", "isthing": 1})
-    data["annotations"][0]["segments_info"][0]["category_id"] = BIRD
+    first = data["annotations"][0]
+    first["segments_info"][0]["category_id"] = BIRD
     layout.panoptic_json.write_text(json.dumps(data))
-    with pytest.raises(DataError, match="category 9, which is not a class of split test/five"):
-        filter_training(layout, small_split())
+    result = filter_training(layout, small_split(), protocol="ignore-pixels",
+                             out_dir=tmp_path / "out")
+    assert result.outside_split["panoptic category 9"] == 1
+    assert result.to_dict()["outside_split"] == result.outside_split
+    kept = {a["image_id"]: a for a in result.panoptic["annotations"]}[first["image_id"]]
+    assert BIRD not in {s["category_id"] for s in kept["segments_info"]}
+    # ... and its pixels are VOID in the rewritten PNG, so no segment id is left unexplained
+    from zeroseg.platform.data.coco import CocoPanoptic
+
+    out = CocoPanoptic(tmp_path / "out" / layout.panoptic_json.name,
+                       tmp_path / "out" / layout.panoptic_pngs.name)
+    ids = out.read_ids(first["image_id"])
+    assert first["segments_info"][0]["id"] not in set(np.unique(ids).tolist())
 
 
 def test_result_is_json_serialisable(layout: CocoLayout) -> None:

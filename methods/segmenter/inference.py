@@ -60,7 +60,7 @@ from pycocotools import mask as mask_utils
 from torch import Tensor
 
 from zeroseg.platform.data.classes import Split
-from zeroseg.platform.data.coco import ImageInfo, layout_images, load_json
+from zeroseg.platform.data.coco import ImageInfo, load_json
 from zeroseg.platform.data.layout import CocoLayout
 from zeroseg.platform.data.panoptic_png import id2rgb
 from zeroseg.platform.errors import ConfigError, DataError
@@ -70,6 +70,11 @@ log = logging.getLogger(__name__)
 
 #: Per-query logits over the split's classes + no object, from query embeddings [Q, D].
 Classifier = Callable[[Tensor], Tensor]
+#: One image's segmenter output: (image id, query embeddings [Q, D], mask logits [Q, h, w],
+#: frame). ``frame`` is None when the image filled the model's input (squash); otherwise
+#: (mask h, mask w, input h, input w, resized h, resized w): the masks' own grid (the rest is
+#: padding of a cache), the padded input and the resized image's region in it.
+Output = tuple[int, Tensor, Tensor, "tuple[int, ...] | None"]
 
 TASKS = ("semantic", "instance", "panoptic")
 SEMANTIC_DIR = "semantic"
@@ -110,6 +115,19 @@ def upsample_masks(mask_logits: Tensor, size: tuple[int, int]) -> Tensor:
     flat = mask_logits.float().reshape(1, -1, *mask_logits.shape[-2:])
     out = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
     return out.reshape(*lead, *size)
+
+
+def restore_masks(mask_logits: Tensor, frame: Sequence[int] | None,
+                  size: tuple[int, int]) -> Tensor:
+    """Mask logits [..., Q, h, w] at an image's original ``size``. With a ``frame`` (see
+    :data:`Output`), as Mask2Former's ``sem_seg_postprocess``: upsample to the padded input,
+    crop the resized image's region, resize that to the original size. Without one, the masks
+    cover the whole image: one bilinear resize."""
+    if frame is None:
+        return upsample_masks(mask_logits, size)
+    mask_h, mask_w, input_h, input_w, resized_h, resized_w = (int(v) for v in frame)
+    padded = upsample_masks(mask_logits[..., :mask_h, :mask_w], (input_h, input_w))
+    return upsample_masks(padded[..., :resized_h, :resized_w].contiguous(), size)
 
 
 def _check(class_probs: Tensor, mask_logits: Tensor) -> None:
@@ -364,12 +382,13 @@ class LayoutListing:
     panoptic_files: dict[int, str]
 
 
-def layout_listing(layout: CocoLayout) -> LayoutListing:
-    """The images of a layout, with what inference needs to name and restrict its outputs."""
-    images = layout_images(layout)
-    if images is None:
-        raise DataError(f"{layout.annotations}: no instances or panoptic json for split "
-                        f"'{layout.split}' (needed to list its images)")
+def layout_listing(layout: CocoLayout, split: Split | None = None) -> LayoutListing:
+    """The images of a layout (listed from ``split``'s benchmark sources, see
+    :func:`~zeroseg.platform.data.sources.list_images`), with what inference needs to name and
+    restrict its outputs."""
+    from zeroseg.platform.data.sources import SOURCES, benchmark_sources, list_images
+
+    images = list_images(layout, benchmark_sources(split) if split is not None else SOURCES)
     instance_cats: set[int] | None = None
     if layout.instances_json.is_file():
         data = load_json(layout.instances_json, "COCO instances json", ("categories",))
@@ -383,14 +402,15 @@ def layout_listing(layout: CocoLayout) -> LayoutListing:
 
 
 class InferenceImages(torch.utils.data.Dataset):
-    """A layout's images resized to the model's square input, in ascending image id."""
+    """A layout's images as the model sees them at inference (``resize``: squashed to its
+    square, or shortest edge to ``test_size``), in ascending image id."""
 
-    def __init__(self, layout: CocoLayout, images: Mapping[int, ImageInfo], image_size: int,
+    def __init__(self, layout: CocoLayout, images: Mapping[int, ImageInfo], resize: Any,
                  image_ids: Sequence[int] | None = None):
         self.layout = layout
         self.images = dict(images)
         self.image_ids = sorted(self.images) if image_ids is None else list(image_ids)
-        self.image_size = image_size
+        self.resize = resize
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -399,17 +419,30 @@ class InferenceImages(torch.utils.data.Dataset):
         from zeroseg.methods.segmenter.data import normalize_image, read_image
 
         info = self.images[self.image_ids[index]]
-        pixels = normalize_image(read_image(self.layout.images / info.file_name))
-        s = self.image_size
-        if tuple(pixels.shape[-2:]) != (s, s):
-            pixels = F.interpolate(pixels[None], size=(s, s), mode="bilinear",
+        path = self.layout.images / info.file_name
+        image = read_image(path)
+        if image.shape[:2] != (info.height, info.width):
+            raise DataError(f"{path}: image is {image.shape[1]}x{image.shape[0]}, its "
+                            f"annotation says {info.width}x{info.height}")
+        pixels = normalize_image(image)
+        size = self.resize.inference_size(info.height, info.width)
+        if tuple(pixels.shape[-2:]) != size:
+            pixels = F.interpolate(pixels[None], size=size, mode="bilinear",
                                    align_corners=False)[0]
-        return {"pixel_values": pixels, "image_id": info.id}
+        return {"pixel_values": pixels, "image_id": info.id, "resized_size": size}
 
 
-def _collate_images(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    return {"pixel_values": torch.stack([it["pixel_values"] for it in items]),
-            "image_id": [it["image_id"] for it in items]}
+def _collate_images(items: Sequence[dict[str, Any]], divisibility: int = 32) -> dict[str, Any]:
+    sizes = [tuple(it["pixel_values"].shape[-2:]) for it in items]
+    if len(set(sizes)) == 1 and all(d % divisibility == 0 for d in sizes[0]):
+        pixels = torch.stack([it["pixel_values"] for it in items])
+    else:  # pad (bottom / right) to a multiple of ``divisibility``, as Mask2Former does
+        height = -(-max(h for h, _ in sizes) // divisibility) * divisibility
+        width = -(-max(w for _, w in sizes) // divisibility) * divisibility
+        pixels = torch.stack([F.pad(it["pixel_values"], (0, width - w, 0, height - h))
+                              for it, (h, w) in zip(items, sizes, strict=True)])
+    return {"pixel_values": pixels, "image_id": [it["image_id"] for it in items],
+            "resized_size": [it["resized_size"] for it in items]}
 
 
 def _field(item: Any, name: str) -> Any:
@@ -440,18 +473,27 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 
 def _model_outputs(model: Any, layout: CocoLayout, images: Mapping[int, ImageInfo],
                    batch_size: int, device: str | torch.device, num_workers: int,
-                   threads: int | None) -> Iterable[tuple[int, Tensor, Tensor]]:
-    dataset = InferenceImages(layout, images, int(model.config.image_size))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                         num_workers=num_workers, collate_fn=_collate_images)
+                   threads: int | None) -> Iterable[Output]:
+    resize = model.config.resize_spec()
+    squash = resize.mode == "squash"
+    dataset = InferenceImages(layout, images, resize)
+    # Aspect-preserving resize: one image at a time, padded to its own multiple of 32, as
+    # Mask2Former evaluates (and as the feature cache extracts).
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size if squash else 1,
+                                         shuffle=False, num_workers=num_workers,
+                                         collate_fn=_collate_images)
     was_training = model.training
     model.eval()
     try:
         for batch in loader:
             with torch.no_grad(), torch_threads(threads):
                 out = model(batch["pixel_values"].to(device))
+            mask_size = tuple(out.mask_logits.shape[-2:])
+            input_size = tuple(batch["pixel_values"].shape[-2:])
             for i, image_id in enumerate(batch["image_id"]):
-                yield int(image_id), out.query_embeddings[i], out.mask_logits[i]
+                frame = None if squash else (*mask_size, *input_size,
+                                             *batch["resized_size"][i])
+                yield int(image_id), out.query_embeddings[i], out.mask_logits[i], frame
     finally:
         model.train(was_training)
 
@@ -490,21 +532,23 @@ class UpsampledChunk:
         return self.mask_probs.numel() * self.mask_probs.element_size()
 
 
-def upsampled_chunks(outputs: Iterable[tuple[int, Tensor, Tensor]],
+def upsampled_chunks(outputs: Iterable[Output | tuple[int, Tensor, Tensor]],
                      images: Mapping[int, ImageInfo], *, instances: bool = True,
                      where: str = "segmenter outputs",
                      max_elements: int = CHUNK_ELEMENTS) -> Iterator[UpsampledChunk]:
-    """Group per-image outputs ``(image_id, query_embeddings [Q, D], mask_logits [Q, h, w])``
-    into chunks of consecutive same-sized images and upsample each chunk's masks in one call;
+    """Group per-image outputs (:data:`Output`; the frame may be left out) into chunks of
+    consecutive same-sized images and bring each chunk's masks to the original size in one
+    call (:func:`restore_masks`);
     with ``instances``, also each image's :class:`QueryMasks`. Every image id must be one of
     ``images``, once."""
     done: set[int] = set()
     pending: list[tuple[ImageInfo, Tensor, Tensor]] = []
+    pending_frame: tuple[int, ...] | None = None
 
     def flush() -> UpsampledChunk:
         info = pending[0][0]
         stacked = torch.stack([m for _, _, m in pending])
-        logits = upsample_masks(stacked, (info.height, info.width))
+        logits = restore_masks(stacked, pending_frame, (info.height, info.width))
         positive = logits > 0 if instances else None
         probs = logits.sigmoid_()  # in place: the logits are not needed any more
         queries = ([QueryMasks.from_masks(positive[i], probs[i]) for i in range(len(pending))]
@@ -514,7 +558,9 @@ def upsampled_chunks(outputs: Iterable[tuple[int, Tensor, Tensor]],
         pending.clear()
         return chunk
 
-    for image_id, embeddings, mask_logits in outputs:
+    for output in outputs:
+        image_id, embeddings, mask_logits = output[:3]
+        frame = tuple(output[3]) if len(output) > 3 and output[3] is not None else None
         info = images.get(image_id)
         if info is None:
             raise DataError(f"{where}: image id {image_id} is not an image of this split")
@@ -524,11 +570,12 @@ def upsampled_chunks(outputs: Iterable[tuple[int, Tensor, Tensor]],
         if pending:
             first, _, first_masks = pending[0]
             same = ((first.height, first.width) == (info.height, info.width)
-                    and first_masks.shape == mask_logits.shape)
+                    and first_masks.shape == mask_logits.shape and frame == pending_frame)
             size = (len(pending) + 1) * mask_logits.shape[0] * info.height * info.width
             if not same or size > max_elements:
                 yield flush()
         pending.append((info, embeddings, mask_logits.detach().cpu().float()))
+        pending_frame = frame
     if pending:
         yield flush()
 
@@ -642,12 +689,13 @@ def semantic_png_labels(split: Split) -> np.ndarray:
     return lut
 
 
-def cached_outputs(source: Iterable[Any]) -> Iterator[tuple[int, Tensor, Tensor]]:
-    """``(image_id, query_embeddings, mask_logits)`` of cached per-image outputs (mappings or
-    objects with those fields)."""
+def cached_outputs(source: Iterable[Any]) -> Iterator[Output]:
+    """:data:`Output` of cached per-image outputs (mappings or objects with ``image_id``,
+    ``query_embeddings``, ``mask_logits`` and optionally ``frame``)."""
     for it in source:
+        frame = it.get("frame") if isinstance(it, Mapping) else getattr(it, "frame", None)
         yield (int(_field(it, "image_id")), torch.as_tensor(_field(it, "query_embeddings")),
-               torch.as_tensor(_field(it, "mask_logits")))
+               torch.as_tensor(_field(it, "mask_logits")), frame)
 
 
 def predict_dataset(source: Any, classifier: Classifier | None, layout: CocoLayout, split: Split,
@@ -675,7 +723,7 @@ def predict_dataset(source: Any, classifier: Classifier | None, layout: CocoLayo
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
         raise ConfigError(f"tasks must be a non-empty subset of {list(TASKS)}, got {list(tasks)}")
-    listing = layout_listing(layout)
+    listing = layout_listing(layout, split)
     if isinstance(source, Segmenter):
         if classifier is None:
             if source.num_classes != split.num_classes:

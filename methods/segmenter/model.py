@@ -36,6 +36,8 @@ attention_order       ``coarse-first`` (32,16,8)  ``fine-first``      ``coarse-f
 mask_loss             ``points`` (12,544 points)  ``dense``           ``points``
 class_weight          2.0                         5.0                 2.0
 semantic_weight       0 (no such loss)            1.0                 0
+resize                ``shortest-edge`` (LSJ)     ``squash``          ``shortest-edge``
+test_size             800 (COCO), max 1333        image_size          800
 ====================  ==========================  ==================  =====================
 
 Why the tiny departs (oracle on the synthetic ``small`` benchmark, 1 thread, 6 CPU-minutes,
@@ -68,6 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zeroseg.methods.segmenter.data import RESIZE_MODES, Resize
 from zeroseg.methods.segmenter.loss import (
     LossWeights,
     hungarian_match,
@@ -75,6 +78,7 @@ from zeroseg.methods.segmenter.loss import (
     resize_targets,
 )
 from zeroseg.methods.segmenter.pixel_decoder import ATTENTION_ORDERS, FPNPixelDecoder
+from zeroseg.platform.config import added_field
 from zeroseg.platform.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -101,18 +105,22 @@ class _SizeSpec:
     mask_loss: str  # "points" (Mask2Former, train_num_points) | "dense"
     class_weight: float
     semantic_weight: float  # per-pixel auxiliary CE on the mask features (0: none)
+    resize: str  # "squash" | "shortest-edge" (methods/segmenter/data.py)
+    test_size: int | None  # shortest edge at inference; None: image_size
 
 
 PIXEL_DECODERS = ("msdeform", "fpn")
 MASK_LOSSES = ("points", "dense")
 _PAPER = {"pixel_decoder": "msdeform", "attention_order": "coarse-first", "mask_loss": "points",
-          "class_weight": 2.0, "semantic_weight": 0.0}
+          "class_weight": 2.0, "semantic_weight": 0.0, "resize": "shortest-edge",
+          "test_size": 800}
 
 SIZES: dict[str, _SizeSpec] = {
     "tiny": _SizeSpec(num_queries=20, hidden_dim=64, decoder_layers=3, train_num_points=2048,
                       encoder_layers=2, encoder_feedforward_dim=256, dim_feedforward=256,
                       num_attention_heads=4, pixel_decoder="fpn", attention_order="fine-first",
-                      mask_loss="dense", class_weight=5.0, semantic_weight=1.0),
+                      mask_loss="dense", class_weight=5.0, semantic_weight=1.0,
+                      resize="squash", test_size=None),
     "r50": _SizeSpec(num_queries=100, hidden_dim=256, decoder_layers=10, train_num_points=12544,
                      encoder_layers=6, encoder_feedforward_dim=1024, dim_feedforward=2048,
                      num_attention_heads=8, **_PAPER),
@@ -127,7 +135,7 @@ class SegmenterConfig:
     """What a segmenter is; ``None`` fields take the size's default (:data:`SIZES`)."""
 
     size: SizeName = "tiny"
-    image_size: int = 128  # square input side, pixels
+    image_size: int = 128  # squash: the input side; shortest-edge: the training crop's side
     num_queries: int | None = None
     hidden_dim: int | None = None
     decoder_layers: int | None = None
@@ -141,6 +149,10 @@ class SegmenterConfig:
     attention_order: Literal["coarse-first", "fine-first"] | None = None
     mask_loss: Literal["points", "dense"] | None = None
     semantic_weight: float | None = None
+    # How images reach the model (methods/segmenter/data.py); None: the size's default.
+    resize: Literal["squash", "shortest-edge"] | None = added_field(None, since="issue 12")
+    test_size: int | None = added_field(None, since="issue 12")  # shortest edge at inference
+    max_size: int = added_field(1333, since="issue 12")  # longest edge at inference, at most
 
     def validate(self) -> None:
         if self.size not in SIZES:
@@ -176,6 +188,12 @@ class SegmenterConfig:
         if r.pixel_decoder == "msdeform" and r.attention_order != "coarse-first":
             raise ConfigError("attention_order: the msdeform pixel decoder has strides 8-32 "
                               "only; fine-first needs pixel_decoder: fpn")
+        if r.resize not in RESIZE_MODES:
+            raise ConfigError(f"resize must be one of {list(RESIZE_MODES)}, got {r.resize!r}")
+        if r.test_size is not None and r.test_size < 32:
+            raise ConfigError(f"test_size must be >= 32, got {r.test_size}")
+        if self.max_size < 32:
+            raise ConfigError(f"max_size must be >= 32, got {self.max_size}")
         if r.mask_loss not in MASK_LOSSES:
             raise ConfigError(f"mask_loss must be one of {list(MASK_LOSSES)}, got "
                               f"{r.mask_loss!r}")
@@ -198,8 +216,17 @@ class SegmenterConfig:
                                         ("attention_order", spec.attention_order),
                                         ("mask_loss", spec.mask_loss),
                                         ("class_weight", spec.class_weight),
-                                        ("semantic_weight", spec.semantic_weight))},
+                                        ("semantic_weight", spec.semantic_weight),
+                                        ("resize", spec.resize),
+                                        ("test_size", spec.test_size))},
         )
+
+    def resize_spec(self, scale_range: tuple[float, float] = (1.0, 1.0)) -> Resize:
+        """How images reach this model (training jitter ``scale_range``)."""
+        r = self.resolved()
+        return Resize(mode=str(r.resize), size=r.image_size,
+                      test_size=int(r.test_size or r.image_size), max_size=r.max_size,
+                      scale_range=(float(scale_range[0]), float(scale_range[1])))
 
     def loss_weights(self) -> LossWeights:
         r = self.resolved()

@@ -27,7 +27,7 @@ import logging
 import os
 import shutil
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,6 +116,9 @@ class FilterResult:
     # class name -> {"images", "annotations", "crowd", "segments", "pixels"} removed
     removed_per_class: dict[str, dict[str, int]] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
+    # left out as outside the split: "instances category 12" / "panoptic category 184" ->
+    # annotations / segments, "semantic label 12" -> pixels
+    outside_split: dict[str, int] = field(default_factory=dict)
     audit: dict[str, int] = field(default_factory=dict)  # what assert_no_unseen scanned
     # The filtered jsons in memory (also when nothing is written); not part of the audit.
     instances: dict[str, Any] | None = field(default=None, repr=False)
@@ -125,6 +128,8 @@ class FilterResult:
         d = asdict(self)
         d.pop("instances")
         d.pop("panoptic")
+        if not d["outside_split"]:  # absent when nothing was outside (audits stay as before)
+            d.pop("outside_split")
         d["removed_per_class"] = {k: dict(sorted(v.items()))
                                   for k, v in sorted(self.removed_per_class.items())}
         return d
@@ -252,11 +257,16 @@ def filter_training(
     validation: bool = False,
     out_dir: Path | None = None,
     overwrite: bool = False,
+    sources: Sequence[str] | None = None,
 ) -> FilterResult:
     """Filter a training set so that no excluded class remains, and say what was removed.
 
-    Reads whatever the layout has: the instances json, the panoptic json (+ PNGs) and the
-    semantic PNG folder. ``protocol`` defaults to ``split.protocol``. With ``out_dir`` the
+    Reads the benchmark's annotation sources (``sources``, default
+    :func:`~zeroseg.platform.data.sources.benchmark_sources`: a COCO-Stuff split its semantic
+    PNGs only, a COCO 2014 split its instances json only) where the layout has them.
+    Annotations, segments and label values of categories the split does not contain (the
+    80-category json under a 65-class split) are removed and counted in ``outside_split``,
+    never fatal. ``protocol`` defaults to ``split.protocol``. With ``out_dir`` the
     filtered ``instances_<split>.json`` / ``panoptic_<split>.json`` (and, for ignore-pixels, the
     rewritten ``panoptic_<split>/`` PNG folder), ``kept_image_ids.json`` and the audit
     ``leakage_filter.json`` are written there atomically. Semantic PNGs are never rewritten:
@@ -273,24 +283,34 @@ def filter_training(
     excluded_png = {c.png_label: c.name for c in excluded if c.png_label is not None}
     drop = protocol == PROTOCOL_DROP_IMAGES
 
-    inst = CocoInstances(layout.instances_json) if layout.instances_json.is_file() else None
-    pan = CocoPanoptic.from_layout(layout) if layout.panoptic_json.is_file() else None
+    from zeroseg.platform.data.sources import INSTANCES, PANOPTIC, SEMANTIC, benchmark_sources
+    from zeroseg.platform.data.sources import list_images as list_source_images
+
+    wanted = tuple(sources) if sources is not None else benchmark_sources(split)
+    inst = (CocoInstances(layout.instances_json)
+            if INSTANCES in wanted and layout.instances_json.is_file() else None)
+    pan = (CocoPanoptic.from_layout(layout)
+           if PANOPTIC in wanted and layout.panoptic_json.is_file() else None)
     sem = None
-    if layout.semantic_pngs.is_dir():
-        images: Iterable[ImageInfo] | None = None
+    if SEMANTIC in wanted and layout.semantic_pngs.is_dir():
+        images: Iterable[ImageInfo]
         if inst is not None or pan is not None:
             images = (inst or pan).images.values()  # type: ignore[union-attr]
+        else:
+            images = list_source_images(layout, (SEMANTIC,), require_images=False).values()
         sem = CocoSemantic(layout.semantic_pngs, images)
-    sources = [n for n, s in (("instances", inst), ("panoptic", pan), ("semantic", sem)) if s]
-    if not sources:
+    found = [n for n, s in (("instances", inst), ("panoptic", pan), ("semantic", sem)) if s]
+    if not found:
+        looked = {INSTANCES: layout.instances_json, PANOPTIC: layout.panoptic_json,
+                  SEMANTIC: layout.semantic_pngs}
         raise DataError(f"{layout.root}: no training annotations for split '{layout.split}' "
-                        f"(looked for {layout.instances_json}, {layout.panoptic_json}, "
-                        f"{layout.semantic_pngs})")
+                        f"(benchmark {split.name} reads "
+                        f"{', '.join(str(looked[w]) for w in wanted)})")
     if inst is not None and pan is not None and set(inst.images) != set(pan.images):
         raise DataError(f"{layout.panoptic_json}: its images differ from {layout.instances_json}")
 
     result = FilterResult(protocol=protocol, split=split.name, validation=validation,
-                          excluded_classes=[c.name for c in excluded], sources=sources)
+                          excluded_classes=[c.name for c in excluded], sources=found)
     per_class: dict[str, Counter[str]] = defaultdict(Counter)
     all_ids: set[int] = set()
     for s in (inst, pan, sem):
@@ -300,14 +320,9 @@ def filter_training(
     def category_name(data: CocoInstances | CocoPanoptic, cid: int) -> str:
         return class_names.get(cid) or str(data.categories[cid].get("name", f"category {cid}"))
 
-    if pan is not None:
-        for image_id in pan.image_ids:
-            for seg in pan.segments(image_id):
-                if seg.category_id not in split_ids:
-                    raise DataError(f"{pan.path}: image {image_id} segment {seg.id} has category "
-                                    f"{seg.category_id}, which is not a class of split "
-                                    f"{split.name}")
-
+    # "instances category 12" / "panoptic category 184" -> annotations / segments;
+    # "semantic label 12" -> pixels
+    outside: Counter[str] = Counter()
     # 1. Which images contain an excluded class (any source), and semantic pixel counts.
     reasons: dict[int, set[str]] = defaultdict(set)
     if inst is not None:
@@ -320,15 +335,21 @@ def filter_training(
                 if seg.category_id in excluded_ids:
                     reasons[image_id].add(class_names[seg.category_id])
     pixel_counts: dict[int, dict[str, int]] = {}
-    if sem is not None and excluded_png:
+    if sem is not None:
         png_keys = np.array(list(excluded_png), dtype=np.int64)
+        in_split = np.zeros(256, dtype=bool)
+        in_split[[c.png_label for c in split.classes if c.png_label is not None]] = True
+        in_split[IGNORE_LABEL] = True
         for image_id in sem.image_ids:
-            counts = np.bincount(sem.read(image_id).ravel(), minlength=256)[png_keys]
-            found = {excluded_png[int(k)]: int(n) for k, n in zip(png_keys, counts, strict=True)
-                     if n}
-            if found:
-                pixel_counts[image_id] = found
-                reasons[image_id].update(found)
+            histogram = np.bincount(sem.read(image_id).ravel(), minlength=256)
+            for value in np.flatnonzero(histogram * ~in_split).tolist():
+                outside[f"semantic label {value}"] += int(histogram[value])
+            counts = histogram[png_keys]
+            hits = {excluded_png[int(k)]: int(n) for k, n in zip(png_keys, counts, strict=True)
+                    if n}
+            if hits:
+                pixel_counts[image_id] = hits
+                reasons[image_id].update(hits)
 
     dropped = set(reasons) if drop else set()
     kept = sorted(all_ids - dropped)
@@ -358,6 +379,7 @@ def filter_training(
             gone = ann["image_id"] not in kept_set or cid in excluded_ids
             if not gone and cid not in split_ids:
                 result.outside_split_removed += 1
+                outside[f"instances category {cid}"] += 1
                 per_class[category_name(inst, cid)]["annotations"] += 1
                 continue
             if gone:
@@ -385,11 +407,16 @@ def filter_training(
             if image_id not in kept_set:
                 removed, segs = list(ann["segments_info"]), []
             else:
+                beyond = [s for s in ann["segments_info"] if s["category_id"] not in split_ids]
+                for seg in beyond:
+                    result.outside_split_removed += 1
+                    outside[f"panoptic category {seg['category_id']}"] += 1
                 removed = [s for s in ann["segments_info"] if s["category_id"] in excluded_ids]
-                segs = [s for s in ann["segments_info"] if s["category_id"] not in excluded_ids]
+                segs = [s for s in ann["segments_info"]
+                        if s["category_id"] not in excluded_ids and s["category_id"] in split_ids]
                 anns_out.append({**ann, "segments_info": segs})
-                if removed:
-                    repaint[image_id] = {int(s["id"]) for s in removed}
+                if removed or beyond:
+                    repaint[image_id] = {int(s["id"]) for s in removed + beyond}
             for s in removed:
                 name = category_name(pan, s["category_id"])
                 result.segments_removed += 1
@@ -403,6 +430,11 @@ def filter_training(
             "annotations": anns_out,
         }
     result.removed_per_class = {k: dict(v) for k, v in per_class.items()}
+    result.outside_split = dict(sorted(outside.items()))
+    if outside:
+        log.info("%s: %d annotations / label values of categories outside %s left out (%s)",
+                 layout.root, sum(outside.values()), split.name,
+                 ", ".join(f"{k}: {v}" for k, v in list(result.outside_split.items())[:5]))
 
     # 4. Write (staged), check the output, commit.
     remap = not drop

@@ -263,7 +263,8 @@ def evaluate_semantic(layout: CocoLayout, split: Split, pred_dir: str | Path,
                       setting: str = "gzsl", *, workers: int | None = None) -> EvalResult:
     """mIoU of a folder of predicted label PNGs against the layout's semantic PNGs.
 
-    Every GT PNG in ``layout.semantic_pngs`` needs a prediction PNG of the same file name in
+    Every GT PNG in ``layout.semantic_pngs`` (of a VOC tree: every image of its image set)
+    needs a prediction PNG of the same file name in
     ``pred_dir`` holding the split's PNG labels (``ClassInfo.png_label``) or 255. GT values that
     are not a class of the split are unlabeled (ignored); predicted values that are neither a
     class nor 255 are an error.
@@ -277,7 +278,15 @@ def evaluate_semantic(layout: CocoLayout, split: Split, pred_dir: str | Path,
     if not pred_dir.is_dir():
         raise DataError(f"{pred_dir}: prediction folder not found (expected PNGs named as in "
                         f"{gt_dir})")
-    gt_files = sorted(p for p in gt_dir.iterdir() if p.suffix == ".png")
+    if layout.image_set is not None:  # a VOC tree: the label folder holds every split's PNGs
+        from zeroseg.platform.data.voc import read_image_set
+
+        gt_files = [gt_dir / f"{stem}.png" for stem in read_image_set(layout.image_set)]
+        missing = [p for p in gt_files if not p.is_file()]
+        if missing:
+            raise DataError(f"{missing[0]}: GT PNG of an image of {layout.image_set} not found")
+    else:
+        gt_files = sorted(p for p in gt_dir.iterdir() if p.suffix == ".png")
     if not gt_files:
         raise DataError(f"{gt_dir}: no semantic PNGs found")
     pairs = []

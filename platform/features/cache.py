@@ -106,15 +106,34 @@ def split_fingerprint(split: Split) -> dict[str, Any]:
             "classes_sha256": config_hash(classes, length=64)}
 
 
-def dataset_fingerprint(layout: CocoLayout) -> dict[str, Any]:
-    """SHA-256 of the split's annotation jsons (panoptic, instances) and ``classes.json``."""
+def dataset_fingerprint(layout: CocoLayout, split: Split | None = None) -> dict[str, Any]:
+    """SHA-256 of the annotation files ``split``'s benchmark reads (its instances / panoptic
+    jsons; for semantic PNGs alone, their names and sizes and the image listing) and
+    ``classes.json``; ``split`` None: the panoptic and instances jsons."""
+    from zeroseg.platform.data.sources import INSTANCES, PANOPTIC, SEMANTIC, benchmark_sources
+
+    sources = benchmark_sources(split) if split is not None else (PANOPTIC, INSTANCES)
     files: dict[str, str] = {}
-    for path in (layout.panoptic_json, layout.instances_json, layout.classes_json):
-        if path.is_file():
+    candidates = [layout.panoptic_json if PANOPTIC in sources else None,
+                  layout.instances_json if INSTANCES in sources else None,
+                  layout.classes_json]
+    if sources == (SEMANTIC,):
+        candidates += [layout.image_set, layout.image_info_json]
+        if layout.semantic_pngs.is_dir():
+            with os.scandir(layout.semantic_pngs) as entries:
+                listing = sorted(f"{e.name}:{e.stat().st_size}" for e in entries
+                                 if e.name.endswith(".png"))
+            files[layout.semantic_pngs.name + "/"] = hashlib.sha256(
+                "\n".join(listing).encode()).hexdigest()
+    for path in candidates:
+        if path is not None and path.is_file():
             files[path.name] = file_sha256(path)
-    if layout.panoptic_json.name not in files:
-        raise DataError(f"{layout.panoptic_json}: COCO panoptic json not found (dataset root "
-                        f"{layout.root}, split {layout.split}); the feature cache needs it")
+    needed = {PANOPTIC: layout.panoptic_json, INSTANCES: layout.instances_json,
+              SEMANTIC: layout.semantic_pngs}[sources[0]]
+    if not (needed.name in files or needed.name + "/" in files):
+        raise DataError(f"{needed}: not found (dataset root {layout.root}, split "
+                        f"{layout.split}); the feature cache of "
+                        f"{split.name if split else 'this dataset'} needs it")
     return {"split": layout.split, "files": files}
 
 

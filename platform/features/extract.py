@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from zeroseg.platform.data.classes import Split
-from zeroseg.platform.data.layout import CocoLayout
+from zeroseg.platform.data.layout import CocoLayout, dataset_layout
 from zeroseg.platform.errors import ConfigError, DataError, ZerosegError
 from zeroseg.platform.features.cache import (
     CACHE_FORMAT,
@@ -134,10 +134,11 @@ def select_images(config: ExtractConfig, layout: CocoLayout, split: Split,
                   leakage_filter: str) -> tuple[list[int], dict[int, tuple[int, int]],
                                                 dict[str, Any]]:
     """Image ids to extract (ascending), their (height, width), and the leakage audit."""
-    from zeroseg.platform.data.coco import CocoPanoptic
+    from zeroseg.platform.data.sources import benchmark_sources, list_images, require_sources
 
-    panoptic = CocoPanoptic.from_layout(layout)
-    sizes = {i: (info.height, info.width) for i, info in panoptic.images.items()}
+    require_sources(layout, split, "feature extraction")
+    images = list_images(layout, benchmark_sources(split))
+    sizes = {i: (info.height, info.width) for i, info in images.items()}
     allowed = sorted(sizes)
     audit: dict[str, Any] = {"filter": leakage_filter}
     if leakage_filter in ("test", "validation"):
@@ -153,13 +154,13 @@ def select_images(config: ExtractConfig, layout: CocoLayout, split: Split,
         refused = [i for i in config.image_ids if i not in allowed_set]
         if refused:
             why = "dropped by the leakage filter or " if leakage_filter != "none" else ""
-            raise ConfigError(f"image_ids: {len(refused)} ids are {why}not in "
-                              f"{layout.panoptic_json} (first: {refused[:5]})")
+            raise ConfigError(f"image_ids: {len(refused)} ids are {why}not images of "
+                              f"{layout.root} split {layout.split} (first: {refused[:5]})")
         allowed = sorted(config.image_ids)
     if config.max_images is not None:
         allowed = allowed[:config.max_images]
     if not allowed:
-        raise DataError(f"{layout.panoptic_json}: no images left to extract")
+        raise DataError(f"{layout.root}: no images of split {layout.split} left to extract")
     return allowed, sizes, audit
 
 
@@ -217,21 +218,26 @@ class ShardExtractor:
         self.to_category = np.array(self.class_ids, dtype=np.int64)
         self.no_object = job.label_split.num_classes
         self.image_size = int(self.meta["config"]["image_size"])
-        self.layout = CocoLayout(Path(job.root), job.data_split)
+        self.resize = self.model.config.resize_spec()
+        self.layout = dataset_layout(Path(job.root), job.data_split, job.label_split.dataset)
         self._dataset_cls = SegmentationDataset
         self._dataset: Any = None
         self._positions: dict[int, int] = {}
 
     def _items(self, image_ids: Sequence[int]) -> list[dict[str, Any]]:
         if self._dataset is None:  # built once per worker, over the extraction's images
-            self._dataset = self._dataset_cls(self.layout, self.class_ids,
-                                              list(self.job.image_ids),
-                                              image_size=self.image_size, augment=False)
+            from zeroseg.platform.data.sources import target_reader
+
+            # Images as at inference (no jitter, no crop), targets of the benchmark's source.
+            self._dataset = self._dataset_cls(
+                self.layout, self.class_ids, list(self.job.image_ids),
+                image_size=self.image_size, augment=False, resize=self.resize, train=False,
+                targets=target_reader(self.layout, self.job.label_split))
             self._positions = {image_id: pos for pos, image_id in enumerate(self.job.image_ids)}
         items = [self._dataset[self._positions[i]] for i in image_ids]
         got = [int(item["image_id"]) for item in items]
         if got != list(image_ids):
-            raise DataError(f"{self.layout.panoptic_json}: the dataset returned images {got[:5]} "
+            raise DataError(f"{self.layout.root}: the dataset returned images {got[:5]} "
                             f"for {list(image_ids)[:5]}")
         return items
 
@@ -243,19 +249,25 @@ class ShardExtractor:
         torch = self.torch
         job = self.job
         parts: list[dict[str, np.ndarray]] = []
-        for start in range(0, len(image_ids), job.batch_size):
-            ids = list(image_ids[start:start + job.batch_size])
+        # Aspect-preserving resize: one image at a time, padded to its own multiple of 32, as
+        # Mask2Former evaluates (batch padding would change what the model sees).
+        step = job.batch_size if self.resize.mode == "squash" else 1
+        for start in range(0, len(image_ids), step):
+            ids = list(image_ids[start:start + step])
             batch = collate_segmentation(self._items(ids))
             torch.manual_seed(batch_seed(job.seed, ids[0]))
             with torch.inference_mode():
                 output = self.model(batch["pixel_values"].to(job.device))
                 if job.kind == "eval":
-                    parts.append(self._eval_rows(ids, sizes[start:start + len(ids)], output))
+                    parts.append(self._eval_rows(ids, sizes[start:start + len(ids)], output,
+                                                 batch))
                 else:
                     masks = [m.to(job.device) for m in batch["mask_labels"]]
                     labels = [c.to(job.device) for c in batch["class_labels"]]
                     matches = self.model.match(output, masks, labels)
                     parts.append(self._train_rows(ids, output, labels, matches))
+        if job.kind == "eval" and self.resize.mode != "squash":
+            _pad_masks_to_common_grid(parts)
         arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
         info: dict[str, Any] = {
             "rows": len(image_ids) if job.kind == "eval" else int(arrays["image_id"].shape[0]),
@@ -265,11 +277,11 @@ class ShardExtractor:
             "matched": int(arrays["matched"].sum()) if "matched" in arrays else 0,
         }
         if job.kind == "eval":
-            info["mask_shape"] = [int(d) for d in output.mask_logits.shape[-2:]]
+            info["mask_shape"] = [int(d) for d in arrays["mask"].shape[-2:]]
         return number, encode_shard(arrays, compress=job.compress), info
 
     def _eval_rows(self, ids: list[int], sizes: Sequence[tuple[int, int]],
-                   output: Any) -> dict[str, np.ndarray]:
+                   output: Any, batch: dict[str, Any]) -> dict[str, np.ndarray]:
         embed = output.query_embeddings.detach().float().cpu().numpy()
         rows = {
             "image_id": np.asarray(ids, dtype=np.int64),
@@ -280,6 +292,11 @@ class ShardExtractor:
         }
         rows.update(encode_masks(output.mask_logits.detach().float().cpu().numpy(),
                                  self.job.mask_codec))
+        if self.resize.mode != "squash":  # where the image sits in the model's input
+            mask_h, mask_w = output.mask_logits.shape[-2:]
+            input_h, input_w = batch["pixel_values"].shape[-2:]
+            rows["frame"] = np.asarray([[mask_h, mask_w, input_h, input_w, *resized]
+                                        for resized in batch["resized_size"]], dtype=np.int32)
         return rows
 
     def _train_rows(self, ids: list[int], output: Any, labels: list[Any],
@@ -314,6 +331,18 @@ class ShardExtractor:
         arrays["images"] = np.asarray(ids, dtype=np.int64)
         arrays["num_targets"] = np.asarray([len(c) for c in labels], dtype=np.int64)
         return arrays
+
+
+def _pad_masks_to_common_grid(parts: list[dict[str, np.ndarray]]) -> None:
+    """Pad each part's stored masks (bottom / right, zeros) to the shard's largest mask grid;
+    each image's ``frame`` says which part is its own."""
+    height = max(p["mask"].shape[-2] for p in parts)
+    width = max(p["mask"].shape[-1] for p in parts)
+    for p in parts:
+        dh, dw = height - p["mask"].shape[-2], width - p["mask"].shape[-1]
+        if dh or dw:
+            pad = [(0, 0)] * (p["mask"].ndim - 2) + [(0, dh), (0, dw)]
+            p["mask"] = np.pad(p["mask"], pad)
 
 
 # -- running the shards ------------------------------------------------------------------------
@@ -397,10 +426,10 @@ def plan_extraction(config: ExtractConfig) -> ExtractionPlan:
     """Resolve the inputs of ``config`` and compute its cache key (reads only small files)."""
     split = resolve_split(config.data, config.benchmark)
     label_split = split.validation_view() if config.view == "validation" else split
-    layout = CocoLayout(Path(config.data), config.split)
+    layout = dataset_layout(Path(config.data), config.split, split.dataset)
     fingerprint, meta = read_checkpoint_meta(config.checkpoint)
     leakage = resolve_leakage_filter(config, split, meta["class_ids"], str(config.checkpoint))
-    inputs = cache_inputs(fingerprint, dataset_fingerprint(layout), split,
+    inputs = cache_inputs(fingerprint, dataset_fingerprint(layout, split), split,
                           config.key_config(leakage))
     inputs["label_split"] = cache_inputs(fingerprint, {}, label_split, {})["split"]
     return ExtractionPlan(config, split, label_split, layout, meta, leakage, inputs,

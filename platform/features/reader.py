@@ -51,6 +51,9 @@ class CachedImage:
     query_embeddings: np.ndarray  # [Q, D] float32
     class_logits: np.ndarray  # [Q, K+1] float32, the segmenter's own class head
     mask_logits: np.ndarray  # [Q, h, w] float32 (decoded from the stored codec)
+    # Aspect-preserving resize only: (mask h, mask w, input h, input w, resized h, resized w),
+    # where the image sits in the masks (see methods/segmenter/inference.restore_masks)
+    frame: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -178,13 +181,15 @@ class FeatureCache:
         codec = self.index["config"]["mask_codec"]
         for arrays in self.iter_shards():
             mask_arrays = {k: arrays[k] for k in ("mask", "mask_scale") if k in arrays}
+            frames = arrays.get("frame")
             for i, image_id in enumerate(arrays["image_id"].tolist()):
                 masks = decode_masks({k: v[i] for k, v in mask_arrays.items()}, codec)
                 yield CachedImage(
                     image_id=int(image_id), height=int(arrays["height"][i]),
                     width=int(arrays["width"][i]),
                     query_embeddings=arrays["embedding"][i].astype(np.float32),
-                    class_logits=arrays["class_logits"][i], mask_logits=masks)
+                    class_logits=arrays["class_logits"][i], mask_logits=masks,
+                    frame=tuple(int(v) for v in frames[i]) if frames is not None else None)
 
     def __iter__(self) -> Iterator[CachedImage]:
         return self.iter_images()

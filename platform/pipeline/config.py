@@ -31,7 +31,14 @@ from typing import Any, Literal
 
 from zeroseg.methods.segmenter.inference import TASKS, InferenceConfig
 from zeroseg.methods.segmenter.model import SegmenterConfig
-from zeroseg.platform.config import config_hash, from_dict, load_yaml, set_dotted, to_dict
+from zeroseg.platform.config import (
+    added_field,
+    config_hash,
+    from_dict,
+    load_yaml,
+    set_dotted,
+    to_dict,
+)
 from zeroseg.platform.errors import ConfigError
 from zeroseg.platform.training.config import (
     DistributedConfig,
@@ -82,6 +89,8 @@ class SegmenterSpec:
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     augment: bool = True
+    # shortest-edge resize: large-scale jitter's scale range (Mask2Former: [0.1, 2.0])
+    scale_range: tuple[float, float] = added_field((1.0, 1.0), since="issue 12")
 
 
 @dataclass

@@ -82,7 +82,7 @@ class CachedEvaluation:
         self.cache = cache
         self.layout = layout
         self.split = split
-        self.listing = layout_listing(layout)
+        self.listing = layout_listing(layout, split)
         self._memo = _Memo(memory_budget)
         self._chunks: list[UpsampledChunk] | None = None
         self._panoptic_json: dict[str, Any] | None = None

@@ -148,7 +148,10 @@ class Pipeline:
         return Path(self.config.data.root).expanduser().resolve()
 
     def layout(self, data_split: str) -> CocoLayout:
-        return CocoLayout(self.data_root, data_split)
+        """Where ``data_split`` lives: the COCO layout, or the VOC tree of a VOC benchmark."""
+        from zeroseg.platform.data.layout import dataset_layout
+
+        return dataset_layout(self.data_root, data_split, self.split.dataset)
 
     @property
     def store_url(self) -> str:
@@ -213,7 +216,7 @@ class Pipeline:
             self.ensure_dataset()
             d = self.config.data
             self._fingerprint = dataset_fingerprint(self.data_root, (d.train_split,
-                                                                     d.eval_split))
+                                                                     d.eval_split), self.split)
         return self._fingerprint
 
     @property
@@ -253,7 +256,7 @@ class Pipeline:
         data = DataConfig(root=self.data_root, benchmark=d.benchmark, train_split=d.train_split,
                           eval_split=d.eval_split, oracle=kind == "oracle",
                           validation=protocol == "validation", augment=s.augment,
-                          synthetic=d.synthetic)
+                          synthetic=d.synthetic, scale_range=s.scale_range)
         train = dataclasses.replace(s.train, eval=False)  # methods evaluate through the cache
         distributed = s.distributed
         if self.ray_address is not None:

@@ -3,7 +3,7 @@
 Sections (every key optional except ``data.root``)::
 
     data:         root, benchmark, train_split, eval_split, oracle, validation, augment,
-                  num_workers, synthetic {size, seed}
+                  num_workers, synthetic {size, seed}, scale_range
     model:        SegmenterConfig (methods/segmenter/model.py)
     optim:        lr, weight_decay, betas, grad_clip, schedule constant|poly, poly_power,
                   warmup_steps
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from zeroseg.methods.segmenter.model import SegmenterConfig
-from zeroseg.platform.config import config_hash, from_dict, load_config, to_dict
+from zeroseg.platform.config import added_field, config_hash, from_dict, load_config, to_dict
 from zeroseg.platform.errors import ConfigError
 
 SyntheticSize = Literal["tiny", "small", "medium", "large"]
@@ -49,6 +49,8 @@ class DataConfig:
     augment: bool = False  # horizontal flips, seeded (SegmentationDataset)
     num_workers: int = 0  # DataLoader processes per training worker
     synthetic: SyntheticDataConfig | None = None
+    # shortest-edge resize: large-scale jitter's scale range (Mask2Former: [0.1, 2.0])
+    scale_range: tuple[float, float] = added_field((1.0, 1.0), since="issue 12")
 
 
 @dataclass

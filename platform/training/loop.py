@@ -244,8 +244,9 @@ def _train(loop_config: dict[str, Any], config: SegmenterTrainConfig, rank: int,
     from zeroseg.methods.segmenter.checkpoint import save_segmenter
     from zeroseg.methods.segmenter.data import SegmentationDataset, collate_segmentation
     from zeroseg.methods.segmenter.model import Segmenter
-    from zeroseg.platform.data.layout import CocoLayout
+    from zeroseg.platform.data.sources import target_reader
     from zeroseg.platform.training import deepspeed_engine as dse
+    from zeroseg.platform.training.ray_runner import data_layout, resolve_split
 
     t, dist_cfg = config.train, config.distributed
     seed_everything(t.seed)
@@ -253,10 +254,13 @@ def _train(loop_config: dict[str, Any], config: SegmenterTrainConfig, rank: int,
     engine = dse.build_engine(model, config)
     device = engine.device
 
-    layout = CocoLayout(config.data.root, config.data.train_split)
+    split = resolve_split(config)
+    layout = data_layout(config, config.data.train_split, split)
     dataset = SegmentationDataset(layout, class_ids, loop_config["image_ids"],
                                   image_size=config.model.image_size,
-                                  augment=config.data.augment, seed=t.seed)
+                                  augment=config.data.augment, seed=t.seed,
+                                  targets=target_reader(layout, split),
+                                  resize=config.model.resize_spec(config.data.scale_range))
 
     # -- resume ----------------------------------------------------------------------------
     start = 0
@@ -343,8 +347,20 @@ def _train(loop_config: dict[str, Any], config: SegmenterTrainConfig, rank: int,
     run_start, images_seen = time.perf_counter(), 0
     last_loss: float | None = None  # stays None when a finished run is only re-exported
     metrics: dict[str, Any] = {"step": start, "start_step": start}
+    # Images with more targets than queries: Hungarian matching leaves the surplus unmatched
+    # (they are never learned); counted (images, targets beyond) and warned about once.
+    overfull = torch.zeros(2, dtype=torch.float64, device=device)
+    num_queries = int(model.recipe.num_queries)
     for step, batch in zip(range(start, t.steps), loader, strict=True):
         seed_everything(t.seed, rank, step)
+        for image_id, classes in zip(batch["image_id"], batch["class_labels"], strict=True):
+            if len(classes) > num_queries:
+                if not overfull[0]:
+                    log.warning("image %s has %d targets, more than the %d queries: %d of them "
+                                "cannot be matched (counted in the run summary)", image_id,
+                                len(classes), num_queries, len(classes) - num_queries)
+                overfull[0] += 1
+                overfull[1] += len(classes) - num_queries
         pixels = batch["pixel_values"].to(device, non_blocking=True)
         masks = [m.to(device, non_blocking=True) for m in batch["mask_labels"]]
         labels = [c.to(device, non_blocking=True) for c in batch["class_labels"]]
@@ -382,10 +398,13 @@ def _train(loop_config: dict[str, Any], config: SegmenterTrainConfig, rank: int,
            if torch.device(device).type == "cuda" else None)
     peaks: list[Any] = [None] * world
     torch.distributed.all_gather_object(peaks, (peak, gpu))
+    torch.distributed.all_reduce(overfull)
     summary = {"start_step": start, "step": t.steps, "world_size": world, "loss": last_loss,
                "seconds": seconds,
                "images_per_s": images_seen / seconds if images_seen and seconds > 0 else 0.0,
-               "peak_rss_mib": [round(float(p[0]), 1) for p in peaks]}
+               "peak_rss_mib": [round(float(p[0]), 1) for p in peaks],
+               "targets_beyond_queries": {"images": int(overfull[0]),
+                                          "targets": int(overfull[1])}}
     if gpu is not None:
         summary["peak_gpu_mib"] = [round(float(p[1]), 1) for p in peaks]
     return summary

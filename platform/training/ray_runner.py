@@ -37,7 +37,8 @@ from typing import Any
 
 from zeroseg.platform.config import config_hash, to_dict
 from zeroseg.platform.data.classes import PROTOCOL_DROP_IMAGES, Split
-from zeroseg.platform.data.layout import CocoLayout
+from zeroseg.platform.data.layout import CocoLayout, dataset_layout
+from zeroseg.platform.data.sources import benchmark_sources, list_images, require_sources
 from zeroseg.platform.errors import ConfigError, DataError, ZerosegError
 from zeroseg.platform.io import atomic_directory, atomic_write_json, atomic_write_text
 from zeroseg.platform.training.checkpoints import (
@@ -132,6 +133,12 @@ def resolve_split(config: SegmenterTrainConfig) -> Split:
     return load_classes_json(path)
 
 
+def data_layout(config: SegmenterTrainConfig, data_split: str, split: Split) -> CocoLayout:
+    """Where ``data_split`` of the run's dataset lives: the COCO layout, or the VOC tree for the
+    VOC / Pascal-Context benchmarks."""
+    return dataset_layout(config.data.root, data_split, split.dataset)
+
+
 def training_classes(split: Split, oracle: bool, validation: bool) -> list[int]:
     """Category ids of the classifier, in the split's contiguous order: every class for the
     oracle; otherwise the seen classes, without the held-out ones for validation runs."""
@@ -140,13 +147,25 @@ def training_classes(split: Split, oracle: bool, validation: bool) -> list[int]:
     return [c.id for c in split.classes if not c.unseen and not (validation and c.val_unseen)]
 
 
-def dataset_fingerprint(root: Path, splits: tuple[str, ...]) -> str:
-    """sha256 over the annotation jsons (instances, panoptic) of ``splits`` and classes.json."""
+def dataset_fingerprint(root: Path, splits: tuple[str, ...], split: Split | None = None) -> str:
+    """sha256 over the annotation files of ``splits`` that ``split``'s benchmark reads (its
+    instances / panoptic jsons; for a benchmark of semantic PNGs alone, their names and sizes
+    and the VOC image set) and classes.json (``split`` None: every json source)."""
+    from zeroseg.platform.data.sources import INSTANCES, PANOPTIC, SEMANTIC
+
+    sources = benchmark_sources(split) if split is not None else (PANOPTIC, INSTANCES)
+    dataset = split.dataset if split is not None else None
     digest = hashlib.sha256()
     paths: list[Path] = []
-    for split in splits:
-        layout = CocoLayout(root, split)
-        paths += [layout.panoptic_json, layout.instances_json]
+    for data_split in splits:
+        layout = dataset_layout(root, data_split, dataset)
+        if PANOPTIC in sources:
+            paths.append(layout.panoptic_json)
+        if INSTANCES in sources:
+            paths.append(layout.instances_json)
+        if sources == (SEMANTIC,):
+            paths += [p for p in (layout.image_set, layout.image_info_json) if p is not None]
+            _hash_listing(digest, layout.semantic_pngs)
     paths.append(CocoLayout(root, splits[0]).classes_json)
     for path in paths:
         if not path.is_file():
@@ -157,6 +176,18 @@ def dataset_fingerprint(root: Path, splits: tuple[str, ...]) -> str:
                 digest.update(block)
         digest.update(b"\0")
     return "sha256:" + digest.hexdigest()
+
+
+def _hash_listing(digest: Any, folder: Path) -> None:
+    """A folder's PNG names and sizes into ``digest`` (reading 118k label maps is not needed
+    to notice that they changed)."""
+    if not folder.is_dir():
+        return
+    with os.scandir(folder) as entries:
+        listing = sorted((e.name, e.stat().st_size) for e in entries if e.name.endswith(".png"))
+    digest.update(folder.name.encode() + b"\0")
+    for name, size in listing:
+        digest.update(f"{name}:{size}\n".encode())
 
 
 LOCAL_CHECKPOINTS = "checkpoints"  # RUN_DIR/checkpoints/step_*: local mode (workers: 0)
@@ -215,20 +246,17 @@ def prepare(config: SegmenterTrainConfig) -> PreparedRun:
     ensure_dataset(config)
     split = resolve_split(config)
     d = config.data
-    train_layout = CocoLayout(d.root, d.train_split)
-    train_layout.require(train_layout.panoptic_json, "training panoptic json")
+    train_layout = data_layout(config, d.train_split, split)
+    require_sources(train_layout, split, "training")
     if config.train.eval:
-        eval_layout = CocoLayout(d.root, d.eval_split)
-        eval_layout.require(eval_layout.panoptic_json, "evaluation panoptic json")
+        require_sources(data_layout(config, d.eval_split, split), split, "evaluation")
     class_ids = training_classes(split, d.oracle, d.validation)
     names = {c.id: c.name for c in split.classes}
 
     leakage = None
     image_ids: list[int]
     if d.oracle:
-        from zeroseg.platform.data.coco import CocoPanoptic
-
-        image_ids = sorted(CocoPanoptic.from_layout(train_layout).image_ids)
+        image_ids = sorted(list_images(train_layout, benchmark_sources(split)))
     else:
         result = filter_training(train_layout, split, validation=d.validation)
         leakage = result.to_dict()
@@ -241,7 +269,7 @@ def prepare(config: SegmenterTrainConfig) -> PreparedRun:
     if len(image_ids) // world < config.train.batch_size:
         raise ConfigError(f"train.batch_size: {len(image_ids)} training images cannot fill a "
                           f"batch of {config.train.batch_size} on each of {world} workers")
-    fingerprint = dataset_fingerprint(d.root, (d.train_split, d.eval_split))
+    fingerprint = dataset_fingerprint(d.root, (d.train_split, d.eval_split), split)
 
     # A checkpoint we would resume from must fit this run: check it before Ray starts.
     resume, skipped = _resume_checkpoint(config, world, fingerprint, class_ids)
@@ -523,7 +551,7 @@ def run_training(config: SegmenterTrainConfig, *, progress: Progress | None = No
 
         device = eval_device or ("cuda" if cfg.distributed.use_gpu and torch.cuda.is_available()
                                  else "cpu")
-        layout = CocoLayout(cfg.data.root, cfg.data.eval_split)
+        layout = data_layout(cfg, cfg.data.eval_split, prepared.split)
         evals = evaluate_segmenter(segmenter_dir, layout, prepared.split,
                                    run_dir / "predictions", device=device)
         results["metrics"] = {task: r.to_json() for task, r in evals.items()}
