@@ -112,12 +112,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     split = resolve_split(args.gt, args.benchmark)
     layout = CocoLayout(Path(args.gt), args.split)
     pred = Path(args.pred)
+    if args.empty_classes is not None and args.task != "panoptic":
+        raise ConfigError(f"--empty-classes: only used by panoptic evaluation, not "
+                          f"{args.task}")
     if args.task == "semantic":
         result = evaluation.evaluate_semantic(layout, split, pred, args.setting,
                                               workers=args.workers)
     elif args.task == "panoptic":
         result = evaluation.evaluate_panoptic(layout, split, pred, args.setting,
-                                              workers=args.workers)
+                                              workers=args.workers,
+                                              empty_classes=args.empty_classes or "zero")
     else:
         result = evaluation.evaluate_instance(layout, split, pred, args.setting)
     if args.json:
@@ -322,6 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--benchmark", help="registry split (default: the dataset's classes.json)")
     ev.add_argument("--workers", type=int, default=None,
                     help="processes for semantic and panoptic (default: by the data's size)")
+    ev.add_argument("--empty-classes", choices=["zero", "exclude"], default=None,
+                    help="panoptic: how a class with no TP, FP or FN (absent from both GT and "
+                         "predictions) enters the seen / unseen means. zero (default, PADing's "
+                         "panoptic_evaluation_gzero.py): it counts as PQ 0; exclude "
+                         "(panopticapi's averages): it is left out. They differ on image "
+                         "subsets. The choice is printed and recorded in the result")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.set_defaults(func=cmd_eval)
 
