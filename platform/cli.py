@@ -85,10 +85,19 @@ def cmd_data_filter(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------------------------------------------
 def cmd_embed(args: argparse.Namespace) -> int:
     from zeroseg.platform.config import parse_overrides
-    from zeroseg.platform.embeddings import embed_command
+    from zeroseg.platform.embeddings import default_embedding_config, embed_command
 
-    config: dict[str, object] = {"provider": args.provider, **parse_overrides(args.set)}
     split = resolve_split(args.gt, args.benchmark)
+    if args.provider is None:
+        if args.set:
+            raise ConfigError("--set: provider options need --provider (without it the split's "
+                              "default provider is used as it is)")
+        config: dict[str, object] = default_embedding_config(split)
+        print(f"provider   {config['provider']} (the default of split {split.name})"
+              + "".join(f" {k}={v}" for k, v in config.items() if k != "provider"),
+              file=sys.stderr)
+    else:
+        config = {"provider": args.provider, **parse_overrides(args.set)}
     # Outputs first: an unwritable --out or --cache-dir is one line before anything is computed.
     if args.out:
         check_writable_file(args.out, "embedding matrix (--out)")
@@ -302,8 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
         "embed", help="compute (and cache) class embeddings for a split",
         description="Class embeddings from attributes, word2vec, the authors' vector files or "
                     "CLIP, cached on disk by the hash of their inputs.")
-    emb.add_argument("--provider", required=True,
-                     choices=["attributes", "word2vec", "file", "clip"])
+    emb.add_argument("--provider", default=None,
+                     choices=["attributes", "word2vec", "file", "clip"],
+                     help="default: the split's own (the authors' shipped vectors; for "
+                          "coco-panoptic/zsp-119-14 word2vec derived through the panoptic "
+                          "merge table; attributes for the synthetic benchmark)")
     emb.add_argument("--benchmark", help="registry split name (see `zeroseg data list`)")
     emb.add_argument("--gt", help="dataset root whose classes.json defines the split")
     emb.add_argument("--set", action="append", metavar="KEY=VALUE",
