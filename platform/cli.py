@@ -85,10 +85,19 @@ def cmd_data_filter(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------------------------------------------
 def cmd_embed(args: argparse.Namespace) -> int:
     from zeroseg.platform.config import parse_overrides
-    from zeroseg.platform.embeddings import embed_command
+    from zeroseg.platform.embeddings import default_embedding_config, embed_command
 
-    config: dict[str, object] = {"provider": args.provider, **parse_overrides(args.set)}
     split = resolve_split(args.gt, args.benchmark)
+    if args.provider is None:
+        if args.set:
+            raise ConfigError("--set: provider options need --provider (without it the split's "
+                              "default provider is used as it is)")
+        config: dict[str, object] = default_embedding_config(split)
+        print(f"provider   {config['provider']} (the default of split {split.name})"
+              + "".join(f" {k}={v}" for k, v in config.items() if k != "provider"),
+              file=sys.stderr)
+    else:
+        config = {"provider": args.provider, **parse_overrides(args.set)}
     # Outputs first: an unwritable --out or --cache-dir is one line before anything is computed.
     if args.out:
         check_writable_file(args.out, "embedding matrix (--out)")
@@ -112,12 +121,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     split = resolve_split(args.gt, args.benchmark)
     layout = CocoLayout(Path(args.gt), args.split)
     pred = Path(args.pred)
+    if args.empty_classes is not None and args.task != "panoptic":
+        raise ConfigError(f"--empty-classes: only used by panoptic evaluation, not "
+                          f"{args.task}")
     if args.task == "semantic":
         result = evaluation.evaluate_semantic(layout, split, pred, args.setting,
                                               workers=args.workers)
     elif args.task == "panoptic":
         result = evaluation.evaluate_panoptic(layout, split, pred, args.setting,
-                                              workers=args.workers)
+                                              workers=args.workers,
+                                              empty_classes=args.empty_classes or "zero")
     else:
         result = evaluation.evaluate_instance(layout, split, pred, args.setting)
     if args.json:
@@ -298,8 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
         "embed", help="compute (and cache) class embeddings for a split",
         description="Class embeddings from attributes, word2vec, the authors' vector files or "
                     "CLIP, cached on disk by the hash of their inputs.")
-    emb.add_argument("--provider", required=True,
-                     choices=["attributes", "word2vec", "file", "clip"])
+    emb.add_argument("--provider", default=None,
+                     choices=["attributes", "word2vec", "file", "clip"],
+                     help="default: the split's own (the authors' shipped vectors; for "
+                          "coco-panoptic/zsp-119-14 word2vec derived through the panoptic "
+                          "merge table; attributes for the synthetic benchmark)")
     emb.add_argument("--benchmark", help="registry split name (see `zeroseg data list`)")
     emb.add_argument("--gt", help="dataset root whose classes.json defines the split")
     emb.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -322,6 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--benchmark", help="registry split (default: the dataset's classes.json)")
     ev.add_argument("--workers", type=int, default=None,
                     help="processes for semantic and panoptic (default: by the data's size)")
+    ev.add_argument("--empty-classes", choices=["zero", "exclude"], default=None,
+                    help="panoptic: how a class with no TP, FP or FN (absent from both GT and "
+                         "predictions) enters the seen / unseen means. zero (default, PADing's "
+                         "panoptic_evaluation_gzero.py): it counts as PQ 0; exclude "
+                         "(panopticapi's averages): it is left out. They differ on image "
+                         "subsets. The choice is printed and recorded in the result")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.set_defaults(func=cmd_eval)
 

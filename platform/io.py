@@ -8,6 +8,12 @@ cannot remove its own; the next write of the same path removes every such siblin
 process, on this host, no longer runs (and, from before the owner was recorded in the name,
 any ``.NAME.*.tmp`` older than a day). :func:`check_writable_dir` / :func:`check_writable_file`
 let a command refuse an output it cannot write, in one line, before its expensive work.
+
+Permissions follow the process umask, as a plain ``open(path, "w")`` / ``mkdir`` would give
+them (0644 / 0755 under umask 022, 0664 / 0775 under 002): ``mkstemp`` creates 0600 files and
+``mkdtemp`` 0700 folders, which would make outputs in a shared ``work_dir`` unreadable to other
+users and nodes, so both are widened to ``0666 & ~umask`` / ``0777 & ~umask`` before they are
+renamed into place. A replaced file gets these permissions too (not the old file's).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import re
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +35,34 @@ from typing import Any
 from zeroseg.platform.errors import DataError, OutputError
 
 LEGACY_TEMP_AGE_S = 24 * 3600  # temporary siblings without an owner in their name
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux: the ``Umask``
+    line of /proc/self/status); elsewhere set and restored at once under a lock."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The permission bits a new file gets from ``open(path, "w")``: 0o666 & ~umask."""
+    return 0o666 & ~current_umask()
+
+
+def dir_mode() -> int:
+    """The permission bits a new folder gets from ``mkdir``: 0o777 & ~umask."""
+    return 0o777 & ~current_umask()
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -130,6 +165,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), file_mode())  # mkstemp made it 0600
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -157,12 +193,15 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None =
 
 
 def temp_sibling_dir(path: str | os.PathLike) -> Path:
-    """A new temporary folder beside ``path`` (its parents created), for building ``path`` in;
-    stale ones of killed writers are removed first (module docstring)."""
+    """A new temporary folder beside ``path`` (its parents created), for building ``path`` in,
+    with the permissions ``mkdir`` would give it (not mkdtemp's 0700); stale ones of killed
+    writers are removed first (module docstring)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
-    return Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, dir_mode())
+    return tmp
 
 
 def replace_dir(tmp: Path, path: Path) -> None:

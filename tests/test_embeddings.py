@@ -620,7 +620,8 @@ def test_bad_user_files_name_the_file_and_the_expectation(tmp_path: Path) -> Non
     with pytest.raises(EmbeddingError, match=r"file: vectors file .*absent.csv does not exist"):
         load(tmp_path / "absent.csv")
     no_png = make_split(["a"], png=[None])
-    with pytest.raises(EmbeddingError, match="class 'a' of split test/hand has no png_label"):
+    with pytest.raises(EmbeddingError, match="does not cover class 'a' of split test/hand: the "
+                                             "class has no png_label"):
         get_class_embeddings(no_png, {"provider": "file", "path": str(narrow),
                                       "layout": "rows_by_png_label"}, None)
 

@@ -197,8 +197,16 @@ def test_input_errors():
     split = tiny_split()
     with pytest.raises(DataError, match="image_id 99"):
         evaluate_instance_coco(gt, dets + [dict(dets[0], image_id=99)], split)
-    with pytest.raises(DataError, match="unknown category_id 42"):
-        evaluate_instance_coco(gt, dets + [dict(dets[0], category_id=42)], split)
+    # a detection outside the split is left out and counted, not fatal (pycocotools does not
+    # evaluate a category it is not given)
+    base = evaluate_instance_coco(gt, dets, split)
+    r = evaluate_instance_coco(gt, dets + [dict(dets[0], category_id=42)], split)
+    assert r.per_class == base.per_class
+    assert r.counts["detections_outside_split"] == 1
+    assert r.options["detection_categories_outside_split"] == [42]
+    assert base.counts["detections_outside_split"] == 0
+    with pytest.raises(DataError, match="integer 'category_id'"):
+        evaluate_instance_coco(gt, dets + [dict(dets[0], category_id="3")], split)
     no_score = dict(dets[0])
     del no_score["score"]
     with pytest.raises(DataError, match="score"):
@@ -207,10 +215,14 @@ def test_input_errors():
     bad_gt["annotations"][0]["id"] = 0  # pycocotools would silently miscount matches to it
     with pytest.raises(DataError, match="unique positive integer"):
         evaluate_instance_coco(bad_gt, dets, split)
-    bad_gt = copy.deepcopy(gt)
-    bad_gt["categories"].append({"id": 77, "name": "alien"})
-    with pytest.raises(DataError, match="not classes of split"):
-        evaluate_instance_coco(bad_gt, dets, split)
+    wide_gt = copy.deepcopy(gt)  # a json category outside the split: not evaluated
+    wide_gt["categories"].append({"id": 77, "name": "alien"})
+    assert evaluate_instance_coco(wide_gt, dets, split).per_class == base.per_class
+    alien_gt = copy.deepcopy(gt)  # no category of the split at all: the wrong json
+    alien_gt["categories"] = [{"id": 77, "name": "alien"}]
+    alien_gt["annotations"] = []
+    with pytest.raises(DataError, match="none of its 1 categories is a class of split"):
+        evaluate_instance_coco(alien_gt, dets, split)
 
 
 # -- randomised comparison with pycocotools --------------------------------------------------

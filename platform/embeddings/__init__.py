@@ -8,6 +8,10 @@ files), ``file`` (per-class vector files, the authors' ones ship with zeroseg), 
 (open_clip text encoder with a local checkpoint). New ones plug in with
 :func:`register_provider`. Matrices are validated (shape, finite, no zero rows) and cached on
 disk keyed by provider, options, class names and input-file fingerprints (see ``cache.py``).
+
+Every registry split has a default provider (:func:`default_embedding_config`), and
+:func:`check_embeddings` validates a provider for a split up front, in one line naming the
+provider, the file and the first class it does not cover (``defaults.py``).
 """
 
 from zeroseg.platform.embeddings import attributes, clip, files, word2vec  # noqa: F401 (register)
@@ -20,7 +24,12 @@ from zeroseg.platform.embeddings.core import (
     get_class_embeddings,
     validate_embeddings,
 )
-from zeroseg.platform.embeddings.files import shipped_files
+from zeroseg.platform.embeddings.defaults import (
+    check_embeddings,
+    default_embedding_config,
+    resolve_embedding_config,
+)
+from zeroseg.platform.embeddings.files import merged_vectors, shipped_files
 from zeroseg.platform.embeddings.providers import (
     EmbeddingConfig,
     EmbeddingProvider,
@@ -36,14 +45,18 @@ __all__ = [
     "EmbeddingProvider",
     "EmbeddingResult",
     "ProviderConfig",
+    "check_embeddings",
     "compute_class_embeddings",
+    "default_embedding_config",
     "embed_command",
     "file_fingerprint",
     "get_class_embeddings",
     "get_provider_class",
+    "merged_vectors",
     "option",
     "provider_names",
     "register_provider",
+    "resolve_embedding_config",
     "resolve_split",
     "shipped_files",
     "validate_embeddings",

@@ -49,6 +49,21 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
 )
 
 
+#: PADing's prompts (``IMAGENET_TEMPLATES_SELECT`` of its ``third_party/imagenet_templates.py``,
+#: heshuting555/PADing@5d81719c96a2), used with CLIP ViT-B/16 and raw class names
+#: (``clean_names: false``) for its panoptic and semantic class vectors.
+PADING_TEMPLATES: tuple[str, ...] = (
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+    "A photo of a {} in the scene",
+)
+
+
 def clean_class_name(name: str) -> str:
     """'sky-other-merged' -> 'sky', 'traffic_light' -> 'traffic light'."""
     for suffix in ("-merged", "-other"):

@@ -10,6 +10,12 @@ give a ``path`` and a ``layout``:
 ``columns_in_split_order``                  one vector per column, split order
 ``columns_in_split_order_with_background``  column 0 is background, then split order
 
+Derived shipped files (``derived_from`` in the manifest) are computed from another shipped file
+through a table: ``coco_panoptic_word2vec`` / ``coco_panoptic_fasttext`` give the 133 COCO
+panoptic classes (``coco-panoptic/zsp-119-14``, which has no author vectors: PADing used CLIP)
+the mean of their COCO-Stuff classes' L2-normalised vectors, L2-normalised, through the COCO
+panoptic merge table ``vectors/panoptic133_to_cocostuff182.csv`` (:func:`merged_vectors`).
+
 For the ``*_in_split_order`` layouts, ``ids`` may list the category id of each class vector in
 file order (after the background); classes are then found by id, so any split whose classes are
 among those ids works (e.g. a validation view). Without ``ids`` the file must have exactly one
@@ -23,6 +29,7 @@ the file raises :class:`EmbeddingError` naming the file and what was expected.
 
 from __future__ import annotations
 
+import csv
 import functools
 import json
 import logging
@@ -64,6 +71,15 @@ class ShippedFile:
     splits: tuple[str, ...]
     description: str
     source: dict[str, str]
+    default_for: tuple[str, ...] = ()  # splits whose default provider is this file
+    derived_from: str | None = None  # shipped file the vectors are computed from (via path)
+
+    @property
+    def vectors_path(self) -> Path:
+        """The file holding the numbers (the base file of a derived one)."""
+        if self.derived_from is None:
+            return self.path
+        return shipped_files()[self.derived_from].path
 
 
 @functools.cache
@@ -77,9 +93,52 @@ def shipped_files() -> dict[str, ShippedFile]:
             dim=int(entry["dim"]), vectors=int(entry["vectors"]), names=tuple(entry["names"]),
             ids=tuple(entry["ids"]) if entry.get("ids") is not None else None,
             splits=tuple(entry["splits"]), description=entry["description"],
-            source=dict(entry["source"]),
+            source=dict(entry["source"]), default_for=tuple(entry.get("default_for", ())),
+            derived_from=entry.get("derived_from"),
         )
     return out
+
+
+#: columns of the merge table ``vectors/panoptic133_to_cocostuff182.csv``
+MERGE_COLUMNS = ("panoptic_id", "panoptic_name", "cocostuff_png_labels_0based")
+
+
+def merged_vectors(base: np.ndarray, table: Path) -> tuple[np.ndarray, list[int], list[str]]:
+    """Vectors of merged classes from per-label vectors: ``(matrix, ids, names)`` in table
+    order. Each row of ``table`` (csv with :data:`MERGE_COLUMNS`) lists the 0-based rows of
+    ``base`` it merges (space-separated); its vector is the mean of those rows, each
+    L2-normalised first, then L2-normalised (the prompt-ensemble rule of PADing's CLIP
+    vectors, applied to word vectors)."""
+    try:
+        with table.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EmbeddingError(f"merge table {table}: cannot read it ({exc})") from None
+    missing = [c for c in MERGE_COLUMNS if not rows or c not in rows[0]]
+    if missing:
+        raise EmbeddingError(f"merge table {table}: no column {missing[0]!r}; expected a csv "
+                             f"with columns {', '.join(MERGE_COLUMNS)}")
+    out = np.empty((len(rows), base.shape[1]), dtype=np.float64)
+    ids, names = [], []
+    for i, row in enumerate(rows):
+        where = f"merge table {table}, line {i + 2}"
+        try:
+            members = [int(v) for v in row["cocostuff_png_labels_0based"].split()]
+            ids.append(int(row["panoptic_id"]))
+        except ValueError:
+            raise EmbeddingError(f"{where}: expected an integer panoptic_id and space-separated "
+                                 f"integer labels") from None
+        if not members or min(members) < 0 or max(members) >= base.shape[0]:
+            raise EmbeddingError(f"{where}: labels {members} must be rows 0..{base.shape[0] - 1}"
+                                 f" of the vectors file")
+        vecs = base[members]
+        norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+        if (norms == 0).any():
+            raise EmbeddingError(f"{where}: a merged label's vector is all zeros")
+        mean = (vecs / norms).mean(axis=0)
+        out[i] = mean / np.linalg.norm(mean)
+        names.append(row["panoptic_name"])
+    return out, ids, names
 
 
 @dataclass(frozen=True)
@@ -193,6 +252,23 @@ def _is_number(token: str) -> bool:
     return True
 
 
+def default_file_for(split_name: str) -> ShippedFile | None:
+    """The shipped file that is ``split_name``'s default (manifest ``default_for``), if any;
+    a validation view (``NAME:val``) has its split's default."""
+    base = split_name.split(":", 1)[0]
+    for shipped in shipped_files().values():
+        if base in shipped.default_for:
+            return shipped
+    return None
+
+
+def _default_hint(split: Split) -> str:
+    shipped = default_file_for(split.name)
+    if shipped is None:
+        return ""
+    return f" (for {split.name.split(':', 1)[0]}: provider file with name={shipped.name})"
+
+
 def _norm_name(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
@@ -205,25 +281,42 @@ class FileProvider(EmbeddingProvider):
     missing_hint = " (expected a per-class vectors file: .csv/.txt of numbers or .npy)"
 
     def input_files(self) -> dict[str, Path]:
+        shipped = self.config.shipped()
+        if shipped is not None and shipped.derived_from is not None:
+            return {"vectors": shipped.vectors_path, "merge_table": shipped.path}
         return {"vectors": self.config.resolved_path()}
 
     def source(self) -> str:
+        shipped = self.config.shipped()
+        if shipped is not None and shipped.derived_from is not None:
+            return f"{shipped.vectors_path} merged by {shipped.path}"
         return str(self.config.resolved_path())
 
     def key_material(self, split: Split) -> dict[str, Any]:
         material = super().key_material(split)
         material["class_ids"] = [[c.id, c.png_label] for c in split.classes]
+        shipped = self.config.shipped()
+        if shipped is not None and shipped.derived_from is not None:
+            material["derived"] = {"from": shipped.derived_from,
+                                   "rule": "mean of L2-normalised member rows, L2-normalised"}
         return material
 
     def embed(self, split: Split) -> np.ndarray:
         cfg = self.config
         path = cfg.resolved_path()
         layout = cfg.resolved_layout()
-        table = read_vector_file(path, cfg.delimiter)
+        shipped = cfg.shipped()
+        if shipped is not None and shipped.derived_from is not None:
+            table, ids, names = merged_vectors(read_vector_file(shipped.vectors_path), path)
+            if ids != list(shipped.ids or ()) or names != list(shipped.names):
+                raise EmbeddingError(f"merge table {path}: its classes differ from the manifest "
+                                     f"entry {shipped.name}; expected the shipped table")
+            path = shipped.vectors_path  # name the numbers' file in the messages below
+        else:
+            table = read_vector_file(path, cfg.delimiter)
         by_columns = layout.startswith("columns")
         vectors = table.T if by_columns else table
         axis = "rows" if by_columns else "columns"  # what one vector's values run along
-        shipped = cfg.shipped()
         expected_dim = cfg.dim if cfg.dim is not None else (shipped.dim if shipped else None)
         if expected_dim is not None and vectors.shape[1] != expected_dim:
             raise EmbeddingError(
@@ -253,8 +346,10 @@ class FileProvider(EmbeddingProvider):
                 value = getattr(c, attr)
                 if value is None or value < 0:
                     raise EmbeddingError(
-                        f"vectors file {path}: class {c.name!r} of split {split.name} has no "
-                        f"{attr}; layout {layout} needs one per class")
+                        f"vectors file {path}: does not cover class {c.name!r} of split "
+                        f"{split.name}: the class has no {attr}, by which layout {layout} finds "
+                        f"its row; expected a vectors file covering every class of the split"
+                        f"{_default_hint(split)}")
                 if value >= count:
                     need = max(getattr(k, attr) or 0 for k in split.classes) + 1
                     raise EmbeddingError(
@@ -266,9 +361,11 @@ class FileProvider(EmbeddingProvider):
         background = " after the background" if offset else ""
         if ids is None:
             if count != split.num_classes:
+                first = (f"; the first class without one is {split.classes[count].name!r}"
+                         if count < split.num_classes else "")
                 raise EmbeddingError(
                     f"vectors file {path}: {count} class {kind}{background}; layout {layout} "
-                    f"expects one per class of split {split.name} ({split.num_classes})")
+                    f"expects one per class of split {split.name} ({split.num_classes}){first}")
             return [offset + c.index for c in split.classes]
         if len(ids) != count:
             raise EmbeddingError(

@@ -13,6 +13,11 @@ Metric keys (all with at most 100 detections per image and category, area "all")
 ``ap50`` / ``recall50`` (IoU 0.5, the paper numbers), ``ap40`` / ``recall40``, ``ap60`` /
 ``recall60``.
 
+Categories: the GT json's categories that are classes of the split are evaluated, the others
+are not (ZSI's jsons are filtered to the split's 65 / 80 classes; given the standard 80-category
+json, ``coco2014/zsi-48-17`` evaluates its 65 and ignores the GT of the 15 others). Detections in
+a category outside the split are left out and counted (``counts['detections_outside_split']``).
+
 Settings: GZSL evaluates every category. ZSL keeps only unseen categories, in the GT and in the
 detections (detections of seen classes are dropped). COCO AP is computed category by category, so
 an unseen class gets the same AP from the same detections in both settings; the ZSL / GZSL gap
@@ -59,18 +64,21 @@ IOU_TYPES = ("segm", "bbox")
 BACKENDS = ("hotcoco", "pycocotools")
 #: metric suffix -> index into IOU_THRESHOLDS
 _THRESHOLD_INDEX = {"50": 1, "40": 0, "60": 2}
+#: at most this many category ids outside the split are listed in a result's options
+OUTSIDE_IDS_SHOWN = 20
 
 
-def _check_gt(gt: Mapping[str, Any], split: Split, where: str) -> list[int]:
+def _check_gt(gt: Mapping[str, Any], where: str) -> list[int]:
     """Validate the GT json; returns its category ids (json order)."""
     for key in ("images", "annotations", "categories"):
         if not isinstance(gt.get(key), list):
             raise DataError(f"{where}: missing list '{key}' (COCO instances format)")
-    split_ids = split.id_to_index()
-    cat_ids = [int(c["id"]) for c in gt["categories"]]
-    extra = [cid for cid in cat_ids if cid not in split_ids]
-    if extra:
-        raise DataError(f"{where}: categories {extra[:5]} are not classes of split {split.name}")
+    cat_ids = []
+    for i, cat in enumerate(gt["categories"]):
+        cid = cat.get("id") if isinstance(cat, Mapping) else None
+        if not isinstance(cid, int) or isinstance(cid, bool):
+            raise DataError(f"{where}: category {i} needs an integer 'id', got {cid!r}")
+        cat_ids.append(cid)
     known = set(cat_ids)
     images = {img.get("id") for img in gt["images"]}
     ann_ids: set[int] = set()
@@ -92,7 +100,7 @@ def _check_gt(gt: Mapping[str, Any], split: Split, where: str) -> list[int]:
 
 
 def _check_results(results: Sequence[Mapping[str, Any]], image_sizes: Mapping[Any, list[int]],
-                   cat_ids: set[int], iou_type: str, where: str) -> None:
+                   iou_type: str, where: str) -> None:
     if not isinstance(results, Sequence) or isinstance(results, (str, bytes)):
         raise DataError(f"{where}: expected a list of detections (COCO results format)")
     has_bbox = None
@@ -102,9 +110,10 @@ def _check_results(results: Sequence[Mapping[str, Any]], image_sizes: Mapping[An
         if det.get("image_id") not in image_sizes:
             raise DataError(f"{where}: detection {i} has image_id {det.get('image_id')!r}, which "
                             f"is not an image of the GT json")
-        if det.get("category_id") not in cat_ids:
-            raise DataError(f"{where}: detection {i} has unknown category_id "
-                            f"{det.get('category_id')!r}")
+        cid = det.get("category_id")
+        if not isinstance(cid, int) or isinstance(cid, bool):
+            raise DataError(f"{where}: detection {i} needs an integer 'category_id', got "
+                            f"{cid!r}")
         score = det.get("score")
         if isinstance(score, bool) or not isinstance(score, (int, float)) \
                 or not math.isfinite(score):
@@ -304,7 +313,15 @@ def evaluate_instance_coco(
 ) -> EvalResult:
     """mAP / Recall@100 of COCO results against a COCO instances GT (dicts or json paths).
     Results given as :class:`Detections` (zeroseg's own inference, in memory) are well-formed
-    by construction and not checked detection by detection, as a results json is."""
+    by construction and not checked detection by detection, as a results json is.
+
+    Only the GT json's categories that are classes of ``split`` are evaluated (e.g. the 65 of
+    ``coco2014/zsi-48-17`` in the standard 80-category json): GT annotations of the others are
+    ignored, never counted as misses, and detections in a category that is not a class of the
+    split (or not in the json) are left out. Both are counted in ``counts``
+    (``gt_annotations_outside_split``, ``detections_outside_split``,
+    ``detections_outside_gt_categories``) and their ids listed in ``options``; the numbers
+    equal pycocotools' COCOeval with ``params.catIds`` set to the evaluated categories."""
     setting = check_setting(setting)
     if iou_type not in IOU_TYPES:
         raise ConfigError(f"iou_type: {iou_type!r} is not one of {', '.join(IOU_TYPES)}")
@@ -319,11 +336,30 @@ def evaluate_instance_coco(
     if not isinstance(gt, Mapping):
         raise DataError(f"{gt_where}: expected a COCO instances json object")
 
-    cat_ids = _check_gt(gt, split, gt_where)
+    json_cat_ids = _check_gt(gt, gt_where)
+    split_ids = split.id_to_index()
+    # Only the json's categories that are classes of the split are evaluated (COCOeval's
+    # params.catIds, as ZSI's own jsons filtered to the split do); the others' GT is ignored.
+    cat_ids = [cid for cid in json_cat_ids if cid in split_ids]
+    gt_outside = sorted(cid for cid in json_cat_ids if cid not in split_ids)
+    if not cat_ids:
+        raise DataError(f"{gt_where}: none of its {len(json_cat_ids)} categories is a class of "
+                        f"split {split.name}; expected an instances json of that benchmark")
     image_ids = [img["id"] for img in gt["images"]]
     sizes = {img["id"]: [img.get("height"), img.get("width")] for img in gt["images"]}
     if not isinstance(results, Detections):
-        _check_results(results, sizes, set(cat_ids), iou_type, res_where)
+        _check_results(results, sizes, iou_type, res_where)
+    det_cats = (results.category_ids if isinstance(results, Detections)
+                else np.asarray([d["category_id"] for d in results], dtype=np.int64))
+    in_split = np.isin(det_cats, np.fromiter(split_ids, dtype=np.int64, count=len(split_ids)))
+    in_gt = np.isin(det_cats, np.asarray(cat_ids, dtype=np.int64))
+    dets_outside_split = np.unique(det_cats[~in_split])
+    n_outside_split = int((~in_split).sum())
+    n_outside_gt = int((in_split & ~in_gt).sum())
+    if n_outside_split:
+        log.warning("%s: left out %d detections in categories %s, which are not classes of "
+                    "split %s", res_where, n_outside_split,
+                    dets_outside_split[:OUTSIDE_IDS_SHOWN].tolist(), split.name)
 
     id_to_index = split.id_to_index()
     if setting == ZSL:
@@ -365,14 +401,21 @@ def evaluate_instance_coco(
 
     per_class = {id_to_index[cid]: values for cid, values in per_id.items()}
     gt_counts = _gt_counts(gt, eval_ids)
+    outside = set(gt_outside)
     return summarize(
         "instance", split, setting, INSTANCE_METRICS, per_class, num_images=len(img_ids),
-        counts={"detections": len(dets), "gt_instances": int(sum(gt_counts.values()))},
+        counts={"detections": len(dets), "gt_instances": int(sum(gt_counts.values())),
+                "detections_outside_split": n_outside_split,
+                "detections_outside_gt_categories": n_outside_gt,
+                "gt_annotations_outside_split": sum(
+                    1 for ann in gt["annotations"] if ann["category_id"] in outside)},
         options={"iou_type": iou_type, "backend": backend,
                  "iou_thresholds": [float(t) for t in IOU_THRESHOLDS], "max_dets": MAX_DETS[-1],
-                 "area": "all"},
+                 "area": "all", "gt_categories_outside_split": gt_outside,
+                 "detection_categories_outside_split":
+                     dets_outside_split[:OUTSIDE_IDS_SHOWN].tolist()},
         details={id_to_index[cid]: {"gt_instances": n} for cid, n in gt_counts.items()},
-        only={id_to_index[cid] for cid in cat_ids},  # the categories of the instances json
+        only={id_to_index[cid] for cid in cat_ids},  # the split's categories in the json
     )
 
 

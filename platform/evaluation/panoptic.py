@@ -19,9 +19,15 @@ GT ids that appear in the PNG but not in ``segments_info`` are neither segments 
 panopticapi). Per category: PQ = sum(IoU) / (TP + FP/2 + FN/2), SQ = sum(IoU) / TP (0 when
 TP = 0), RQ = TP / (TP + FP/2 + FN/2).
 
-Classes with TP + FP + FN = 0: ``empty_classes="zero"`` (default, PADing's published protocol,
-PROTOCOLS 3b) reports 0 and keeps them in the seen / unseen means; ``"exclude"`` (panopticapi's
-All / Things / Stuff averages) reports ``None`` and leaves them out.
+Classes with TP + FP + FN = 0: ``empty_classes="zero"`` (default, PADing's published protocol:
+``panoptic_evaluation_gzero.py`` averages panopticapi's per-class table, where such a class has
+PQ 0, over all 119 seen / 14 unseen classes; PROTOCOLS 3b) reports 0 and keeps them in the seen /
+unseen means; ``"exclude"`` (panopticapi's All / Things / Stuff averages) reports ``None`` and
+leaves them out. On a subset of images, where many classes are absent, the two differ a lot.
+
+Categories of the GT json that are not classes of the split are not evaluated: their GT segments
+are treated like VOID (as seen classes in ZSL, below) and predicted segments of them are dropped;
+both are counted (``counts['gt_segments_outside_split']``, ``['pred_segments_outside_split']``).
 
 ZSL: only unseen categories are evaluated. GT segments of seen categories (crowd included)
 become VOID, and predicted segments of seen categories are dropped (their pixels become
@@ -427,10 +433,13 @@ class PQStats:
         self.iou = np.zeros(self.num_classes, dtype=np.float64)
 
     def add(self, image: ImageStats) -> None:
-        self.tp += image.tp
-        self.fp += image.fp
-        self.fn += image.fn
-        self.iou += image.iou
+        """Add one image's counts (arrays longer than ``num_classes``, e.g. with the bucket of
+        categories outside the split, are cut: those classes are never evaluated)."""
+        n = self.num_classes
+        self.tp += image.tp[:n]
+        self.fp += image.fp[:n]
+        self.fn += image.fn[:n]
+        self.iou += image.iou[:n]
         self.num_images += 1
 
     def per_class(self, empty_classes: str = "zero") -> dict[int, dict[str, float | None]]:
@@ -495,6 +504,28 @@ def _evaluated_mask(split: Split, setting: str) -> np.ndarray:
     return np.ones(split.num_classes, dtype=bool)
 
 
+def _scored_mask(split: Split, setting: str) -> np.ndarray:
+    """:func:`_evaluated_mask` plus one never-evaluated class (index ``num_classes``): the
+    bucket of GT json categories that are not classes of the split."""
+    return np.append(_evaluated_mask(split, setting), False)
+
+
+def category_index(split: Split, categories: Sequence[int] | None,
+                   where: str) -> tuple[dict[int, int], list[int]]:
+    """``({category id: class index}, outside ids)`` for the GT json's ``categories``: classes
+    of the split map to their index, the others (sorted in ``outside``) to the bucket index
+    ``split.num_classes``, which is never evaluated. DataError when no category is a class."""
+    known = split.id_to_index()
+    if categories is None:
+        return dict(known), []
+    outside = sorted({int(c) for c in categories if int(c) not in known})
+    mapping = {int(c): known.get(int(c), split.num_classes) for c in categories}
+    if categories and len(outside) == len(mapping):
+        raise DataError(f"{where}: none of its {len(mapping)} categories is a class of split "
+                        f"{split.name}; expected the panoptic json of that benchmark")
+    return mapping, outside
+
+
 class PanopticEvaluator:
     """PQ accumulator with detectron2's ``reset / process / evaluate`` interface.
 
@@ -503,22 +534,23 @@ class PanopticEvaluator:
     """
 
     def __init__(self, split: Split, setting: str = "gzsl", *, empty_classes: str = "zero",
-                 categories: Sequence[int] | None = None):
+                 categories: Sequence[int] | None = None, where: str = "panoptic GT json"):
+        """``categories``: the GT json's category ids (default: the split's); those that are
+        not classes of the split are accepted and not evaluated (module docstring)."""
         self.split = split
         self.setting = check_setting(setting)
         if empty_classes not in EMPTY_CLASS_POLICIES:
             raise ConfigError(f"empty_classes: {empty_classes!r} is not one of "
                               f"{', '.join(EMPTY_CLASS_POLICIES)}")
         self.empty_classes = empty_classes
-        known = split.id_to_index()
-        if categories is not None:
-            known = {cid: known[cid] for cid in categories if cid in known}
-        self._id_to_index = known
-        self._evaluated = _evaluated_mask(split, self.setting)
+        self._id_to_index, self.outside = category_index(split, categories, where)
+        self._evaluated = _scored_mask(split, self.setting)
         self.reset()
 
     def reset(self) -> None:
         self.stats = PQStats(self.split.num_classes)
+        self.gt_segments_outside = 0
+        self.pred_segments_outside = 0
 
     def process(self, gt_ids: np.ndarray, gt_segments: Sequence[Mapping[str, Any]],
                 pred_ids: np.ndarray, pred_segments: Sequence[Mapping[str, Any]],
@@ -532,6 +564,7 @@ class PanopticEvaluator:
         predictions against it)."""
         gt_ids = np.asarray(gt_ids)
         segments = _segments(gt_segments, self._id_to_index, f"{name} (GT)", gt=True)
+        self.gt_segments_outside += int((segments.cats == self.split.num_classes).sum())
         return GroundTruth(gt_ids, segments, gt_rows(gt_ids, segments.ids))
 
     def process_ground_truth(self, gt: GroundTruth, pred_ids: np.ndarray,
@@ -547,30 +580,50 @@ class PanopticEvaluator:
                         _segments(segments, self._id_to_index, f"{name} (prediction)",
                                   gt=False), name, gt.rows)
                  for gt, pred_ids, segments, name in images]
+        self.pred_segments_outside += sum(
+            int((it.pred.cats == self.split.num_classes).sum()) for it in items)
         for one in pq_batch_stats(items, self._evaluated):
             self.stats.add(one)
 
     def evaluate(self, options: Mapping[str, Any] | None = None) -> EvalResult:
-        return panoptic_result(self.stats, self.split, self.setting, self.empty_classes,
-                               options=options, only=set(self._id_to_index.values()))
+        """The result; the GT segments counted are those of the GroundTruth objects this
+        evaluator built (a GroundTruth kept and scored again is counted once)."""
+        return panoptic_result(
+            self.stats, self.split, self.setting, self.empty_classes, options=options,
+            only={i for i in self._id_to_index.values() if i < self.split.num_classes},
+            outside=(self.outside, self.gt_segments_outside, self.pred_segments_outside))
 
 
 def panoptic_result(stats: PQStats, split: Split, setting: str, empty_classes: str = "zero",
                     options: Mapping[str, Any] | None = None,
-                    only: set[int] | None = None) -> EvalResult:
+                    only: set[int] | None = None,
+                    outside: tuple[list[int], int, int] = ([], 0, 0)) -> EvalResult:
     """Per-class PQ / SQ / RQ and the seen / unseen / HM means; ``only``: the class indices to
-    report (the GT json's categories), all classes of the split when None."""
+    report (the GT json's categories), all classes of the split when None; ``outside``: (GT json
+    category ids that are not classes of the split, GT segments and predicted segments of
+    them), recorded in the result."""
     per_class = stats.per_class(empty_classes)
     evaluated = _evaluated_mask(split, setting)
+    reported = evaluated.copy()
+    if only is not None:
+        reported &= np.isin(np.arange(split.num_classes), list(only))
     details = {c: {"tp": int(stats.tp[c]), "fp": int(stats.fp[c]), "fn": int(stats.fn[c]),
                    "iou_sum": float(stats.iou[c])}
                for c in range(split.num_classes) if evaluated[c]}
+    empty = int(((stats.tp + stats.fp + stats.fn) == 0)[reported].sum())
+    outside_ids, gt_outside, pred_outside = outside
+    counts = {"tp": int(stats.tp[evaluated].sum()), "fp": int(stats.fp[evaluated].sum()),
+              "fn": int(stats.fn[evaluated].sum()), "empty_classes": empty}
+    more_options: dict[str, Any] = {}
+    if outside_ids or gt_outside or pred_outside:
+        counts.update(gt_segments_outside_split=gt_outside,
+                      pred_segments_outside_split=pred_outside)
+        more_options["gt_categories_outside_split"] = list(outside_ids)
     return summarize(
         "panoptic", split, setting, PANOPTIC_METRICS, per_class, num_images=stats.num_images,
-        counts={"tp": int(stats.tp[evaluated].sum()), "fp": int(stats.fp[evaluated].sum()),
-                "fn": int(stats.fn[evaluated].sum())},
-        options={"empty_classes": empty_classes, **(options or {})}, details=details,
-        only=only,
+        counts=counts,
+        options={"empty_classes": empty_classes, **(options or {}), **more_options},
+        details=details, only=only,
     )
 
 
@@ -635,6 +688,8 @@ def evaluate_panoptic(layout: CocoLayout, split: Split, pred_path: str | Path,
     ``pred_path``: a folder with the predicted PNGs and one json
     ``{"annotations": [{"image_id", "file_name", "segments_info": [{"id", "category_id"}]}]}``
     (or the json itself). ``workers``: processes (None: chosen from the number of images).
+    ``empty_classes``: ``"zero"`` (PADing, default) or ``"exclude"`` (panopticapi), see the
+    module docstring.
     """
     setting = check_setting(setting)
     if empty_classes not in EMPTY_CLASS_POLICIES:
@@ -645,13 +700,9 @@ def evaluate_panoptic(layout: CocoLayout, split: Split, pred_path: str | Path,
     pred_json_path, pred_dir = resolve_prediction(pred_path, pred_json)
 
     gt_json = read_json(gt_json_path, "panoptic GT json")
-    split_ids = split.id_to_index()
     gt_categories = [int(c["id"]) for c in gt_json.get("categories", [])]
-    extra = [cid for cid in gt_categories if cid not in split_ids]
-    if extra:
-        raise DataError(f"{gt_json_path}: categories {extra[:5]} are not classes of split "
-                        f"{split.name}")
-    id_to_index = {cid: split_ids[cid] for cid in gt_categories}
+    id_to_index, outside = category_index(split, gt_categories, str(gt_json_path))
+    bucket = split.num_classes
 
     pred_doc = read_json(pred_json_path, "panoptic prediction json")
     pred_anns = pred_doc.get("annotations") if isinstance(pred_doc, dict) else pred_doc
@@ -667,6 +718,7 @@ def evaluate_panoptic(layout: CocoLayout, split: Split, pred_path: str | Path,
         pred_by_image[ann["image_id"]] = ann
 
     tasks: list[_ImageTask] = []
+    gt_outside = pred_outside = 0
     for gt_ann in gt_json.get("annotations", []):
         image_id = gt_ann["image_id"]
         pred_ann = pred_by_image.get(image_id)
@@ -678,16 +730,19 @@ def evaluate_panoptic(layout: CocoLayout, split: Split, pred_path: str | Path,
         if not pred_png.is_file():
             raise DataError(f"{pred_png}: prediction PNG of image {image_id} not found")
         where = f"{pred_json_path} (image {image_id})"
-        tasks.append(_ImageTask(
+        task = _ImageTask(
             image_id=image_id, gt_png=str(gt_dir / gt_ann["file_name"]), pred_png=str(pred_png),
             gt=_segments(gt_ann.get("segments_info", []), id_to_index,
                          f"{gt_json_path} (image {image_id})", gt=True),
             pred=_segments(pred_ann.get("segments_info", []), id_to_index, where, gt=False),
-        ))
+        )
+        gt_outside += int((task.gt.cats == bucket).sum())
+        pred_outside += int((task.pred.cats == bucket).sum())
+        tasks.append(task)
     if not tasks:
         raise DataError(f"{gt_json_path}: no GT annotations")
 
-    evaluated = _evaluated_mask(split, setting)
+    evaluated = _scored_mask(split, setting)
     sizes = [int(img.get("height", 0)) * int(img.get("width", 0))
              for img in gt_json.get("images", [])]
     n_workers = choose_workers(len(tasks), workers,
@@ -701,4 +756,5 @@ def evaluate_panoptic(layout: CocoLayout, split: Split, pred_path: str | Path,
              n_workers)
     return panoptic_result(stats, split, setting, empty_classes, options={
         "gt_json": str(gt_json_path), "pred_json": str(pred_json_path), "workers": n_workers},
-        only=set(id_to_index.values()))
+        only={i for i in id_to_index.values() if i < bucket},
+        outside=(outside, gt_outside, pred_outside))

@@ -13,9 +13,11 @@ Conventions
   classes are undefined is each task's rule:
 
   - semantic: a class whose union (GT pixels + predicted pixels) is empty;
-  - panoptic: by default (PADing, PROTOCOLS 3b) a class with TP + FP + FN = 0 counts as 0 and
-    *is* in the means; with ``empty_classes="exclude"`` (panopticapi's own averages) it is
-    ``None`` and left out;
+  - panoptic: by default (``empty_classes="zero"``, PADing's ``panoptic_evaluation_gzero.py``,
+    which averages panopticapi's per-class table, where such a class is 0; PROTOCOLS 3b) a class
+    with TP + FP + FN = 0 counts as 0 and *is* in the means; with ``empty_classes="exclude"``
+    (panopticapi's own averages) it is ``None`` and left out. The choice is in
+    ``options['empty_classes']`` and printed under the table (:data:`EMPTY_CLASS_MEANINGS`);
   - instance: a class without (non-crowd) GT instances (NaN in COCOeval), skipped as in the
     ZSI / PADing GZSI code.
 
@@ -55,6 +57,15 @@ PAPER_METRIC_NAMES = {
     "recall40": "Recall@100@0.4",
     "ap60": "mAP60",
     "recall60": "Recall@100@0.6",
+}
+
+
+#: What each ``empty_classes`` choice of the panoptic evaluator means (printed with results).
+EMPTY_CLASS_MEANINGS = {
+    "zero": "a class with no TP, FP or FN (absent from both GT and predictions) counts as "
+            "PQ/SQ/RQ 0 in the seen and unseen means (PADing's averaging)",
+    "exclude": "a class with no TP, FP or FN (absent from both GT and predictions) is left out "
+               "of the seen and unseen means (panopticapi's averaging)",
 }
 
 
@@ -139,6 +150,37 @@ class EvalResult:
             "details": _jsonable(self.details),
         }
 
+    def notes(self) -> list[str]:
+        """One line per protocol choice or left-out input worth knowing when reading the
+        numbers (printed under :meth:`format_table`); everything here is also in ``counts`` /
+        ``options``."""
+        c, o = self.counts, self.options
+        out = []
+        policy = o.get("empty_classes")
+        if policy in EMPTY_CLASS_MEANINGS:
+            n = c.get("empty_classes")
+            here = f" [{n} such classes here]" if n is not None else ""
+            out.append(f"empty classes: {policy}: {EMPTY_CLASS_MEANINGS[policy]}{here}")
+        if c.get("gt_annotations_outside_split"):
+            out.append(f"ignored {c['gt_annotations_outside_split']} GT annotations of the "
+                       f"json's categories {_ids(o.get('gt_categories_outside_split'))}, which "
+                       f"are not classes of split {self.split}")
+        if c.get("gt_segments_outside_split"):
+            out.append(f"ignored {c['gt_segments_outside_split']} GT segments (as VOID) of the "
+                       f"json's categories {_ids(o.get('gt_categories_outside_split'))}, which "
+                       f"are not classes of split {self.split}")
+        if c.get("detections_outside_split"):
+            out.append(f"left out {c['detections_outside_split']} detections in categories "
+                       f"{_ids(o.get('detection_categories_outside_split'))}, which are not "
+                       f"classes of split {self.split}")
+        if c.get("detections_outside_gt_categories"):
+            out.append(f"left out {c['detections_outside_gt_categories']} detections in classes "
+                       f"of the split that the GT json does not list")
+        if c.get("pred_segments_outside_split"):
+            out.append(f"left out {c['pred_segments_outside_split']} predicted segments in "
+                       f"categories that are not classes of split {self.split}")
+        return out
+
     def format_table(self, digits: int = 1) -> str:
         """Human-readable table: one row per class (role marked), then seen / unseen / HM."""
         headers = [PAPER_METRIC_NAMES.get(m, m) for m in self.metrics]
@@ -170,7 +212,12 @@ class EvalResult:
         lines.append(row("unseen mean", f"n={n_unseen}" if n_unseen is not None else "",
                          [self.unseen.get(m) for m in self.metrics]))
         lines.append(row("HM", "", [self.hm.get(m) for m in self.metrics]))
+        lines += [f"note: {n}" for n in self.notes()]
         return "\n".join(lines)
+
+
+def _ids(ids: Any) -> str:
+    return str(list(ids)) if isinstance(ids, (list, tuple)) and ids else "(see options)"
 
 
 def _jsonable(obj: Any) -> Any:

@@ -165,9 +165,12 @@ class CachedEvaluation:
                  settings: Sequence[str], inference: InferenceConfig, *,
                  setting_classifier: Callable[[Any, Split, str], Any],
                  out_dir: Path | None = None, keep: str = "sample",
+                 empty_classes: str = "zero",
                  ) -> dict[tuple[str, str], Any]:
         """``{(task, setting): EvalResult}`` of ``classifier`` on every image of the cache;
-        predictions written under ``out_dir/<setting>/`` as ``keep`` says."""
+        predictions written under ``out_dir/<setting>/`` as ``keep`` says. ``empty_classes``:
+        the panoptic averaging of classes without TP, FP or FN (``"zero"``: PADing's, the
+        default; ``"exclude"``: panopticapi's), recorded in the panoptic result's options."""
         if keep not in KEEP_PREDICTIONS:
             raise ConfigError(f"evaluation.keep_predictions: expected one of "
                               f"{list(KEEP_PREDICTIONS)}, got {keep!r}")
@@ -178,7 +181,7 @@ class CachedEvaluation:
             predictor = Predictor(split, tasks, inference, self.listing.instance_categories)
             clf = setting_classifier(classifier, split, setting)
             predictions = (p for chunk in self.chunks() for p in predictor.predict(chunk, clf))
-            sink = _Scores(self, tasks, setting)
+            sink = _Scores(self, tasks, setting, empty_classes)
             target = out_dir / setting if out_dir is not None else None
             if keep == "all" and target is not None:
                 write_predictions(sink.feed(predictions), split, self.listing, tasks,
@@ -212,7 +215,8 @@ def _targets(out: Path) -> dict[str, Path]:
 class _Scores:
     """The evaluators of one setting, fed one prediction at a time."""
 
-    def __init__(self, data: CachedEvaluation, tasks: Sequence[str], setting: str):
+    def __init__(self, data: CachedEvaluation, tasks: Sequence[str], setting: str,
+                 empty_classes: str = "zero"):
         self.data = data
         self.tasks = tuple(tasks)
         self.setting = setting
@@ -221,12 +225,12 @@ class _Scores:
                          if "semantic" in tasks else None)
         self.panoptic = None
         if "panoptic" in tasks:
+            # Categories of the GT json outside the split are not evaluated (their segments
+            # count as VOID, and are counted in the result), as evaluate_panoptic does.
             categories = [int(c["id"]) for c in data.panoptic_json()["categories"]]
-            extra = [cid for cid in categories if cid not in split.id_to_index()]
-            if extra:
-                raise DataError(f"{data.layout.panoptic_json}: categories {extra[:5]} are not "
-                                f"classes of split {split.name}")
-            self.panoptic = PanopticEvaluator(split, setting, categories=categories)
+            self.panoptic = PanopticEvaluator(split, setting, categories=categories,
+                                              empty_classes=empty_classes,
+                                              where=str(data.layout.panoptic_json))
         self.instances: list[Any] = []  # InstanceResults per image
         self._pending: list[Any] = []  # panoptic images waiting for a batch
         self.count = 0
