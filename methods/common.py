@@ -272,7 +272,8 @@ def check_real_features(embeddings: Any, labels: Any, roles: ClassRoles, *,
     if len(x) != len(y):
         raise DataError(f"{emb_name}/{lab_name}: {len(x)} embeddings but {len(y)} labels")
     if len(x) == 0:
-        raise DataError(f"{emb_name}: expected at least one real embedding")
+        raise DataError(f"{emb_name}: no real training features of a seen class (the training "
+                        f"images left by the leakage filter hold no target of a seen class)")
     top = roles.num_classes + (1 if allow_no_object else 0)
     if int(y.min()) < 0 or int(y.max()) >= top:
         what = f"[0, {roles.num_classes}]" if allow_no_object else f"[0, {roles.num_classes})"

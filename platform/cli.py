@@ -67,11 +67,11 @@ def _cell(value: object) -> str:
 
 
 def cmd_data_filter(args: argparse.Namespace) -> int:
-    from zeroseg.platform.data.layout import CocoLayout
+    from zeroseg.platform.data.layout import dataset_layout
     from zeroseg.platform.data.leakage import filter_training
 
     split = resolve_split(args.gt, args.benchmark)
-    layout = CocoLayout(Path(args.gt), args.split)
+    layout = dataset_layout(Path(args.gt), args.split, split.dataset)
     result = filter_training(layout, split, protocol=args.protocol, validation=args.validation,
                              out_dir=Path(args.out) if args.out else None)
     report = result.to_dict()
@@ -113,13 +113,13 @@ def cmd_embed(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
     from zeroseg.platform import evaluation
-    from zeroseg.platform.data.layout import CocoLayout
+    from zeroseg.platform.data.layout import dataset_layout
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers: expected a positive number of processes, got "
                           f"{args.workers}")
     split = resolve_split(args.gt, args.benchmark)
-    layout = CocoLayout(Path(args.gt), args.split)
+    layout = dataset_layout(Path(args.gt), args.split, split.dataset)
     pred = Path(args.pred)
     if args.empty_classes is not None and args.task != "panoptic":
         raise ConfigError(f"--empty-classes: only used by panoptic evaluation, not "
@@ -206,7 +206,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.store:
         overrides["store"] = args.store
     return run_command(args.config, overrides, json_output=args.json, verbose=args.verbose,
-                       address=args.address, force=args.force)
+                       address=args.address, force=args.force, smoke=args.smoke)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -403,6 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="re-run runs already stored (same config, method, seed, protocols "
                           "and code version) and replace them; without it they are reused")
     run.add_argument("--json", action="store_true", help="print the runs as JSON")
+    run.add_argument("--smoke", action="store_true",
+                     help="every stage at a minute's size (4 segmenter steps, 8 images, 128 px, "
+                          "method steps <= 5, one seed) in WORK_DIR/smoke with its own store, "
+                          "labelled smoke: check a long config before running it")
     run.set_defaults(func=cmd_run)
 
     sw = sub.add_parser(

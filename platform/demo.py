@@ -153,6 +153,7 @@ def run_demo(out: str | Path, *, size: str = "small", seed: int = 0, trials: int
     _stage(1, f"synthetic benchmark '{size}' (seed {seed})", started)
     pipeline = Pipeline(config, progress=say)
     pipeline.check_outputs()
+    pipeline.check_inputs()  # data files, class vectors: likewise
     split = pipeline.split  # generates the benchmark on first use
     print(f"{pipeline.data_root}: split {split.name}, {split.num_classes} classes, "
           f"{len(split.seen)} seen, {len(split.unseen)} unseen "

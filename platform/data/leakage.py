@@ -513,7 +513,8 @@ def validation_eval_dataset(layout: CocoLayout, split: Split, out_root: Path) ->
     import json
 
     split.validation_view()  # ConfigError when the split has no held-out seen classes
-    sources = [p for p in (layout.instances_json, layout.panoptic_json) if p.is_file()]
+    sources = [p for p in (layout.instances_json, layout.panoptic_json, layout.image_set)
+               if p is not None and p.is_file()]
     digest = hashlib.sha256()
     for p in sources:
         digest.update(p.name.encode() + b"\0" + p.read_bytes())
@@ -558,7 +559,19 @@ def validation_eval_dataset(layout: CocoLayout, split: Split, out_root: Path) ->
                 lut[value] = IGNORE_LABEL
             from PIL import Image
 
-            for png in sorted(layout.semantic_pngs.glob("*.png")):
+            if layout.image_set is not None:  # a VOC tree: this split's images only
+                from zeroseg.platform.data.sources import SEMANTIC, list_images
+
+                listed = list_images(layout, (SEMANTIC,), require_images=False)
+                pngs = [layout.semantic_pngs / f"{Path(i.file_name).stem}.png"
+                        for i in listed.values()]
+                # the copy is a COCO layout: its images are listed in image_info_{split}.json
+                atomic_write_json(annotations / layout.image_info_json.name, {"images": [
+                    {"id": i.id, "file_name": i.file_name, "height": i.height,
+                     "width": i.width} for i in listed.values()]})
+            else:
+                pngs = sorted(layout.semantic_pngs.glob("*.png"))
+            for png in pngs:
                 with Image.open(png) as im:
                     labels = np.asarray(im)
                 Image.fromarray(lut[labels]).save(out_sem / png.name)

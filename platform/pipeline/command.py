@@ -16,13 +16,19 @@ def _line(text: str) -> None:
 
 
 def run_command(config_path: str | Path, overrides: dict[str, Any], *, json_output: bool = False,
-                verbose: bool = False, address: str | None = None, force: bool = False) -> int:
+                verbose: bool = False, address: str | None = None, force: bool = False,
+                smoke: bool = False) -> int:
     from zeroseg.platform.pipeline.config import load_pipeline_config
     from zeroseg.platform.pipeline.report import format_outcomes
     from zeroseg.platform.pipeline.runner import run_pipeline
     from zeroseg.platform.pipeline.stages import Pipeline
 
     config = load_pipeline_config(config_path, overrides)  # typos fail here, before any work
+    if smoke:
+        from zeroseg.platform.pipeline.smoke import describe, smoke_config
+
+        config = smoke_config(config)
+        _line(describe(config))
     if address is not None:
         from zeroseg.platform.tuning.sweep import check_address
 
@@ -35,33 +41,49 @@ def run_command(config_path: str | Path, overrides: dict[str, Any], *, json_outp
     started = time.perf_counter()
     pipeline = Pipeline(config, progress=_line, verbose=verbose, ray_address=address)
     pipeline.check_outputs()  # store, work dir: one-line errors now, not after training
+    pipeline.check_inputs()  # data files, class vectors: likewise
     total = len(config.methods) * len(config.seeds)
     done = {"n": 0}
 
+    task, metric, label = headline(pipeline.split.tasks)
+
     def on_run(outcome: Any) -> None:
         done["n"] += 1
-        hm = outcome.metric("test", "semantic", "gzsl", "hm", "iou")
-        hm_text = "-" if hm is None else f"{100 * hm:.1f}"
+        hm = outcome.metric("test", task, "gzsl", "hm", metric)
+        hm_text = f"{label} {'-' if hm is None else f'{100 * hm:.1f}'}"
         if outcome.reused:
             _line(f"[{done['n']}/{total}] {outcome.method} seed {outcome.seed}: already stored "
-                  f"as run {outcome.run_id} (ZSS HM {hm_text}); reused, not run again "
+                  f"as run {outcome.run_id} ({hm_text}); reused, not run again "
                   "(--force re-runs it)")
             return
         _line(f"[{done['n']}/{total}] {outcome.method} seed {outcome.seed}: {outcome.status} in "
-              f"{outcome.seconds:.0f} s (ZSS HM {hm_text}), stored as run {outcome.run_id}")
+              f"{outcome.seconds:.0f} s ({hm_text}), stored as run {outcome.run_id}")
 
     _line(f"zeroseg run {config.name}: {len(config.methods)} method(s) x {len(config.seeds)} "
           f"seed(s), protocols {', '.join(config.evaluation.protocols)}; store "
           f"{pipeline.store_url}")
     outcomes = run_pipeline(pipeline, on_run=on_run, force=force)
     if json_output:
-        print(json.dumps([_outcome_json(o) for o in outcomes], indent=2))
+        print(json.dumps([{**_outcome_json(o), "smoke": config.smoke} for o in outcomes],
+                         indent=2))
         return 0
+    if config.smoke:
+        print("SMOKE RUN -- every stage at a minute's size; these numbers mean nothing\n")
     print(format_outcomes(outcomes, protocols=config.evaluation.protocols,
                           settings=config.evaluation.settings))
     print(f"\n{len(outcomes)} runs in {time.perf_counter() - started:.0f} s, stored in "
           f"{pipeline.store_url} (zeroseg results list --store {pipeline.store_url})")
     return 0
+
+
+#: The figure a run's progress line shows, per task: (task, metric, label).
+HEADLINES = (("semantic", "iou", "ZSS HM mIoU"), ("panoptic", "pq", "ZSP HM PQ"),
+             ("instance", "ap50", "ZSI HM mAP50"))
+
+
+def headline(tasks: Any) -> tuple[str, str, str]:
+    """The first of semantic / panoptic / instance the split has (all three: semantic)."""
+    return next((h for h in HEADLINES if not tasks or h[0] in tasks), HEADLINES[0])
 
 
 def _outcome_json(outcome: Any) -> dict[str, Any]:

@@ -61,14 +61,21 @@ class DataSpec:
     synthetic: SyntheticDataConfig | None = None  # generate the benchmark into root if missing
     train_split: str = "train"
     eval_split: str = "val"
+    # the first N images (ascending id) of training (after the leakage filter) and evaluation
+    max_images: int | None = added_field(None, since="issue 12")
 
     def validate(self) -> None:
         if self.train_split == self.eval_split:
             raise ConfigError(f"data.eval_split must differ from data.train_split "
                               f"({self.train_split!r})")
+        if self.max_images is not None and self.max_images < 1:
+            raise ConfigError(f"data.max_images must be >= 1, got {self.max_images}")
         if self.synthetic is not None and self.benchmark is not None:
-            raise ConfigError("data.benchmark: a generated synthetic dataset defines its own "
-                              "classes (classes.json); leave benchmark empty")
+            name = self.benchmark.replace("/", "_").replace("-", "_")
+            raise ConfigError(f"data.benchmark: this config generates the synthetic benchmark "
+                              f"(data.synthetic), which defines its own classes; for "
+                              f"{self.benchmark} on real data run configs/{name}.yaml --set "
+                              f"data.root=DIR, or add --set data.synthetic=null")
 
 
 @dataclass
@@ -151,6 +158,9 @@ class PipelineConfig:
     # How the method knobs were chosen (recorded in the leakage audit): "fixed config" for a
     # hand-written file; reproductions of a sweep say which sweep and split chose them.
     selected_by: str = "fixed config (not tuned)"
+    # A smoke run (``zeroseg run CONFIG --smoke``): every stage at a minute's size; part of the
+    # run's identity, so its numbers are never mistaken for (or reused as) the real ones.
+    smoke: bool = added_field(False, since="issue 12")
 
     def validate(self) -> None:
         from zeroseg.methods.registry import get_method

@@ -173,6 +173,19 @@ class Pipeline:
             check_writable_dir(self.data_root.parent, "synthetic dataset (data.root)")
         open_writable_store(self.store_url).close()
 
+    def check_inputs(self) -> None:
+        """Before the first expensive stage: the annotation files the benchmark's task needs
+        (training and evaluation splits) and a class vector for every class of the split,
+        each a one-line error naming the file / provider and what was expected."""
+        from zeroseg.platform.data.sources import require_sources
+        from zeroseg.platform.embeddings import check_embeddings
+
+        d = self.config.data
+        require_sources(self.layout(d.train_split), self.split, "training")
+        require_sources(self.layout(d.eval_split), self.split, "evaluation")
+        check_embeddings(self.split, self.config.embedding.as_config(),
+                         cache_dir=self.work / "cache" / "embeddings")
+
     # -- dataset and split -------------------------------------------------------------------
     def ensure_dataset(self) -> None:
         d = self.config.data
@@ -199,7 +212,7 @@ class Pipeline:
             else:
                 from zeroseg.platform.data.synthetic.generate import load_classes_json
 
-                path = self.layout(d.train_split).classes_json
+                path = CocoLayout(self.data_root, d.train_split).classes_json
                 if not path.is_file():
                     raise ConfigError(f"{path}: no classes.json in the dataset; set "
                                       f"data.benchmark to a registry split (zeroseg data list)")
@@ -223,11 +236,15 @@ class Pipeline:
     def embeddings(self) -> Any:
         """EmbeddingResult for every class of the split (views take their rows)."""
         if self._embeddings is None:
-            from zeroseg.platform.embeddings import compute_class_embeddings
+            from zeroseg.platform.embeddings import (
+                compute_class_embeddings,
+                resolve_embedding_config,
+            )
 
             self._embeddings = compute_class_embeddings(
-                self.split, self.config.embedding.as_config(), self.work / "cache" /
-                "embeddings")
+                self.split, resolve_embedding_config(self.split,
+                                                     self.config.embedding.as_config()),
+                self.work / "cache" / "embeddings")
             self.progress(f"class embeddings: {self.config.embedding.provider}, "
                           f"{self._embeddings.matrix.shape[0]} x "
                           f"{self._embeddings.matrix.shape[1]} ({self._embeddings.cache_status})")
@@ -256,7 +273,8 @@ class Pipeline:
         data = DataConfig(root=self.data_root, benchmark=d.benchmark, train_split=d.train_split,
                           eval_split=d.eval_split, oracle=kind == "oracle",
                           validation=protocol == "validation", augment=s.augment,
-                          synthetic=d.synthetic, scale_range=s.scale_range)
+                          synthetic=d.synthetic, scale_range=s.scale_range,
+                          max_images=d.max_images)
         train = dataclasses.replace(s.train, eval=False)  # methods evaluate through the cache
         distributed = s.distributed
         if self.ray_address is not None:
@@ -319,7 +337,8 @@ class Pipeline:
             view="validation" if segmenter.protocol == "validation" else "test", kind=kind,
             cache_dir=self.work / "cache" / "features", embed_dtype=f.embed_dtype,
             mask_codec=f.mask_codec, shard_size=f.shard_size, batch_size=f.batch_size,
-            workers=f.workers, threads_per_worker=f.threads_per_worker, device=f.device)
+            workers=f.workers, threads_per_worker=f.threads_per_worker, device=f.device,
+            max_images=self.config.data.max_images)
         result = get_features(config)
         counts = ", ".join(f"{k} {v}" for k, v in result.cache.counts.items())
         self.progress(f"features {kind} ({segmenter.protocol} protocol, {data_split}): "

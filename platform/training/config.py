@@ -51,6 +51,7 @@ class DataConfig:
     synthetic: SyntheticDataConfig | None = None
     # shortest-edge resize: large-scale jitter's scale range (Mask2Former: [0.1, 2.0])
     scale_range: tuple[float, float] = added_field((1.0, 1.0), since="issue 12")
+    max_images: int | None = added_field(None, since="issue 12")  # first N after the filter
 
 
 @dataclass
@@ -110,6 +111,12 @@ class SegmenterTrainConfig:
         _positive("train.log_every", t.log_every)
         if t.seed < 0:
             raise ConfigError(f"train.seed must be >= 0, got {t.seed}")
+        if d.max_images is not None and d.max_images < 1:
+            raise ConfigError(f"data.max_images must be >= 1, got {d.max_images}")
+        lo, hi = d.scale_range
+        if not 0 < lo <= hi:
+            raise ConfigError(f"data.scale_range must be [low, high] with 0 < low <= high, got "
+                              f"{list(d.scale_range)}")
         if not o.lr > 0:
             raise ConfigError(f"optim.lr must be > 0, got {o.lr}")
         if o.weight_decay < 0:

@@ -265,6 +265,8 @@ def prepare(config: SegmenterTrainConfig) -> PreparedRun:
         if split.protocol != PROTOCOL_DROP_IMAGES:
             # ignore-pixels keeps every image; excluded classes are simply not targets.
             leakage["note"] = "images kept; segments of excluded classes are not targets"
+    if d.max_images is not None:
+        image_ids = image_ids[:d.max_images]
     world = max(1, config.distributed.workers)
     if len(image_ids) // world < config.train.batch_size:
         raise ConfigError(f"train.batch_size: {len(image_ids)} training images cannot fill a "

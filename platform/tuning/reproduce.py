@@ -179,6 +179,7 @@ def reproduce(store_url: str, sweep: str, *, top: int = 1, seeds: int = 3,
     plan = plan_reproductions(store_url, sweep, top=top, seeds=seeds, trial=trial,
                               progress=progress)
     plan.pipeline.check_outputs()
+    plan.pipeline.check_inputs()  # data files, class vectors: likewise
     return plan.finish(run_many(plan.pipeline, plan.jobs, on_run=plan.on_run, force=force))
 
 

@@ -364,6 +364,7 @@ def run_sweep(job: SweepJob, *, trials: int, concurrency: int, address: str | No
     config = pipeline_config_from_dict(job.base, where=f"sweep {job.name}")
     pipeline = Pipeline(config, progress=say, verbose=verbose, ray_address=address)
     pipeline.check_outputs()  # store, work dir: one-line errors now, not after the segmenters
+    pipeline.check_inputs()  # data files, class vectors: likewise
     with open_store(job.store_url) as store:
         existing = {s["name"]: s for s in store.sweeps()}
         if job.name in existing and not resume:
