@@ -199,3 +199,131 @@ def test_smoke_runs_a_benchmark_config_from_data_to_stored_per_class_results(
     names = {c.name for c in split.classes}
     assert per_class and {r["class_name"] for r in per_class} <= names
     assert not (tmp_path / real.work_dir / "results.db").exists()  # nothing real touched
+
+
+# -- the README's "Real data" commands, on the trees ---------------------------------------------
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_real_data_commands() -> list[str]:
+    text = README.read_text()
+    section = text[text.index("## Real data"):text.index("## Command line, by task")]
+    joined = section.replace("\\\n", " ")
+    return [" ".join(line.split()) for line in joined.splitlines()
+            if line.strip().startswith("zeroseg ")]
+
+
+def _gt_as_predictions(benchmark: str, root: Path, preds: Path) -> None:
+    """The ground truth of the eval split written as predictions (every score 1)."""
+    import shutil
+
+    split = get_split(benchmark)
+    _, _, val = TREES[benchmark]
+    layout = dataset_layout(root, val, split.dataset)
+    if split.tasks == ("instance",):
+        gt = json.loads(layout.instances_json.read_text())
+        preds.parent.mkdir(parents=True, exist_ok=True)
+        preds.write_text(json.dumps([
+            {"image_id": a["image_id"], "category_id": a["category_id"], "score": 1.0,
+             "segmentation": a["segmentation"], "bbox": a["bbox"]}
+            for a in gt["annotations"] if not a["iscrowd"]]))
+    elif split.tasks == ("panoptic",):
+        shutil.copytree(layout.panoptic_pngs, preds)
+        gt = json.loads(layout.panoptic_json.read_text())
+        (preds / "predictions.json").write_text(json.dumps({"annotations": gt["annotations"]}))
+    else:
+        import numpy as np
+
+        preds.mkdir(parents=True)
+        known = np.full(256, 255, dtype=np.uint8)  # a prediction holds the split's labels only
+        for c in split.classes:
+            known[c.png_label] = c.png_label
+        for image in list_images(layout, benchmark_sources(split)).values():
+            name = f"{Path(image.file_name).stem}.png"
+            label = np.asarray(Image.open(layout.semantic_pngs / name))
+            Image.fromarray(known[label]).save(preds / name)
+
+
+def test_every_readme_real_data_command_runs_on_a_real_format_tree(trees, tmp_path, capsys):
+    import shlex
+
+    from zeroseg.platform.cli import main
+
+    commands = readme_real_data_commands()
+    assert any("--smoke" in c for c in commands)  # step 2: test_smoke_runs_... runs it
+    checked = 0
+    for command in commands:
+        argv = shlex.split(command)[1:]
+        if argv[0] == "run":
+            assert argv[1].startswith("configs/") and (CONFIGS.parent / argv[1]).is_file()
+            continue  # the smoke tests run these configs
+        benchmark = argv[argv.index("--benchmark") + 1]
+        tree = trees[benchmark if benchmark in TREES else "coco2014/zsi-48-17"]
+        argv[argv.index("--gt") + 1] = str(tree)
+        if "--out" in argv:
+            argv[argv.index("--out") + 1] = str(tmp_path / "filtered")
+        if "--pred" in argv:
+            preds = tmp_path / argv[argv.index("--pred") + 1]
+            _gt_as_predictions(benchmark, tree, preds)
+            argv[argv.index("--pred") + 1] = str(preds)
+        assert main(argv) == 0, command
+        out = capsys.readouterr().out
+        if argv[0] == "eval":  # the ground truth scores 100 on what it contains
+            assert "100.0" in out, (command, out)
+        checked += 1
+    assert checked == 4
+
+
+# -- bad input: one line, before any training ----------------------------------------------------
+def _copy(trees, benchmark, tmp_path) -> Path:
+    import shutil
+
+    root = tmp_path / "tree"
+    shutil.copytree(trees[benchmark], root)
+    return root
+
+
+def test_json_of_the_wrong_task_is_one_line_before_training(trees, tmp_path):
+    from zeroseg.platform.data.sources import check_dataset
+
+    split = get_split("coco-panoptic/zsp-119-14")
+    root = _copy(trees, "coco2014/zsi-48-17", tmp_path)  # an instances json ...
+    layout = dataset_layout(root, "train2017", split.dataset)
+    layout.annotations.mkdir(exist_ok=True)
+    (root / "train2017").symlink_to(root / "train2014")
+    (root / "panoptic_train2017").mkdir()
+    layout.panoptic_json.write_text((root / "annotations" / "instances_train2014.json")
+                                    .read_text())  # ... where the panoptic json belongs
+    with pytest.raises(DataError, match=r"panoptic_train2017\.json: annotations have no "
+                                        r"'segments_info': expected a COCO panoptic json"):
+        check_dataset(layout, split, "training")
+
+
+def test_json_of_another_year_is_one_line_before_training(trees, tmp_path):
+    from zeroseg.platform.data.sources import check_dataset
+
+    split = get_split("coco2014/zsi-48-17")
+    root = _copy(trees, "coco2014/zsi-48-17", tmp_path)
+    (root / "annotations" / "instances_train2014.json").write_text(
+        (root / "annotations" / "instances_val2014.json").read_text())  # val's images
+    layout = dataset_layout(root, "train2014", split.dataset)
+    with pytest.raises(DataError, match=r"COCO_val2014_000000001001\.jpg: image not found "
+                                        r"\(3 of 3 images .* another year or split\?\)"):
+        check_dataset(layout, split, "training")
+
+
+def test_image_size_disagreeing_with_its_annotation_stops_the_run_before_training(
+        trees, tmp_path, capsys):
+    from zeroseg.platform.cli import main
+
+    root = _copy(trees, "coco-stuff/spnet-156-15", tmp_path)
+    first = sorted((root / "val2017").glob("*.jpg"))[0]
+    Image.open(first).resize((30, 20)).save(first)
+    # the label PNG lists the image at its own size: the image disagrees
+    code = main(["run", str(CONFIGS / "coco_stuff_spnet_156_15.yaml"), "--smoke",
+                 "--set", f"data.root={root}", "--set", f"work_dir={tmp_path / 'work'}"])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert f"{first.name}: image is 30x20, its annotation says" in err
+    assert "training 4 steps" not in err  # nothing was trained
+    assert len(err.strip().splitlines()[-1]) < 300

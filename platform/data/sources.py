@@ -28,6 +28,7 @@ semantic PNG folder (ids from the file names, sizes from the PNG headers).
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -91,6 +92,52 @@ def require_sources(layout: CocoLayout, split: Split, what: str) -> None:
     if not layout.images.is_dir():
         raise DataError(f"{layout.images}: image folder not found (dataset root {layout.root}, "
                         f"split {layout.split})")
+
+
+#: How many images :func:`check_dataset` opens to compare their size with the annotation.
+SIZE_SAMPLE = 16
+
+
+def check_dataset(layout: CocoLayout, split: Split, what: str) -> dict[int, ImageInfo]:
+    """Before any training: the benchmark's files are there (:func:`require_sources`), its json
+    is of the right task (a panoptic json has ``segments_info``, an instances json
+    ``segmentation``s), every listed image is in the image folder (a json of another year or
+    split names files that are not), and the first :data:`SIZE_SAMPLE` images have the size their
+    annotation says. Each problem is one DataError naming the file and what was expected.
+    Returns the images."""
+    require_sources(layout, split, what)
+    sources = benchmark_sources(split)
+    expected = {PANOPTIC: (layout.panoptic_json, "segments_info", "COCO panoptic json"),
+                INSTANCES: (layout.instances_json, "segmentation", "COCO instances json")}
+    for source in sources:
+        if source not in expected:
+            continue
+        path, key, kind = expected[source]
+        data = load_json(path, kind, ("images", "annotations", "categories"))
+        first = next((a for a in data["annotations"] if isinstance(a, dict)), None)
+        if first is not None and key not in first:
+            other = "instances" if source == PANOPTIC else "panoptic"
+            raise DataError(f"{path}: annotations have no '{key}': expected a {kind}, this looks "
+                            f"like a {other} json")
+    images = list_images(layout, sources)
+    with os.scandir(layout.images) as entries:
+        present = {e.name for e in entries}
+    missing = [info.file_name for info in images.values() if info.file_name not in present]
+    if missing:
+        raise DataError(f"{layout.images / missing[0]}: image not found ({len(missing)} of "
+                        f"{len(images)} images of split '{layout.split}' missing; is the "
+                        f"annotation of another year or split?)")
+    for info in list(images.values())[:SIZE_SAMPLE]:
+        path = layout.images / info.file_name
+        try:
+            with Image.open(path) as im:
+                width, height = im.size
+        except (OSError, SyntaxError) as e:
+            raise DataError(f"{path}: not a readable image ({e})") from None
+        if (height, width) != (info.height, info.width):
+            raise DataError(f"{path}: image is {width}x{height}, its annotation says "
+                            f"{info.width}x{info.height}")
+    return images
 
 
 # -- images ----------------------------------------------------------------------------------------

@@ -125,6 +125,9 @@ class EvaluationSpec:
     # PNGs of a few images with unseen classes, for the dashboard) or none. Scoring is in
     # memory either way and does not depend on it.
     keep_predictions: Literal["all", "sample", "none"] = "sample"
+    # Panoptic means over classes absent from both GT and predictions: "zero" counts them as 0
+    # (PADing's published averaging), "exclude" leaves them out (panopticapi's pq_compute).
+    empty_classes: Literal["zero", "exclude"] = added_field("zero", since="issue 12")
 
     def validate(self) -> None:
         for name in ("protocols", "settings", "tasks"):

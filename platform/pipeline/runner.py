@@ -72,13 +72,14 @@ def setting_classifier(classifier: Callable[[Any], Any], split: Any, setting: st
 # -- evaluation -----------------------------------------------------------------------------------
 def evaluate_classifier(ctx: ProtocolContext, classifier: Callable[[Any], Any], out_dir: Path,
                         tasks: Sequence[str], settings: Sequence[str], inference: Any,
-                        keep: str = "sample") -> dict[tuple[str, str], Any]:
+                        keep: str = "sample", empty_classes: str = "zero"
+                        ) -> dict[tuple[str, str], Any]:
     """Score ``classifier`` on the protocol's cached evaluation images, every task and setting,
     in memory (:mod:`.evaluate`); predictions are kept in ``out_dir/<setting>/`` as ``keep``
     says. Returns ``{(task, setting): EvalResult}``."""
     return ctx.evaluation().evaluate(classifier, tasks, settings, inference,
                                      setting_classifier=setting_classifier, out_dir=out_dir,
-                                     keep=keep)
+                                     keep=keep, empty_classes=empty_classes)
 
 
 # -- one run --------------------------------------------------------------------------------------
@@ -267,7 +268,7 @@ def _fit_and_evaluate(pipeline: Pipeline, spec: MethodSpec, method_config: Any,
     predictions = run_dir / "predictions" / ctx.protocol
     results = evaluate_classifier(ctx, output.classifier, predictions, evaluation.tasks,
                                   evaluation.settings, evaluation.inference,
-                                  evaluation.keep_predictions)
+                                  evaluation.keep_predictions, evaluation.empty_classes)
     return ProtocolResult(ctx.protocol, results, output, predictions,
                           time.perf_counter() - started)
 

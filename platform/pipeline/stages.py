@@ -175,14 +175,15 @@ class Pipeline:
 
     def check_inputs(self) -> None:
         """Before the first expensive stage: the annotation files the benchmark's task needs
-        (training and evaluation splits) and a class vector for every class of the split,
-        each a one-line error naming the file / provider and what was expected."""
-        from zeroseg.platform.data.sources import require_sources
+        (training and evaluation splits, :func:`~zeroseg.platform.data.sources.check_dataset`)
+        and a class vector for every class of the split, each a one-line error naming the file
+        / provider and what was expected."""
+        from zeroseg.platform.data.sources import check_dataset
         from zeroseg.platform.embeddings import check_embeddings
 
         d = self.config.data
-        require_sources(self.layout(d.train_split), self.split, "training")
-        require_sources(self.layout(d.eval_split), self.split, "evaluation")
+        check_dataset(self.layout(d.train_split), self.split, "training")
+        check_dataset(self.layout(d.eval_split), self.split, "evaluation")
         check_embeddings(self.split, self.config.embedding.as_config(),
                          cache_dir=self.work / "cache" / "embeddings")
 

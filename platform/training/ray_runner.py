@@ -38,7 +38,7 @@ from typing import Any
 from zeroseg.platform.config import config_hash, to_dict
 from zeroseg.platform.data.classes import PROTOCOL_DROP_IMAGES, Split
 from zeroseg.platform.data.layout import CocoLayout, dataset_layout
-from zeroseg.platform.data.sources import benchmark_sources, list_images, require_sources
+from zeroseg.platform.data.sources import benchmark_sources, check_dataset, list_images
 from zeroseg.platform.errors import ConfigError, DataError, ZerosegError
 from zeroseg.platform.io import atomic_directory, atomic_write_json, atomic_write_text
 from zeroseg.platform.training.checkpoints import (
@@ -247,9 +247,9 @@ def prepare(config: SegmenterTrainConfig) -> PreparedRun:
     split = resolve_split(config)
     d = config.data
     train_layout = data_layout(config, d.train_split, split)
-    require_sources(train_layout, split, "training")
+    check_dataset(train_layout, split, "training")
     if config.train.eval:
-        require_sources(data_layout(config, d.eval_split, split), split, "evaluation")
+        check_dataset(data_layout(config, d.eval_split, split), split, "evaluation")
     class_ids = training_classes(split, d.oracle, d.validation)
     names = {c.id: c.name for c in split.classes}
 
