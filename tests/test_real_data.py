@@ -327,3 +327,18 @@ def test_image_size_disagreeing_with_its_annotation_stops_the_run_before_trainin
     assert f"{first.name}: image is 30x20, its annotation says" in err
     assert "training 4 steps" not in err  # nothing was trained
     assert len(err.strip().splitlines()[-1]) < 300
+
+
+def test_more_targets_than_queries_is_warned_and_counted(trees, tmp_path, caplog):
+    from zeroseg.platform.training.config import train_config_from_dict
+    from zeroseg.platform.training.ray_runner import run_training
+
+    benchmark = "coco-panoptic/zsp-119-14"
+    data = _train_config(trees[benchmark], benchmark, tmp_path / "run")
+    data["model"]["num_queries"] = 4  # the real samples have up to 30 segments
+    data["train"]["eval"] = False
+    with caplog.at_level("WARNING"):
+        result = run_training(train_config_from_dict(data))
+    beyond = result.results["training"]["targets_beyond_queries"]
+    assert beyond["images"] >= 1 and beyond["targets"] >= 1
+    assert any("more than the 4 queries" in r.getMessage() for r in caplog.records)

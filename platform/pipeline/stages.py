@@ -215,8 +215,10 @@ class Pipeline:
 
                 path = CocoLayout(self.data_root, d.train_split).classes_json
                 if not path.is_file():
-                    raise ConfigError(f"{path}: no classes.json in the dataset; set "
-                                      f"data.benchmark to a registry split (zeroseg data list)")
+                    raise ConfigError(f"{path}: no classes.json in the dataset, so it is not a "
+                                      f"synthetic benchmark; for real data run the benchmark's "
+                                      f"config (configs/<split>.yaml, README 'Real data') or "
+                                      f"set data.benchmark to a split of `zeroseg data list`")
                 self._split = load_classes_json(path)
         return self._split
 
@@ -324,6 +326,12 @@ class Pipeline:
         self.progress(f"segmenter ({kind}, {protocol} protocol): done in "
                       f"{results.get('seconds', 0):.0f} s, {training.get('images_per_s', 0):.1f}"
                       f" images/s")
+        beyond = training.get("targets_beyond_queries") or {}
+        if beyond.get("images"):
+            self.progress(f"  warning: {beyond['images']} training images had more targets than "
+                          f"the {self.config.segmenter.model.resolved().num_queries} queries "
+                          f"({beyond['targets']} targets "
+                          f"could not be matched); raise segmenter.model.num_queries")
         return SegmenterArtifact(kind, protocol, run_dir, checkpoint, key, results,
                                  reused=False)
 

@@ -145,8 +145,9 @@ class SegmenterTrainConfig:
             raise ConfigError("data.validation: the oracle trains on every class; the "
                               "validation hold-out only applies to zero-shot (oracle: false) runs")
         if d.synthetic is not None and d.benchmark is not None:
-            raise ConfigError("data.benchmark: a generated synthetic dataset defines its own "
-                              "classes (classes.json); leave benchmark empty")
+            raise ConfigError(f"data.benchmark: data.synthetic generates the synthetic benchmark, "
+                              f"which defines its own classes; for {d.benchmark} on real data "
+                              f"set data.synthetic to null (--set data.synthetic=null)")
         if d.train_split == d.eval_split:
             raise ConfigError(f"data.eval_split must differ from data.train_split "
                               f"({d.train_split!r})")

@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from zeroseg.platform.config import to_dict
 from zeroseg.platform.errors import ConfigError, ZerosegError
+from zeroseg.platform.io import dir_mode
 from zeroseg.platform.training.checkpoints import (
     EXPORT_DIR,
     CheckpointError,
@@ -305,6 +306,7 @@ def _train(loop_config: dict[str, Any], config: SegmenterTrainConfig, rank: int,
             directory.mkdir(parents=True)
         else:
             directory = Path(tempfile.mkdtemp(prefix=f"zeroseg-ckpt-r{rank}-"))
+            directory.chmod(dir_mode())  # Ray copies it with its mode: as mkdir would make it
         try:
             tag = f"step_{step:08d}"
             engine.save_checkpoint(str(directory), tag=tag, client_state={"step": step})

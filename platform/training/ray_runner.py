@@ -128,8 +128,9 @@ def resolve_split(config: SegmenterTrainConfig) -> Split:
 
     path = CocoLayout(config.data.root, config.data.train_split).classes_json
     if not path.is_file():
-        raise ConfigError(f"{path}: no classes.json in the dataset; set data.benchmark to a "
-                          f"registry split (see `zeroseg data list`)")
+        raise ConfigError(f"{path}: no classes.json in the dataset (not a synthetic benchmark); "
+                          f"for real data set data.benchmark to a registry split (see "
+                          f"`zeroseg data list`)")
     return load_classes_json(path)
 
 
