@@ -80,6 +80,14 @@ def cmd_data_filter(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_convert_context(args: argparse.Namespace) -> int:
+    from zeroseg.platform.data.voc import convert_mmseg_context
+
+    count = convert_mmseg_context(Path(args.src), Path(args.out))
+    print(f"{count} label PNGs rewritten with ZS3's Pascal-Context ids into {args.out}")
+    return 0
+
+
 # -------------------------------------------------------------------------------------------------
 # embeddings
 # -------------------------------------------------------------------------------------------------
@@ -305,6 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also keep the held-out seen (validation) classes out of training")
     flt.add_argument("--out", help="folder for the filtered json files")
     flt.set_defaults(func=cmd_data_filter)
+
+    cvt = data_sub.add_parser(
+        "convert-context", help="mmsegmentation's Pascal-Context PNGs -> ZS3's label ids",
+        description="Rewrite mmsegmentation's SegmentationClassContext PNGs (0 background, 1-59 "
+                    "alphabetical) with ZS3's label ids (0 background, 1-59 in ZS3's order), "
+                    "which the pascal-context/zs3-* splits read.")
+    cvt.add_argument("src", help="mmsegmentation's SegmentationClassContext folder")
+    cvt.add_argument("out", help="the folder to write (e.g. VOC2010/SegmentationClassContext)")
+    cvt.set_defaults(func=cmd_data_convert_context)
 
     # embed ---------------------------------------------------------------------------------
     emb = sub.add_parser(

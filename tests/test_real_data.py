@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import realtrees
 from PIL import Image
@@ -257,6 +258,14 @@ def test_every_readme_real_data_command_runs_on_a_real_format_tree(trees, tmp_pa
         if argv[0] == "run":
             assert argv[1].startswith("configs/") and (CONFIGS.parent / argv[1]).is_file()
             continue  # the smoke tests run these configs
+        if argv[:2] == ["data", "convert-context"]:
+            src = tmp_path / "mmseg"
+            src.mkdir()
+            Image.fromarray(np.array([[0, 2], [20, 255]], np.uint8)).save(src / "a.png")
+            argv[2:4] = [str(src), str(tmp_path / "context")]
+            assert main(argv) == 0, command
+            checked += 1
+            continue
         benchmark = argv[argv.index("--benchmark") + 1]
         tree = trees[benchmark if benchmark in TREES else "coco2014/zsi-48-17"]
         argv[argv.index("--gt") + 1] = str(tree)
@@ -271,7 +280,7 @@ def test_every_readme_real_data_command_runs_on_a_real_format_tree(trees, tmp_pa
         if argv[0] == "eval":  # the ground truth scores 100 on what it contains
             assert "100.0" in out, (command, out)
         checked += 1
-    assert checked == 4
+    assert checked == 5
 
 
 # -- bad input: one line, before any training ----------------------------------------------------
@@ -342,3 +351,36 @@ def test_more_targets_than_queries_is_warned_and_counted(trees, tmp_path, caplog
     beyond = result.results["training"]["targets_beyond_queries"]
     assert beyond["images"] >= 1 and beyond["targets"] >= 1
     assert any("more than the 4 queries" in r.getMessage() for r in caplog.records)
+
+
+def test_mmseg_pascal_context_pngs_convert_to_zs3_ids_and_read_as_the_benchmark(tmp_path,
+                                                                                capsys):
+    from zeroseg.platform.cli import main
+
+    root = tmp_path / "VOC2010"
+    mmseg = root / "mmseg"
+    mmseg.mkdir(parents=True)
+    # mmseg numbering: 2 bag, 20 cow, 34 motorbike, 255 void (ZS3: 21, 10, 14)
+    label = np.array([[0, 2, 20], [34, 255, 0]], dtype=np.uint8)
+    Image.fromarray(label).save(mmseg / "2008_000001.png")
+    out = root / "SegmentationClassContext"
+    assert main(["data", "convert-context", str(mmseg), str(out)]) == 0
+    converted = np.asarray(Image.open(out / "2008_000001.png"))
+    assert converted.tolist() == [[0, 21, 10], [14, 255, 0]]
+    # ... and the pascal-context benchmark reads the VOC2010 tree
+    (root / "JPEGImages").mkdir()
+    Image.fromarray(np.zeros((2, 3, 3), np.uint8)).save(root / "JPEGImages" / "2008_000001.jpg")
+    sets = root / "ImageSets" / "SegmentationContext"
+    sets.mkdir(parents=True)
+    (sets / "train.txt").write_text("2008_000001\n")
+    split = get_split("pascal-context/zs3-2")
+    layout = dataset_layout(root, "train", split.dataset)
+    images = list_images(layout, benchmark_sources(split))
+    masks, cats = target_reader(layout, split).targets(next(iter(images)))
+    names = {c.id: c.name for c in split.classes}
+    assert sorted(names[c] for c in cats.tolist()) == ["background", "bag", "cow", "motorbike"]
+    # a value mmseg never writes is one line naming the file
+    Image.fromarray(np.array([[61]], dtype=np.uint8)).save(mmseg / "2008_000002.png")
+    assert main(["data", "convert-context", str(mmseg), str(tmp_path / "again")]) != 0
+    assert "2008_000002.png: value 61 is no mmsegmentation" in capsys.readouterr().err
+    assert not (tmp_path / "again").exists()  # nothing half-written

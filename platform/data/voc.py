@@ -132,3 +132,50 @@ class VocSegmentation:
 
     def __iter__(self) -> Iterator[VocRecord]:
         return self.records()
+
+
+# -- Pascal-Context as mmsegmentation converts it -----------------------------------------------
+#: mmsegmentation's Pascal-Context PNG value -> ZS3's label id (table in data/splits/, with the
+#: Detail category id and the name beside each row; see its SOURCES.md entry).
+MMSEG_CONTEXT_TABLE = Path(__file__).resolve().parent / "splits" / \
+    "pascal_context_mmseg_to_zs3.csv"
+
+
+def mmseg_context_lut() -> np.ndarray:
+    """uint8 lookup: mmsegmentation's ``SegmentationClassContext`` value (0 background, 1-59
+    alphabetical) -> ZS3's label (0 background, 1-59 in ZS3's order); 255 stays 255, any other
+    value becomes 255."""
+    import csv
+
+    lut = np.full(256, IGNORE_LABEL, dtype=np.uint8)
+    with MMSEG_CONTEXT_TABLE.open(newline="") as f:
+        for row in csv.DictReader(f):
+            lut[int(row["mmseg_png_value"])] = int(row["zs3_label"])
+    return lut
+
+
+def convert_mmseg_context(src: Path, out: Path) -> int:
+    """Rewrite every label PNG of ``src`` (mmsegmentation's Pascal-Context numbering) into
+    ``out`` with ZS3's label ids, atomically (``out`` appears complete or not at all); returns
+    the number of PNGs. A value that is no mmsegmentation label is an error naming the file."""
+    from zeroseg.platform.io import atomic_directory
+
+    src, out = Path(src), Path(out)
+    pngs = sorted(src.glob("*.png")) if src.is_dir() else []
+    if not pngs:
+        raise DataError(f"{src}: no label PNGs (expected mmsegmentation's "
+                        f"SegmentationClassContext folder)")
+    lut = mmseg_context_lut()
+    known = np.zeros(256, dtype=bool)
+    known[lut != IGNORE_LABEL] = True
+    known[IGNORE_LABEL] = True
+    with atomic_directory(out) as tmp:
+        for path in pngs:
+            with Image.open(path) as im:
+                label = np.asarray(im)
+            bad = ~known[label]
+            if bad.any():
+                raise DataError(f"{path}: value {int(label[bad][0])} is no mmsegmentation "
+                                f"Pascal-Context label (0-59, 255)")
+            Image.fromarray(lut[label]).save(tmp / path.name)
+    return len(pngs)
