@@ -174,20 +174,28 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("config", [
-    pytest.param(c, marks=() if c.startswith("coco_stuff") else pytest.mark.slow) for c in SMOKE])
+@pytest.mark.parametrize("config,extra", [
+    # the default suite: every stage of a real benchmark config, with the tiny segmenter
+    ("coco_stuff_spnet_156_15.yaml", ["segmenter.model.size=tiny", 'evaluation.protocols=["test"]',
+                                      'methods=["seen-only","projection","pading"]']),
+    # make test-slow: each paper benchmark's config as written (R50), both protocols
+    *[pytest.param(c, [], marks=pytest.mark.slow) for c in SMOKE]])
 def test_smoke_runs_a_benchmark_config_from_data_to_stored_per_class_results(
-        trees, tmp_path, monkeypatch, capsys, config):
+        trees, tmp_path, monkeypatch, capsys, config, extra):
     from zeroseg.platform.cli import main
     from zeroseg.platform.pipeline.config import load_pipeline_config
     from zeroseg.platform.store import open_store
 
     monkeypatch.chdir(tmp_path)  # the config's work_dir is relative
     root = trees[SMOKE[config]]
-    assert main(["run", str(CONFIGS / config), "--smoke", "--set", f"data.root={root}"]) == 0
+    sets = [a for item in extra for a in ("--set", item)]
+    assert main(["run", str(CONFIGS / config), "--smoke", "--set", f"data.root={root}",
+                 *sets]) == 0
     out = capsys.readouterr()
     assert "SMOKE RUN" in out.err and "SMOKE RUN" in out.out
-    real = load_pipeline_config(CONFIGS / config)
+    from zeroseg.platform.config import parse_overrides
+
+    real = load_pipeline_config(CONFIGS / config, parse_overrides(extra))
     store = tmp_path / real.work_dir / "smoke" / "results.db"
     split = get_split(real.data.benchmark)
     task = split.tasks[0]
