@@ -133,6 +133,8 @@ def test_segmenter_trains_and_predicts_at_original_sizes(trees, tmp_path, benchm
     config = train_config_from_dict(_train_config(trees[benchmark], benchmark,
                                                   tmp_path / "run"))
     result = run_training(config)
+    logs = [r for r in result.log if r.get("event") == "log"]
+    assert logs and all(r["cpu_share"] >= 0 and r["load_per_cpu"] >= 0 for r in logs)
     task = split.tasks[0]
     metrics = result.results["metrics"]
     assert set(metrics) == {task}

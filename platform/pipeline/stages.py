@@ -314,8 +314,12 @@ class Pipeline:
             if record.get("event") != "log" or time.monotonic() - last["t"] < 20:
                 return
             last["t"] = time.monotonic()
+            load = ""
+            if "cpu_share" in record:  # a slow window explains itself: CPU it got, machine load
+                load = (f" (CPU share {record['cpu_share']:.2f}, load {record['load_per_cpu']:.1f}"
+                        f" per CPU)")
             self.progress(f"  segmenter step {record['step']}/{record.get('steps')}: loss "
-                          f"{record['loss']:.3f}, {record['images_per_s']:.1f} images/s")
+                          f"{record['loss']:.3f}, {record['images_per_s']:.1f} images/s{load}")
 
         result = run_training(config, progress=on_record, verbose=self.verbose)
         results = {k: result.results.get(k) for k in (

@@ -47,6 +47,8 @@ class _Display:
         step, steps = record.get("step"), record.get("steps")
         if event == "log":
             info = f"loss {record['loss']:.3f}  {record['images_per_s']:.1f} img/s"
+            if "cpu_share" in record:
+                info += f"  cpu {record['cpu_share']:.2f} load {record['load_per_cpu']:.1f}"
         elif event == "start":
             info = (f"resumed at step {step}" if step else
                     f"started, {record.get('world_size')} worker(s)")

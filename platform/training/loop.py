@@ -207,6 +207,17 @@ def _maybe_fail(fault: dict[str, Any] | None, rank: int, step: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _window_load(cpu_seconds: float, wall_seconds: float) -> dict[str, float]:
+    """What explains a window's throughput besides the model: the CPU this worker got
+    (``cpu_share``: process CPU seconds per wall second and per torch thread; well below 1 means
+    it waited, for data, a collective or a CPU someone else held) and the machine's 1-minute
+    load average per CPU (``load_per_cpu`` above 1: more runnable processes than CPUs)."""
+    threads = max(1, torch.get_num_threads())
+    share = cpu_seconds / (wall_seconds * threads) if wall_seconds > 0 else 0.0
+    load = os.getloadavg()[0] / max(1, os.cpu_count() or 1)
+    return {"cpu_share": round(share, 3), "load_per_cpu": round(load, 2)}
+
+
 def train_func(loop_config: dict[str, Any]) -> dict[str, Any]:
     """The training loop run by every Ray Train worker (see the module docstring).
 
@@ -346,6 +357,7 @@ def _train(loop_config: dict[str, Any], config: SegmenterTrainConfig, rank: int,
     engine.train()
     window_loss = torch.zeros(2, dtype=torch.float64, device=device)  # (sum, count)
     window_start, window_steps = time.perf_counter(), 0
+    window_cpu = time.process_time()
     run_start, images_seen = time.perf_counter(), 0
     last_loss: float | None = None  # stays None when a finished run is only re-exported
     metrics: dict[str, Any] = {"step": start, "start_step": start}
@@ -383,13 +395,16 @@ def _train(loop_config: dict[str, Any], config: SegmenterTrainConfig, rank: int,
             elapsed = time.perf_counter() - window_start
             ips = window_steps * world * t.batch_size / elapsed if elapsed > 0 else 0.0
             metrics = {"step": done, "loss": last_loss, "images_per_s": ips,
-                       "start_step": start, "world_size": world}
+                       "start_step": start, "world_size": world,
+                       **_window_load(time.process_time() - window_cpu, elapsed)}
             _emit(sink, {"event": "log", **metrics, "steps": t.steps, "time": time.time()})
             window_loss.zero_()
             window_start, window_steps = time.perf_counter(), 0
+            window_cpu = time.process_time()
         if done % t.checkpoint_every == 0 or done == t.steps:
             save_and_report(done, metrics, final=done == t.steps)
             window_start = time.perf_counter()  # throughput excludes checkpoint writing
+            window_cpu = time.process_time()
         _maybe_fail(loop_config.get("fault"), rank, done)
     if start >= t.steps:  # resumed a finished run: export again from the loaded state
         save_and_report(t.steps, {**metrics, "step": t.steps}, final=True)
