@@ -200,6 +200,10 @@ def test_prediction_errors():
         pq_of(gt, segs, [[7, 7, 0]], [seg(7, CAT), seg(7, DOG)])
     with pytest.raises(DataError, match="size"):
         pq_of(gt, segs, [[7, 7]], [seg(7, CAT)])
+    # ids 1..P in order (the fast path) with a pixel outside them, above or below
+    for bad, ids in ((2, [1, 2, 0]), (-1, [1, -1, 0])):
+        with pytest.raises(DataError, match=rf"\[{bad}\] are in the prediction PNG"):
+            pq_of(gt, segs, np.array([ids], dtype=np.int32), [seg(1, CAT)])
 
 
 # -- random images: a per-pair loop reference and panopticapi ----------------------------------
@@ -361,6 +365,74 @@ def test_batched_stats_equal_one_image_at_a_time_to_the_last_bit(setting):
             assert getattr(b, field).tolist() == getattr(one, field).tolist()
         assert b.iou.tolist() == one.iou.tolist()  # exact: the same additions in the same order
     assert sum(int(one.tp.sum()) for one in single) > 20
+
+
+def mixed_batch(rng):
+    """Images of three sizes (one without pixels), noisy predictions, ids 1..P and random."""
+    from zeroseg.platform.evaluation.panoptic import PQItem, _segments
+
+    index = tiny_split().id_to_index()
+    items = []
+    for k in range(30):
+        h, w = ((24, 32), (17, 9), (40, 40))[k % 3]
+        gt, gt_segs, pred, pred_segs = random_image(rng, h, w, int(rng.integers(0, 9)))
+        if k % 4 == 1:  # salt and pepper: most pixels start a run
+            noise = rng.random(pred.shape) < 0.5
+            pred[noise] = 0
+            present = set(np.unique(pred).tolist())
+            pred_segs = [s for s in pred_segs if s["id"] in present]
+        if k % 5 == 2:  # a block of GT ids listed nowhere under predicted segments
+            gt = gt.copy()
+            gt[:h // 2, :w // 2] = 2**24 - 1
+        if k % 2 == 0:  # zeroseg's own predictions: ids 1..P in segments order
+            order = {s["id"]: j + 1 for j, s in enumerate(pred_segs)}
+            pred = np.vectorize(lambda v, order=order: order.get(v, 0))(pred).astype(np.int32)
+            pred_segs = [dict(s, id=order[s["id"]]) for s in pred_segs]
+        items.append(PQItem(gt, _segments(gt_segs, index, "gt", gt=True), pred,
+                            _segments(pred_segs, index, "pred", gt=False), f"image {k}"))
+    empty = np.zeros((0, 5), dtype=np.int32)
+    items.insert(7, PQItem(empty, _segments([], index, "gt", gt=True), empty,
+                           _segments([], index, "pred", gt=False), "empty image"))
+    return items
+
+
+@pytest.mark.parametrize("method", ["runs", "pixels", "auto"])
+def test_batch_intersections_count_runs_and_pixels_alike(method):
+    """The batch's intersection table, counted by runs of equal keys or pixel by pixel, equals
+    a plain count image by image (images of several sizes, one without pixels)."""
+    from zeroseg.platform.evaluation.panoptic import batch_intersections, gt_rows
+
+    items = mixed_batch(np.random.default_rng(5))
+    g_of = np.array([it.gt.ids.size for it in items])
+    p_of = np.array([it.pred.ids.size for it in items])
+    inter = batch_intersections(items, g_of, p_of, method=method)
+    assert inter.shape == (len(items), g_of.max() + 2, p_of.max() + 1)
+    for b, it in enumerate(items):
+        rows = gt_rows(it.gt_ids, it.gt.ids).astype(np.intp)
+        lut = {0: 0, **{int(v): j + 1 for j, v in enumerate(it.pred.ids)}}
+        cols = np.array([lut[int(v)] for v in it.pred_ids.ravel()], dtype=np.intp)
+        expected = np.zeros_like(inter[b])
+        np.add.at(expected, (rows, cols), 1)
+        assert (inter[b] == expected).all(), b
+
+
+@pytest.mark.parametrize("setting", ["gzsl", "zsl"])
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_batched_stats_of_mixed_sizes_equal_one_image_at_a_time(share, setting, monkeypatch):
+    """pq_batch_stats on images of several sizes, counted pixel by pixel (share 0) or by runs
+    (share 1), against pq_image_stats: the same numbers to the last bit."""
+    from zeroseg.platform.evaluation import panoptic
+
+    monkeypatch.setattr(panoptic, "RUNS_MAX_SHARE", share)
+    items = mixed_batch(np.random.default_rng(9))
+    evaluated = panoptic._evaluated_mask(tiny_split(), setting)
+    batched = panoptic.pq_batch_stats(items, evaluated)
+    for it, b in zip(items, batched, strict=True):
+        one = panoptic.pq_image_stats(it.gt_ids, it.gt, it.pred_ids, it.pred, evaluated,
+                                      it.where)
+        for field in ("tp", "fp", "fn", "iou"):
+            assert getattr(b, field).tolist() == getattr(one, field).tolist()
+    assert sum(int(b.tp.sum()) for b in batched) > 10
 
 
 def write_dataset(root, rng, n_images=12):

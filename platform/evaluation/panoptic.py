@@ -6,7 +6,8 @@ Per image (PROTOCOLS.md section 8, re-implemented from the documented semantics)
    counted in the PNG; GT areas come from the GT json's ``area`` (the PNG count when absent).
    A predicted id in the PNG but not in ``segments_info`` (or the reverse), an unknown
    ``category_id``, a missing PNG and a GT image without a prediction are errors.
-2. One ``np.bincount`` over (GT segment, predicted segment) pairs gives every intersection.
+2. One ``np.bincount`` over (GT segment, predicted segment) pairs gives every intersection
+   (for a batch of images: over the runs of equal pairs, weighted by their lengths).
 3. Match: same category, non-crowd GT, and IoU > 0.5 *strictly*, where
    IoU = inter / (pred_area + gt_area - inter - pred_on_void): predicted pixels on VOID leave
    the union. IoU > 0.5 makes a match unique, so there is no assignment step.
@@ -98,6 +99,9 @@ class ImageStats:
 #: gather (int16: 32 MiB, allocated on first use; only the entries of the current image are set).
 _ID_SPACE = 1 << 24
 _TABLE_LIMIT = np.iinfo(np.int16).max
+#: A batch's pixel buffers (:func:`batch_intersections`) are kept per thread up to this many
+#: pixels (64 images of 256 x 256: 12 MiB with int16 keys).
+_BATCH_SCRATCH_PIXELS = 64 * 256 * 256
 
 
 class _Scratch(threading.local):
@@ -108,6 +112,8 @@ class _Scratch(threading.local):
         self.table: np.ndarray | None = None
         self.small = np.empty(0, dtype=np.int16)
         self.key = np.empty(0, dtype=np.intp)
+        self.batch_keys = np.empty(0, dtype=np.uint8)
+        self.batch_flags = np.empty(0, dtype=bool)
 
     def id_table(self) -> np.ndarray:
         if self.table is None:
@@ -120,6 +126,17 @@ class _Scratch(threading.local):
             self.small = np.empty(n, dtype=np.int16)
             self.key = np.empty(n, dtype=np.intp)
         return self.small[:n], self.key[:n]
+
+    def batch(self, n: int, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(keys of ``dtype``, bool flags), ``n`` elements each, for one batch of pixels: kept
+        from batch to batch up to :data:`_BATCH_SCRATCH_PIXELS`, fresh above."""
+        itemsize = np.dtype(dtype).itemsize
+        if n > _BATCH_SCRATCH_PIXELS:
+            return np.empty(n, dtype=dtype), np.empty(n, dtype=bool)
+        if self.batch_keys.size < n * itemsize:
+            self.batch_keys = np.empty(n * itemsize, dtype=np.uint8)
+            self.batch_flags = np.empty(n, dtype=bool)
+        return self.batch_keys[:n * itemsize].view(dtype), self.batch_flags[:n]
 
 
 _scratch = _Scratch()
@@ -305,77 +322,171 @@ class PQItem:
     rows: np.ndarray | None = None  # gt_rows(gt_ids, gt.ids), when kept
 
 
-def pq_batch_stats(items: Sequence[PQItem], evaluated: np.ndarray) -> list[ImageStats]:
-    """:func:`pq_image_stats` of many images at once, the same numbers to the last bit.
+def _pred_columns(pred_ids: np.ndarray, pred_seg: np.ndarray, consecutive: bool,
+                  where: str) -> np.ndarray:
+    """Per predicted pixel (flat), its column of the intersection table: 0 = VOID, 1..P = the
+    segments in ``segments_info`` order. Ids 1..P in that order (``consecutive``: zeroseg's
+    inference numbers them so) are their own columns -- the map itself, after one check of its
+    range; other ids go through a lookup (an int16 scratch buffer: use it before the next
+    call)."""
+    flat = pred_ids.ravel()
+    kind = flat.dtype.kind
+    if consecutive and kind in "iub":
+        # Viewed unsigned, a negative id is a huge one: one max bounds both ends.
+        unsigned = flat.view(np.uint8) if kind == "b" else (
+            flat.view(flat.dtype.str.replace("i", "u")) if kind == "i" else flat)
+        if flat.size == 0 or int(unsigned.max()) <= pred_seg.size:
+            return flat
+    small, _ = _scratch.buffers(flat.size)
+    if _table_ok(flat, pred_seg):
+        index = _gather(flat, pred_seg, small)
+    else:
+        index = _searchsorted_index(flat, pred_seg)
+    if index.min(initial=0) < 0:
+        missing = np.unique(flat[index < 0])[:5].tolist()
+        raise DataError(f"{where}: segment ids {missing} are in the prediction PNG but not in "
+                        f"its segments_info")
+    return index
 
-    The per-pixel work stays per image (one key array each), but the intersections of all
-    images come from one ``bincount`` and the matching runs on tables padded to the largest
-    image's segment counts, ``[B, G, P]``, instead of some twenty small numpy calls per image.
-    Per image and class, IoU sums are added in the per-image order (row-major over (GT, pred)
-    pairs), so every sum equals :func:`pq_image_stats`' exactly.
-    """
-    num_classes = evaluated.size
+
+def _consecutive(ids: list[np.ndarray], counts: np.ndarray) -> list[bool]:
+    """Per image: are its segment ids 1..P in order?"""
+    n = len(ids)
+    total = int(counts.sum())
+    if total == 0:
+        return [True] * n
+    image = np.repeat(np.arange(n), counts)
+    position = np.arange(1, total + 1) - np.repeat(np.cumsum(counts) - counts, counts)
+    off = np.bincount(image[np.concatenate(ids) != position], minlength=n)
+    return (off == 0).tolist()
+
+
+#: Run-length counting (:func:`batch_intersections`) while at most this share of the pixels
+#: start a run; past it, one ``bincount`` over every pixel is the cheaper count.
+RUNS_MAX_SHARE = 0.25
+
+
+def batch_intersections(items: Sequence[PQItem], g_of: np.ndarray, p_of: np.ndarray,
+                        method: str = "auto") -> np.ndarray:
+    """``inter[b, r, c]``: pixels of image ``b`` in GT row ``r`` and prediction column ``c``,
+    on one table layout for the batch, ``[B, gmax + 2, pmax + 1]``: row 0 VOID, rows 1..G the
+    GT segments, row G + 1 the ids listed nowhere (a padding row for images with fewer segments
+    than ``gmax``), column 0 VOID, columns 1..P the predicted segments.
+
+    Every pixel gets the key ``row * (pmax + 1) + col`` (int16 while the table allows). Label
+    maps are piecewise constant, so the keys are counted by runs: where a key differs from the
+    previous pixel's (or an image starts), a run starts, and the table is one ``bincount`` of
+    the run keys weighted by the run lengths -- a few percent of the pixels instead of all of
+    them. ``method``: ``"runs"``, ``"pixels"`` (one ``bincount`` over every pixel) or ``"auto"``
+    (runs unless more than :data:`RUNS_MAX_SHARE` of the pixels start one). Both give the same
+    integers."""
     n = len(items)
-    if n == 0:
-        return []
-    g_of = np.array([it.gt.ids.size for it in items], dtype=np.int64)
-    p_of = np.array([it.pred.ids.size for it in items], dtype=np.int64)
-    blocks = (g_of + 2) * (p_of + 1)
-    offsets = np.concatenate(([0], np.cumsum(blocks)[:-1]))
-    keys = np.empty(sum(it.gt_ids.size for it in items), dtype=np.intp)
-    start = 0
-    for it, off in zip(items, offsets.tolist(), strict=True):
+    gmax, pmax = int(g_of.max()), int(p_of.max())
+    width = pmax + 1
+    block = (gmax + 2) * width
+    sizes = np.array([it.gt_ids.size for it in items], dtype=np.int64)
+    bounds = np.concatenate(([0], np.cumsum(sizes)))
+    total = int(bounds[-1])
+    dtype = (np.int16 if block <= np.iinfo(np.int16).max else
+             np.int32 if block <= np.iinfo(np.int32).max else np.intp)
+    if method not in ("auto", "runs", "pixels"):
+        raise ValueError(f"method: {method!r}")
+    consecutive = _consecutive([it.pred.ids for it in items], p_of)
+    keys, start = _scratch.batch(total, dtype)
+    edges = bounds.tolist()
+    for b, it in enumerate(items):
         if it.gt_ids.shape != it.pred_ids.shape:
             raise DataError(f"{it.where}: prediction size {it.pred_ids.shape[:2]} differs from "
                             f"the GT size {it.gt_ids.shape[:2]}")
-        key = _pair_keys(it.gt_ids, it.gt.ids, it.pred_ids, it.pred.ids, it.where, it.rows)
-        np.add(key, off, out=keys[start:start + key.size])
-        start += key.size
-    flat = np.bincount(keys, minlength=int(blocks.sum()))
-    gmax, pmax = int(g_of.max()), int(p_of.max())
+        lo, hi = edges[b], edges[b + 1]
+        out = keys[lo:hi]
+        rows = gt_rows(it.gt_ids, it.gt.ids) if it.rows is None else it.rows.ravel()
+        cols = _pred_columns(it.pred_ids, it.pred.ids, consecutive[b], it.where)
+        np.multiply(rows, width, out=out, dtype=dtype, casting="unsafe")  # < block: fits
+        np.add(out, cols, out=out, dtype=dtype, casting="unsafe")  # cols: 0..P, checked
+        if hi > lo and method != "pixels":  # run starts, while the keys are in cache
+            start[lo] = True  # every image starts a run
+            np.not_equal(out[1:], out[:-1], out=start[lo + 1:hi])
+    minlength = n * block
+    if method != "pixels" and total:
+        if method == "runs" or np.count_nonzero(start) <= RUNS_MAX_SHARE * total:
+            starts = start.nonzero()[0]
+            lengths = np.empty_like(starts)
+            np.subtract(starts[1:], starts[:-1], out=lengths[:-1])
+            lengths[-1] = total - starts[-1]
+            runs_of = np.diff(np.searchsorted(starts, bounds))  # runs per image
+            run_keys = np.repeat(np.arange(0, n * block, block, dtype=np.intp), runs_of)
+            run_keys += keys[starts]
+            # float64 weights: integer sums, exact below 2**53 pixels
+            counts = np.bincount(run_keys, weights=lengths, minlength=minlength)
+            return counts.astype(np.int64).reshape(n, gmax + 2, width)
+    wide = keys.astype(np.intp)
+    for b in range(1, n):
+        wide[edges[b]:edges[b + 1]] += b * block
+    flat = np.bincount(wide, minlength=minlength)
+    return flat.reshape(n, gmax + 2, width)
 
-    # Each image's (G + 2) x (P + 1) block into a table padded to (gmax + 2) x (pmax + 1):
-    # VOID row, listed segments, then the row of ids listed nowhere last.
-    image = np.repeat(np.arange(n), blocks)
-    local = np.arange(flat.size) - np.repeat(offsets, blocks)
-    width = np.repeat(p_of + 1, blocks)
-    row, col = local // width, local % width
-    row = np.where(row == np.repeat(g_of + 1, blocks), gmax + 1, row)
-    inter = np.zeros((n, gmax + 2, pmax + 1), dtype=flat.dtype)
-    inter[image, row, col] = flat
 
-    def padded(arrays: list[np.ndarray], length: int, fill: Any, dtype: Any) -> np.ndarray:
+def pq_batch_stats(items: Sequence[PQItem], evaluated: np.ndarray) -> list[ImageStats]:
+    """:func:`pq_image_stats` of many images at once, the same numbers to the last bit.
+
+    The intersections of all images come from one ``bincount`` straight into a table padded to
+    the batch's largest segment counts, ``[B, G, P]`` (:func:`batch_intersections`), and the
+    matching runs on that table instead of some twenty small numpy calls per image. Per image
+    and class, IoU sums are added in the per-image order (row-major over (GT, pred) pairs), so
+    every sum equals :func:`pq_image_stats`' exactly.
+    """
+    tp, fp, fn, iou_sum = pq_batch_arrays(items, evaluated)
+    return [ImageStats(tp=tp[b], fp=fp[b], fn=fn[b], iou=iou_sum[b]) for b in range(len(items))]
+
+
+def pq_batch_arrays(items: Sequence[PQItem], evaluated: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`pq_batch_stats` as ``[B, C]`` arrays: TP, FP, FN, IoU sums."""
+    num_classes = evaluated.size
+    n = len(items)
+    if n == 0:
+        empty = np.zeros((0, num_classes), dtype=np.int64)
+        return empty, empty, empty, np.zeros((0, num_classes))
+    g_of = np.array([it.gt.ids.size for it in items], dtype=np.int64)
+    p_of = np.array([it.pred.ids.size for it in items], dtype=np.int64)
+    inter = batch_intersections(items, g_of, p_of)
+    gmax, pmax = inter.shape[1] - 2, inter.shape[2] - 1
+
+    def padded(arrays: list[np.ndarray], counts: np.ndarray, length: int, fill: Any,
+               dtype: Any) -> np.ndarray:
         out = np.full((n, length), fill, dtype=dtype)
-        counts = np.array([a.size for a in arrays], dtype=np.int64)
-        if counts.sum():
-            where = np.repeat(np.arange(n), counts)
-            pos = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-            out[where, pos] = np.concatenate(arrays)
+        if length:
+            out[np.arange(length)[None, :] < counts[:, None]] = np.concatenate(arrays)
         return out
 
-    gt_cats = padded([it.gt.cats for it in items], gmax, 0, np.int64)
-    gt_crowd = padded([it.gt.crowd for it in items], gmax, False, bool)
-    json_area = padded([it.gt.area for it in items], gmax, -1, np.int64)
-    pred_cats = padded([it.pred.cats for it in items], pmax, 0, np.int64)
+    gt_cats = padded([it.gt.cats for it in items], g_of, gmax, 0, np.int64)
+    gt_crowd = padded([it.gt.crowd for it in items], g_of, gmax, False, bool)
+    json_area = padded([it.gt.area for it in items], g_of, gmax, -1, np.int64)
+    pred_cats = padded([it.pred.cats for it in items], p_of, pmax, 0, np.int64)
     gt_valid = np.arange(gmax)[None, :] < g_of[:, None]
     pred_valid = np.arange(pmax)[None, :] < p_of[:, None]
-    sizes = list(zip(g_of.tolist(), p_of.tolist(), strict=True))
 
     pred_area = inter.sum(axis=1)[:, 1:]
     absent = pred_valid & (pred_area == 0)
     if absent.any():
         b = int(np.nonzero(absent.any(axis=1))[0][0])
-        missing = items[b].pred.ids[absent[b, :sizes[b][1]]][:5].tolist()
+        missing = items[b].pred.ids[absent[b, :int(p_of[b])]][:5].tolist()
         raise DataError(f"{items[b].where}: segment ids {missing} are in segments_info but not "
                         f"in the prediction PNG")
-    gt_area = np.where(json_area >= 0, json_area, inter.sum(axis=2)[:, 1:gmax + 1])
+    gt_area = (json_area if (json_area >= 0).all() else
+               np.where(json_area >= 0, json_area, inter[:, 1:gmax + 1].sum(axis=2)))
     gt_keep = gt_valid & evaluated[gt_cats]
     pred_keep = pred_valid & evaluated[pred_cats]
     pair = inter[:, 1:gmax + 1, 1:]  # (B, G, P) intersections of listed segments
-    # Predicted pixels on VOID, where dropped GT segments (ZSL) count as VOID.
-    void = inter[:, 0, 1:] + (pair * ~gt_keep[:, :, None]).sum(axis=1)
+    # Predicted pixels on VOID, where dropped GT segments (ZSL) count as VOID; a padding row
+    # (where an image with fewer segments keeps its ids listed nowhere) is neither.
+    dropped = gt_valid & ~gt_keep
+    void = inter[:, 0, 1:]
+    if dropped.any():
+        void = void + (pair * dropped[:, :, None]).sum(axis=1)
     candidate = ((pair > 0) & (gt_cats[:, :, None] == pred_cats[:, None, :])
-                 & ~gt_crowd[:, :, None] & gt_keep[:, :, None] & pred_keep[:, None, :])
+                 & (gt_keep & ~gt_crowd)[:, :, None] & pred_keep[:, None, :])
     union = pred_area[:, None, :] + gt_area[:, :, None] - pair - void[:, None, :]
     bad = candidate & (union <= 0)
     if bad.any():
@@ -412,7 +523,7 @@ def pq_batch_stats(items: Sequence[PQItem], evaluated: np.ndarray) -> list[Image
     ignored = (void[ub, up] + on_crowd) / pred_area[ub, up] > 0.5
     keep_fp = ~ignored
     fp = per_image(ub[keep_fp], pred_cats[ub, up][keep_fp])
-    return [ImageStats(tp=tp[b], fp=fp[b], fn=fn[b], iou=iou_sum[b]) for b in range(n)]
+    return tp, fp, fn, iou_sum
 
 
 @dataclass
@@ -441,6 +552,19 @@ class PQStats:
         self.fn += image.fn[:n]
         self.iou += image.iou[:n]
         self.num_images += 1
+
+    def add_batch(self, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray,
+                  iou: np.ndarray) -> None:
+        """Add the ``[B, C]`` arrays of :func:`pq_batch_arrays`: the same sums as :meth:`add`
+        image by image (the IoU sums are added one image at a time, in order; classes past
+        ``num_classes`` are cut, as there)."""
+        n = self.num_classes
+        self.tp += tp[:, :n].sum(axis=0)
+        self.fp += fp[:, :n].sum(axis=0)
+        self.fn += fn[:, :n].sum(axis=0)
+        for row in iou[:, :n]:
+            self.iou += row
+        self.num_images += len(iou)
 
     def per_class(self, empty_classes: str = "zero") -> dict[int, dict[str, float | None]]:
         """PQ / SQ / RQ per class index (see the module docstring for ``empty_classes``)."""
@@ -582,8 +706,7 @@ class PanopticEvaluator:
                  for gt, pred_ids, segments, name in images]
         self.pred_segments_outside += sum(
             int((it.pred.cats == self.split.num_classes).sum()) for it in items)
-        for one in pq_batch_stats(items, self._evaluated):
-            self.stats.add(one)
+        self.stats.add_batch(*pq_batch_arrays(items, self._evaluated))
 
     def evaluate(self, options: Mapping[str, Any] | None = None) -> EvalResult:
         """The result; the GT segments counted are those of the GroundTruth objects this
