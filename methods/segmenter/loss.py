@@ -36,7 +36,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 
@@ -87,6 +86,10 @@ def hungarian_match(class_logits: Tensor, mask_logits: Tensor, class_labels: Seq
     """Per image (query indices, target indices), one-to-one, minimising Mask2Former's cost.
     ``mask_logits`` [B, Q, h, w], ``targets`` per image [N_i, h, w] soft masks."""
     b, q = class_logits.shape[:2]
+    # Imported here: scipy.optimize takes 0.4 s to import, and everything that imports the
+    # pipeline (the CLI, every sweep trial's worker) imports this module without matching.
+    from scipy.optimize import linear_sum_assignment
+
     probs = class_logits.float().softmax(-1)
     flat = mask_logits.float().flatten(2)
     out: list[tuple[Tensor, Tensor]] = []
