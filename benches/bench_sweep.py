@@ -3,12 +3,18 @@
     python benches/bench_sweep.py [--space search_spaces/pading.yaml]
                                   [--config configs/pipeline_tiny.yaml]
                                   [--trials 12] [--concurrency 2] [--seeds 0 1]
+                                  [--overhead-only] [--rounds 3 --compare]
 
 1. **Overhead**: one sweep of ``--trials`` trials at ``--concurrency`` with the FIFO scheduler
    (every trial runs to the end, so the figure is not mixed with early stopping):
    ``overhead = wall time / (sum of the trials' own durations / concurrency)``. 1.00 would be a
-   scheduler that costs nothing; the excess is Ray's actor start-up, result passing and the
-   store callback.
+   scheduler that costs nothing; the excess is Ray's start, the trial actors' start-up (a
+   process each, importing torch, Tune and zeroseg), result passing, the store callback and the
+   tail. Split into start-up (sweep start to the first trial's start), steady (first trial start
+   to last trial end, over the same ideal) and tail. ``--rounds N`` runs it N times;
+   ``--compare`` alternates, round by round, ``cold`` (as ``zeroseg sweep`` runs: Ray started
+   by the sweep, on a fresh Ray each time) and ``warm`` (Ray already running, as with a cluster
+   address or a second sweep in one process: what is left is the trial actors' start-up).
 2. **TPE vs random**: for each seed, two ASHA sweeps with the same budget, space and seed --
    Optuna's TPE sampler and its random sampler. Reported per searcher: the best validation HM
    found, and the wall time until a trial first reached 99% of the best value either searcher
@@ -26,7 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +88,36 @@ def sweep(space: Path, name: str, store: str, trials_n: int, concurrency: int) -
     return time.perf_counter() - started
 
 
+VARIANTS = {
+    "cold": "as zeroseg sweep runs: Ray started by the sweep",
+    "warm": "Ray already running (a cluster address, or a second sweep in one process)",
+}
+
+
+def _utc_ts(value: Any) -> float:
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC).timestamp()
+    return _ts(value)
+
+
+def overhead_sweep(space: Path, name: str, store: str, trials_n: int, concurrency: int,
+                   variant: str) -> tuple[float, float, float, float, float]:
+    """One FIFO sweep: (wall, ideal = sum of trial durations / K, start-up, steady span, tail).
+    ``cold`` starts Ray afresh (shut down first), ``warm`` keeps it running."""
+    import ray
+
+    if variant == "cold":
+        ray.shutdown()
+    started = time.time()
+    wall = sweep(space, name, store, trials_n, concurrency)
+    ended = started + wall
+    runs = trials(store, name)
+    own = [r["duration_s"] for r in runs if r["duration_s"]]
+    first = min(_utc_ts(r["created_at"]) for r in runs)
+    last = max(_utc_ts(r["finished_at"]) for r in runs if r["finished_at"])
+    return wall, sum(own) / concurrency, first - started, last - first, ended - last
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--space", type=Path, default=REPO / "search_spaces" / "pading.yaml")
@@ -90,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=2)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--work", type=Path, default=None)
+    p.add_argument("--overhead-only", action="store_true", help="skip TPE vs random")
+    p.add_argument("--rounds", type=int, default=1, help="overhead sweeps per variant")
+    p.add_argument("--compare", action="store_true",
+                   help="overhead side by side, round by round: cold (Ray started by the "
+                        "sweep) and warm (Ray already running)")
     args = p.parse_args(argv)
 
     from zeroseg.platform.pipeline import Pipeline, load_pipeline_config
@@ -112,14 +153,30 @@ def main(argv: list[str] | None = None) -> int:
     # 1. overhead
     space = write_space(args.space, config_path, work / "fifo.yaml", searcher="random", seed=0,
                         scheduler="fifo")
-    wall = sweep(space, "overhead", store, args.trials, args.concurrency)
-    runs = trials(store, "overhead")
-    own = [r["duration_s"] for r in runs if r["duration_s"]]
-    ideal = sum(own) / args.concurrency
-    print(f"\noverhead: {len(runs)} trials at concurrency {args.concurrency}: wall {wall:.1f} s, "
-          f"sum of trial durations / K = {ideal:.1f} s (mean trial {statistics.fmean(own):.1f} "
-          f"s) -> overhead ratio {wall / ideal:.2f}")
+    rows = []
+    variants = ["cold", "warm"] if args.compare else ["cold"]
+    tag = datetime.now().strftime("%Y%m%d-%H%M%S")  # sweep names are unique in a store
+    for r in range(args.rounds):
+        for variant in variants:
+            name = f"overhead-{tag}-{variant}-{r}"
+            rows.append((variant, *overhead_sweep(space, name, store, args.trials,
+                                                 args.concurrency, variant)))
+    print(f"\noverhead: {args.trials} trials at concurrency {args.concurrency} (overhead = wall / "
+          f"(sum of trial durations / K)); start-up = sweep start to the first trial's start, "
+          f"steady = first trial start to last trial end over the same ideal, tail = last trial "
+          f"end to the sweep's return")
+    print(f"{'variant':>9} {'wall s':>7} {'ideal s':>8} {'overhead':>9} {'start-up s':>11} "
+          f"{'steady':>7} {'tail s':>7}")
+    for variant, wall, ideal, startup, steady, tail in rows:
+        print(f"{variant:>9} {wall:7.1f} {ideal:8.1f} {wall / ideal:9.2f} {startup:11.1f} "
+              f"{steady / ideal:7.2f} {tail:7.1f}")
+    for variant in variants:
+        ratios = [w / i for v, w, i, *_ in rows if v == variant]
+        print(f"{variant:>9}: overhead min {min(ratios):.2f}, median "
+              f"{statistics.median(ratios):.2f} over {len(ratios)} sweep(s) -- {VARIANTS[variant]}")
 
+    if args.overhead_only:
+        return 0
     # 2. TPE vs random, same budget and seeds
     print(f"\nTPE vs random: {args.trials} trials, concurrency {args.concurrency}, ASHA, seeds "
           f"{args.seeds}")
