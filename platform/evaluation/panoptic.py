@@ -704,8 +704,9 @@ class PanopticEvaluator:
                         _segments(segments, self._id_to_index, f"{name} (prediction)",
                                   gt=False), name, gt.rows)
                  for gt, pred_ids, segments, name in images]
-        self.pred_segments_outside += sum(
-            int((it.pred.cats == self.split.num_classes).sum()) for it in items)
+        if items:
+            cats = np.concatenate([it.pred.cats for it in items])
+            self.pred_segments_outside += int(np.count_nonzero(cats == self.split.num_classes))
         self.stats.add_batch(*pq_batch_arrays(items, self._evaluated))
 
     def evaluate(self, options: Mapping[str, Any] | None = None) -> EvalResult:
