@@ -240,5 +240,5 @@ def _named_files(text: str) -> set[str]:
 def test_every_split_file_has_provenance() -> None:
     named = _named_files(SPLITS_DIR.joinpath("SOURCES.md").read_text())
     shipped = sorted(p.name for p in SPLITS_DIR.iterdir() if p.name != "SOURCES.md")
-    assert len(shipped) == 22
+    assert len(shipped) == 23
     assert [n for n in shipped if n not in named] == []
