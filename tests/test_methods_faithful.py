@@ -530,3 +530,21 @@ def test_gmmn_logs_the_same_mmd_form_and_trains_a_head_alongside():
     sequential = GMMNConfig(steps=2, batch_size=16,
                             classifier=ClassifierConfig(schedule="sequential"))
     assert train_gmmn(x, y, a, seen, unseen, sequential, seed=0).generator.classifier is None
+
+
+@pytest.mark.parametrize("path, task", [("coco_stuff_spnet_156_15.yaml", "semantic"),
+                                        ("coco_panoptic_zsp_119_14.yaml", "panoptic"),
+                                        ("coco2014_zsi_48_17.yaml", "instance"),
+                                        ("coco2014_zsi_65_15.yaml", "instance")])
+def test_paper_benchmark_configs_run_the_authors_recipe_of_their_task(path, task):
+    """configs/<benchmark>.yaml's PADing is authors_code_config(task) (the classifier's own
+    step count is not used by the interleaved schedule)."""
+    from pathlib import Path
+
+    from zeroseg.platform.pipeline.config import load_pipeline_config
+
+    config = load_pipeline_config(Path(__file__).resolve().parents[1] / "configs" / path)
+    got = config.method_config("pading")
+    want = authors_code_config(task)
+    assert dataclasses.replace(got, classifier=dataclasses.replace(
+        got.classifier, steps=want.classifier.steps)) == want
