@@ -840,3 +840,40 @@ def per_class_table(metrics: Sequence[Mapping[str, Any]], unseen: Iterable[str],
 def curves_table(curves: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame([{"curve": c["name"], "step": c["step"], "value": c["value"]}
                          for c in curves], columns=["curve", "step", "value"])
+
+
+# -- generator fidelity (validation protocol) ---------------------------------------------------
+#: The summary rows of a run's fidelity diagnostics: (label, key, digits).
+FIDELITY_SUMMARY = (
+    ("MMD (sqrt, per class, mean)", "mmd", 3),
+    ("nearest-fake-mean accuracy (balanced)", "ncm_accuracy", 2),
+    ("chance", "chance", 2),
+    ("between / within variance of the fakes", "variance_ratio", 3),
+    ("between / within variance of the real embeddings", "real_variance_ratio", 3),
+    ("held-out classes", "classes", 0),
+    ("real held-out embeddings", "real_rows", 0),
+    ("fakes per class", "fakes_per_class", 0),
+)
+
+
+def fidelity_tables(artifacts: Any) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """A run's generator fidelity diagnostics (``artifacts["fidelity"]["val"]``, written by
+    methods/fidelity.py on the validation protocol): a summary table (Measure, Value) and one
+    row per held-out class (Class, Real, MMD, NCM accuracy); ``None`` when the run has none."""
+    fid = ((artifacts or {}).get("fidelity") or {}).get("val") if isinstance(
+        artifacts, Mapping) else None
+    if not isinstance(fid, Mapping):
+        return None
+
+    def fmt(value: Any, digits: int) -> str:
+        if _missing(value):
+            return "-"
+        return f"{int(value)}" if digits == 0 else f"{float(value):.{digits}f}"
+
+    summary = pd.DataFrame([(label, fmt(fid.get(key), digits))
+                            for label, key, digits in FIDELITY_SUMMARY],
+                           columns=["Measure", "Value"])
+    rows = [(r.get("name"), r.get("real"), r.get("mmd"), r.get("ncm_accuracy"))
+            for r in fid.get("per_class") or []]
+    per_class = pd.DataFrame(rows, columns=["Class", "Real", "MMD", "NCM accuracy"])
+    return summary, per_class

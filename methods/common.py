@@ -25,6 +25,7 @@ batches and noise come from a local :class:`torch.Generator`.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import math
@@ -38,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zeroseg.platform.config import added_field
 from zeroseg.platform.errors import ConfigError, DataError, LeakageError
 from zeroseg.platform.io import atomic_write_bytes
 
@@ -156,6 +158,30 @@ def grouped_mmd_loss(fake: Tensor, real: Tensor, labels: Tensor, sigmas: Sequenc
     if form == "sqrt":
         mmd2 = torch.sqrt(torch.clamp(mmd2, min=1e-12))
     return mmd2.mean()
+
+
+#: The one form in which every generator's MMD is logged (curve :data:`MMD_CURVE`, history key
+#: ``mmd``) and diagnosed (:mod:`zeroseg.methods.fidelity`), whatever its training loss: per
+#: class, the square root of the biased MMD^2 summed over the authors' bandwidths {2, ..., 80}
+#: taken as variances -- the value of the authors' ``GMMNLoss`` on one class -- averaged over
+#: classes. (A loss value is not comparable across methods: PADing's default takes the MMD over
+#: a class-mixed batch, GMMN's per class, an MMD^2 form would not be square-rooted.)
+LOG_SIGMAS: tuple[float, ...] = SIGMA_PRESETS["code"]
+MMD_CURVE = "generator/mmd_sqrt_per_class"
+
+
+def per_class_mmd(fake: Tensor, fake_labels: Tensor, real: Tensor, real_labels: Tensor,
+                  classes: Sequence[int]) -> Tensor:
+    """``[len(classes)]``: for each class, ``sqrt(sum_v MMD^2_v)`` between its fakes and its real
+    rows (:data:`LOG_SIGMAS` as variances). Every class needs at least one row of each."""
+    values = []
+    for c in classes:
+        f, r = fake[fake_labels == c], real[real_labels == c]
+        if len(f) == 0 or len(r) == 0:
+            raise DataError(f"per_class_mmd: class {c} has {len(f)} synthetic and {len(r)} real "
+                            "rows; both must be non-empty")
+        values.append(mmd_loss(f, r, LOG_SIGMAS, kernel_scale="variance", form="sqrt"))
+    return torch.stack(values)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -389,6 +415,8 @@ class TrainedGenerator:
     class_embeddings: Tensor  # float32 [C, d], as fed to the network
     kind: str  # "gmmn" | "primitives"
     config: dict[str, Any] = field(default_factory=dict)  # to_dict of the training config
+    # The head trained alongside (classifier.schedule "interleaved"), as it was at this point.
+    classifier: TorchClassifier | None = None
 
     @property
     def num_classes(self) -> int:
@@ -436,21 +464,43 @@ class GeneratorRecipe:
     loss: StepLoss
     config: Any  # the method config: steps, batch_size, lr, mmd_grouping, classes_per_step, ...
     milestones: list[int] = field(default_factory=list)  # steps where the lr drops 10x
+    poly_power: float | None = None  # set: lr x (1 - t / steps)^power instead of milestones
+    head: HeadTrainer | None = None  # the interleaved classifier (one step per generator step)
 
     def trained(self) -> TrainedGenerator:
         from zeroseg.platform.config import to_dict
 
         return TrainedGenerator(net=self.net, class_embeddings=self.class_embeddings,
-                                kind=self.kind, config=to_dict(self.config))
+                                kind=self.kind, config=to_dict(self.config),
+                                classifier=self.head.snapshot() if self.head else None)
+
+
+#: detectron2's ``WarmupPolyLR`` power (the authors' semantic schedule).
+POLY_POWER = 0.9
+
+
+def poly_factor(step: int, total: int, power: float = POLY_POWER) -> float:
+    """The poly schedule's lr factor after ``step`` optimiser steps of ``total``:
+    ``(1 - step / total)^power``, 0 from ``total`` on (detectron2's constant ending 0)."""
+    return max(0.0, 1.0 - step / total) ** power
+
+
+def generator_scheduler(optimizer: torch.optim.Optimizer, recipe: GeneratorRecipe) -> Any:
+    """The recipe's lr schedule, stepped once per optimiser step: poly, or x 0.1 at the
+    milestones (none: constant)."""
+    if recipe.poly_power is not None:
+        total, power = int(recipe.config.steps), float(recipe.poly_power)
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: poly_factor(step, total, power))
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, recipe.milestones, gamma=0.1)
 
 
 class AdamStepper:
-    """One process: Adam on the recipe's parameters, lr x 0.1 at the milestones."""
+    """One process: Adam on the recipe's parameters and the recipe's lr schedule."""
 
     def __init__(self, recipe: GeneratorRecipe):
         self.optimizer = torch.optim.Adam(recipe.model.parameters(), lr=recipe.config.lr)
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, recipe.milestones,
-                                                              gamma=0.1)
+        self.scheduler = generator_scheduler(self.optimizer, recipe)
 
     def step(self, total: Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -462,24 +512,65 @@ class AdamStepper:
         return float(self.optimizer.param_groups[0]["lr"])
 
 
+class MMDProbe:
+    """The logged MMD (:data:`MMD_CURVE`): a fixed probe of real seen rows -- up to
+    ``classes`` classes with up to ``rows`` rows each, drawn once under a fixed seed, the same for
+    every run on the same features -- and, at each logging step, one fake per probe row from the
+    generator in eval mode with a fixed noise seed; the value is the mean over the probe's classes
+    of :func:`per_class_mmd`. It draws nothing from the training's random streams and leaves the
+    generator's mode as it found it, so logging does not change training."""
+
+    def __init__(self, y: Tensor, classes: int = 8, rows: int = 32, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        present = torch.unique(y)
+        chosen = present[torch.randperm(len(present), generator=g)[:classes]].sort().values
+        parts = []
+        for c in chosen.tolist():
+            members = torch.nonzero(y == c).flatten()
+            parts.append(members[torch.randperm(len(members), generator=g)[:rows]])
+        self.rows = torch.cat(parts)
+        self.classes = chosen.tolist()
+        self.seed = seed
+
+    def measure(self, net: nn.Module, class_embeddings: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        labels, real = y[self.rows], x[self.rows]
+        was_training = net.training
+        net.eval()
+        try:
+            with torch.no_grad():
+                fake = net(class_embeddings[labels],
+                           torch.Generator().manual_seed(self.seed + 1))
+                return per_class_mmd(fake, labels, real, labels, self.classes).mean()
+        finally:
+            net.train(was_training)
+
+
 def run_generator_loop(recipe: GeneratorRecipe, rng: torch.Generator, stepper: Any, *,
                        on_step: StepCallback | None = None,
                        on_snapshot: SnapshotCallback | None = None,
                        snapshot_every: int | None = None) -> list[dict[str, float]]:
     """``config.steps`` steps: a batch from the MMD grouping's sampler, the recipe's loss,
-    ``stepper.step(total)``; history every ``log_every`` steps; snapshots as documented at
+    ``stepper.step(total)``, then (interleaved schedule) one step of the recipe's classifier on
+    fakes of the generator just updated; history every ``log_every`` steps, with the logged
+    MMD (:class:`MMDProbe`) and the classifier's loss (``head``); snapshots as documented at
     :data:`SnapshotCallback`. Returns the history."""
     config = recipe.config
     sampler = generator_sampler(recipe.y, config.batch_size, config.mmd_grouping,
                                 config.classes_per_step, rng)
+    probe = MMDProbe(recipe.y)
     history: list[dict[str, float]] = []
     recipe.model.train()
     for step in range(1, config.steps + 1):
         rows = sampler.next()
         total, raw = recipe.loss(recipe.x[rows], recipe.y[rows], rng)
         stepper.step(total)
-        record_step(history, on_step, step, config.steps, config.log_every,
-                    {"lr": stepper.lr(), **raw, "total": total})
+        values: dict[str, float | Tensor] = {"lr": stepper.lr(), **raw, "total": total}
+        if recipe.head is not None:
+            values["head"] = recipe.head.step_from(recipe.net, recipe.class_embeddings)
+        if step % config.log_every == 0 or step == config.steps:
+            values["mmd"] = probe.measure(recipe.net, recipe.class_embeddings, recipe.x,
+                                          recipe.y)
+        record_step(history, on_step, step, config.steps, config.log_every, values)
         if on_snapshot is not None and snapshot_due(step, config.steps, snapshot_every):
             recipe.model.eval()
             with frozen_rng():
@@ -496,23 +587,30 @@ def run_generator_loop(recipe: GeneratorRecipe, rng: torch.Generator, stepper: A
 
 @dataclass
 class ClassifierConfig:
-    """The new linear head ``D -> C + 1`` (PADing ``new_fc``), trained after the generator.
+    """The new linear head ``D -> C + 1`` (PADing ``new_fc``) and when it trains.
 
     Defaults are the paper's / authors' values (PROTOCOLS section 4): SGD lr 1e-3, momentum 0.9,
-    weight decay 5e-4; unseen CE weight ``CLASS_ECO`` = 5; no-object weight 0.1; ``NUM_CHOOSE``
-    fakes per step (5 in the panoptic and instance configs, 17 = "all" in the semantic one); a
-    batch of 12 images x 100 queries. The authors run one classifier step per generator step
-    (20000 for panoptic) and start the head from the segmenter's (zero-padded) class head; a head
-    started from scratch needs a higher learning rate or more steps (the toy problem of
-    ``tests/test_methods_training.py`` uses 200 steps at lr 0.05).
+    weight decay 5e-4, unscheduled; unseen CE weight ``CLASS_ECO`` = 5; no-object weight 0.1;
+    ``NUM_CHOOSE`` unseen classes per step, one fake each (17 -- every unseen class -- in the
+    authors' semantic config, the default here; 5 in their panoptic and instance configs); a
+    batch of 12 images x 100 queries.
+
+    ``schedule``: ``interleaved`` (default, the authors' ``train_loop.py``, also ZS3Net's) takes
+    one classifier step after every generator step, with fakes of the generator just updated, in
+    train mode (``sample_in_train_mode`` is not consulted: a training generator is in train mode);
+    ``steps`` is then the generator's. ``sequential`` (Algorithm 1 read literally) trains the
+    generator first, then ``steps`` classifier steps from the frozen generator. The head starts
+    from the segmenter's class head, seen rows in place, no-object last and the unseen rows zero
+    (``init="segmenter"``; the authors' zero-padding moves the old no-object row onto the first
+    unseen class instead); a head started from scratch needs a higher learning rate or more steps.
     """
 
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    steps: int = 20000
+    steps: int = 2000  # sequential schedule only; interleaved: one per generator step
     batch_size: int = 1200  # real query embeddings per step
-    num_choose: int = 5  # unseen classes drawn per step (all of them when >= their number)
+    num_choose: int = 17  # unseen classes drawn per step (all of them when >= their number)
     fakes_per_class: int = 1  # synthetic embeddings per drawn unseen class
     unseen_weight: float = 5.0  # CLASS_ECO: CE weight of the unseen classes
     no_object_weight: float = 0.1  # CE weight of the no-object column
@@ -521,6 +619,7 @@ class ClassifierConfig:
     # (the authors' preprocess_pretrained_weight.py), or nn.Linear's random initialisation.
     init: Literal["segmenter", "random"] = "segmenter"
     log_every: int = 50
+    schedule: Literal["interleaved", "sequential"] = added_field("interleaved", since="issue 13")
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "num_choose", "fakes_per_class", "log_every"):
@@ -612,23 +711,87 @@ def frozen_rng() -> Iterator[None]:
         yield
 
 
+class HeadTrainer:
+    """PADing's ``new_fc`` and its SGD (Algorithm 1 step 4; ``forward_train_classifier`` of the
+    authors' code). Each :meth:`step` takes ``batch_size`` real query rows (no-object included)
+    and, for ``num_choose`` unseen classes drawn at random, ``fakes_per_class`` synthetic rows
+    (detached), and takes one SGD step on the weighted cross-entropy over all ``C + 1`` columns
+    (:func:`class_weights`). Batches, class draws and the fakes' noise come from ``rng``."""
+
+    def __init__(self, x: Tensor, y: Tensor, roles: ClassRoles, config: ClassifierConfig,
+                 rng: torch.Generator, init_weight: Any = None, init_bias: Any = None):
+        self.x, self.y, self.roles, self.config, self.rng = x, y, roles, config, rng
+        self.linear = nn.Linear(x.shape[1], roles.num_classes + 1)
+        _maybe_init_linear(self.linear, init_weight, init_bias)
+        self.optimizer = torch.optim.SGD(self.linear.parameters(), lr=config.lr,
+                                         momentum=config.momentum,
+                                         weight_decay=config.weight_decay)
+        self.sampler = EpochSampler(len(x), config.batch_size, rng)
+        self.weights = class_weights(roles, config.unseen_weight, config.no_object_weight)
+        self.choose = min(config.num_choose, len(roles.unseen))
+        self.linear.train()
+
+    def step(self, sample: Callable[[Tensor], Tensor]) -> Tensor:
+        """One step; ``sample(labels)`` returns the fakes ``[K, D]`` for class indices
+        ``labels``. Returns the (detached) loss."""
+        rows = self.sampler.next()
+        n_unseen = len(self.roles.unseen)
+        picked = self.roles.unseen[torch.randperm(n_unseen, generator=self.rng)[:self.choose]]
+        fake_labels = picked.repeat_interleave(self.config.fakes_per_class)
+        fakes = sample(fake_labels).detach()
+        inputs = torch.cat([self.x[rows], fakes])
+        labels = torch.cat([self.y[rows], fake_labels])
+        loss = F.cross_entropy(self.linear(inputs), labels, weight=self.weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def step_from(self, net: nn.Module, class_embeddings: Tensor) -> Tensor:
+        """One interleaved step: fakes of the training generator ``net`` as it is now (train
+        mode: dropout on, as the authors' loop draws them), without gradient."""
+        def sample(labels: Tensor) -> Tensor:
+            with torch.no_grad():
+                return net(class_embeddings[labels], self.rng)
+
+        return self.step(sample)
+
+    def snapshot(self) -> TorchClassifier:
+        """The head as it is now (a copy: training goes on)."""
+        return TorchClassifier(copy.deepcopy(self.linear), self.roles.num_classes,
+                               self.linear.in_features)
+
+
+def head_trainer(query_embeddings: Any, targets: Any, roles: ClassRoles,
+                 config: ClassifierConfig, rng: torch.Generator, *, out_dim: int,
+                 init_weight: Any = None, init_bias: Any = None) -> HeadTrainer:
+    """A :class:`HeadTrainer` on checked query embeddings ``[M, D]`` and targets ``[M]`` (class
+    index or ``C`` = no-object; an unseen class is leakage)."""
+    config.validate()
+    x, y = check_real_features(query_embeddings, targets, roles, allow_no_object=True,
+                               names=("query_embeddings", "targets"))
+    if x.shape[1] != out_dim:
+        raise DataError(f"query_embeddings: width {x.shape[1]} differs from the generator's "
+                        f"output width {out_dim}")
+    return HeadTrainer(x, y, roles, config, rng, init_weight, init_bias)
+
+
 def retrain_classifier(query_embeddings: Any, targets: Any, generator: TrainedGenerator,
                        unseen_idx: Any, config: ClassifierConfig | None = None, seed: int = 0, *,
                        seen_idx: Any = None, init_weight: Any = None, init_bias: Any = None,
                        on_step: StepCallback | None = None) -> ClassifierResult:
-    """Train a new linear head on real seen query embeddings plus synthetic unseen ones.
+    """Train a new linear head on real seen query embeddings plus synthetic unseen ones from a
+    frozen generator (``classifier.schedule: sequential``; see :class:`HeadTrainer`).
 
     ``query_embeddings [M, D]`` are the segmenter's query embeddings of training images (all
     queries, PADing's ``train_all`` cache) with ``targets [M]``: the matched class index, or
-    ``C`` for no-object. Each step takes ``batch_size`` real rows and, for ``num_choose`` unseen
-    classes drawn at random, ``fakes_per_class`` synthetic embeddings from ``generator``
-    (detached), labelled with their class index; the loss is a weighted cross-entropy over all
-    ``C + 1`` columns (:func:`class_weights`), minimised by SGD with momentum.
+    ``C`` for no-object. Fakes are drawn with the generator's dropout active when
+    ``sample_in_train_mode``; the head is minimised by SGD with momentum.
 
     ``seen_idx`` defaults to every class not in ``unseen_idx``. ``init_weight [C + 1, D]`` /
-    ``init_bias [C + 1]`` start the head from given values (the authors start from the
-    segmenter's class head, zero-padded for the unseen rows); otherwise ``nn.Linear``'s default
-    initialisation under ``seed``.
+    ``init_bias [C + 1]`` start the head from given values (the segmenter's class head, zero rows
+    for the classes it never saw); otherwise ``nn.Linear``'s default initialisation under
+    ``seed``.
     """
     config = config or ClassifierConfig()
     config.validate()
@@ -639,40 +802,20 @@ def retrain_classifier(query_embeddings: Any, targets: Any, generator: TrainedGe
         keep[unseen.clamp(0, num_classes - 1)] = False
         seen_idx = torch.nonzero(keep).flatten()
     roles = ClassRoles.build(num_classes, seen_idx, unseen)
-    x, y = check_real_features(query_embeddings, targets, roles, allow_no_object=True,
-                               names=("query_embeddings", "targets"))
-    dim = x.shape[1]
-    if dim != generator.out_dim:
-        raise DataError(f"query_embeddings: width {dim} differs from the generator's output "
-                        f"width {generator.out_dim}")
-    weights = class_weights(roles, config.unseen_weight, config.no_object_weight)
     history: list[dict[str, float]] = []
     with seeded(seed) as rng:
-        linear = nn.Linear(dim, num_classes + 1)
-        _maybe_init_linear(linear, init_weight, init_bias)
-        optimizer = torch.optim.SGD(linear.parameters(), lr=config.lr,
-                                    momentum=config.momentum,
-                                    weight_decay=config.weight_decay)
-        sampler = EpochSampler(len(x), config.batch_size, rng)
-        n_unseen = len(roles.unseen)
-        choose = min(config.num_choose, n_unseen)
-        linear.train()
+        head = head_trainer(query_embeddings, targets, roles, config, rng,
+                            out_dim=generator.out_dim, init_weight=init_weight,
+                            init_bias=init_bias)
         for step in range(1, config.steps + 1):
-            rows = sampler.next()
-            picked = roles.unseen[torch.randperm(n_unseen, generator=rng)[:choose]]
-            fake_labels = picked.repeat_interleave(config.fakes_per_class)
-            fakes = generator.sample(fake_labels, rng, train_mode=config.sample_in_train_mode)
-            inputs = torch.cat([x[rows], fakes])
-            labels = torch.cat([y[rows], fake_labels])
-            loss = F.cross_entropy(linear(inputs), labels, weight=weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = head.step(lambda labels: generator.sample(
+                labels, rng, train_mode=config.sample_in_train_mode))
             record_step(history, on_step, step, config.steps, config.log_every, {"loss": loss})
-    linear.eval()
+    linear = head.linear.eval()
     log.info("classifier retrained: %d steps, final loss %.4f", config.steps,
              history[-1]["loss"] if history else float("nan"))
-    return ClassifierResult(linear, TorchClassifier(linear, num_classes, dim), history)
+    return ClassifierResult(linear, TorchClassifier(linear, num_classes, linear.in_features),
+                            history)
 
 
 def _maybe_init_linear(linear: nn.Linear, weight: Any, bias: Any) -> None:
@@ -753,13 +896,20 @@ def fit_generative(train: Callable[..., Any], config: Any, inputs: Any, hooks: A
     """Algorithm 1 steps 3-4 for any generator trainer with the ``train_generator`` signature.
 
     ``train(real, labels, class_embeddings, seen_idx, unseen_idx, config, seed, on_step=...,
-    on_snapshot=..., snapshot_every=...)`` returns a result with ``.generator``. Training is
-    cut into ``hooks.epochs`` rounds; after each, the classifier is retrained from the generator
-    as it is then and handed to ``hooks.on_epoch`` (the last round's classifier is the output).
-    Real features are the matched query embeddings (``train`` cache); the classifier trains on
-    every query (``train_all``), no-object included. With ``inputs.training.workers > 1`` the
-    generator trains on Ray Train + DeepSpeed (``kind``: gmmn or pading) and the rounds
-    collapse into one.
+    on_snapshot=..., snapshot_every=..., classifier_data=..., init_weight=..., init_bias=...)``
+    returns a result with ``.generator``. Real features are the matched query embeddings
+    (``train`` cache); the classifier trains on every query (``train_all``), no-object included.
+    With ``classifier.schedule: interleaved`` the head trains inside the generator's loop, one
+    step per generator step, and comes back with the generator; with ``sequential`` it is
+    retrained from the frozen generator afterwards. Training is cut into ``hooks.epochs`` rounds;
+    after each, the classifier as it is then (interleaved) or retrained from the generator as it
+    is then (sequential) goes to ``hooks.on_epoch`` (the last round's classifier is the output).
+    With ``inputs.training.workers > 1`` the generator trains on Ray Train + DeepSpeed (``kind``:
+    gmmn or pading) and the rounds collapse into one.
+
+    On the validation protocol (``inputs.heldout`` given: real query embeddings of the held-out
+    classes) the run's generator fidelity is measured (:func:`zeroseg.methods.fidelity.fidelity`)
+    and returned in ``info["fidelity"]``.
     """
     from zeroseg.methods.registry import MethodOutput
 
@@ -769,6 +919,7 @@ def fit_generative(train: Callable[..., Any], config: Any, inputs: Any, hooks: A
     init_w = init_b = None
     if config.classifier.init == "segmenter":
         init_w, init_b, _ = inputs.segmenter_head()
+    interleaved = config.classifier.schedule == "interleaved"
     epochs = max(1, int(hooks.epochs))
     every = max(1, math.ceil(config.steps / epochs)) if epochs > 1 else None
 
@@ -778,10 +929,17 @@ def fit_generative(train: Callable[..., Any], config: Any, inputs: Any, hooks: A
                                   init_weight=init_w, init_bias=init_b)
 
     def on_snapshot(step: int, generator: TrainedGenerator) -> None:
-        hooks.epoch(step // every, classifier_for(generator).classifier)
+        head = generator.classifier if interleaved else classifier_for(generator).classifier
+        hooks.epoch(step // every, head)
+
+    head_curve: list[tuple[int, float]] = []
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
         hooks.curve("generator/loss", step, metrics.get("total", metrics.get("gen", math.nan)))
+        if "mmd" in metrics:
+            hooks.curve(MMD_CURVE, step, metrics["mmd"])
+        if "head" in metrics:
+            head_curve.append((step, metrics["head"]))
 
     training = getattr(inputs, "training", None)
     if training is not None and training.distributed:
@@ -789,14 +947,26 @@ def fit_generative(train: Callable[..., Any], config: Any, inputs: Any, hooks: A
         from zeroseg.platform.training.generator import train_generator_distributed
 
         generator, history = train_generator_distributed(kind, config, inputs, training,
-                                                         inputs.train_cache)
+                                                         inputs.train_cache,
+                                                         head_init=(init_w, init_b))
         for point in history:
             on_step(int(point["step"]), point)
     else:
         generator = train(real.embeddings, real.class_index, inputs.class_embeddings, seen_idx,
                           unseen_idx, config, inputs.seed, on_step=on_step,
-                          on_snapshot=on_snapshot, snapshot_every=every).generator
-    head = classifier_for(generator)
+                          on_snapshot=on_snapshot, snapshot_every=every,
+                          classifier_data=(queries.embeddings, queries.class_index),
+                          init_weight=init_w, init_bias=init_b).generator
+    if interleaved:
+        if generator.classifier is None:
+            raise DataError(f"{kind}: the interleaved schedule returned no classifier")
+        linear = generator.classifier.module
+        head = ClassifierResult(linear, generator.classifier,
+                                [{"step": float(s), "loss": v} for s, v in head_curve])
+        classifier_steps = int(config.steps)
+    else:
+        head = classifier_for(generator)
+        classifier_steps = int(config.classifier.steps)
     for point in head.history:
         hooks.curve("classifier/loss", int(point["step"]), point["loss"])
     work = Path(inputs.work_dir)
@@ -805,12 +975,22 @@ def fit_generative(train: Callable[..., Any], config: Any, inputs: Any, hooks: A
     with seeded(inputs.seed + 1) as rng:
         labels = torch.as_tensor(unseen_idx).repeat_interleave(SYNTHETIC_PER_CLASS)
         fakes = generator.sample(labels, rng).numpy()
+    info: dict[str, Any] = {"real_features": len(real), "classifier_rows": len(queries),
+                            "generator_steps": int(config.steps),
+                            "classifier_steps": classifier_steps,
+                            "classifier_schedule": config.classifier.schedule}
+    heldout = getattr(inputs, "heldout", None)
+    if heldout is not None:
+        from zeroseg.methods.fidelity import fidelity
+
+        x_h, y_h = heldout()
+        names = [c.name for c in inputs.split.classes]
+        info["fidelity"] = fidelity(generator, x_h, y_h, unseen_idx, class_names=names,
+                                    seed=inputs.seed)
     hooks.epoch(epochs, head.classifier)
     return MethodOutput(
         classifier=head.classifier,
         artifacts={"generator": str(work / "generator.pt"),
                    "classifier": str(work / "classifier.pt")},
         synthetic=(fakes.astype(np.float32), labels.numpy().astype(np.int64)),
-        info={"real_features": len(real), "classifier_rows": len(queries),
-              "generator_steps": int(config.steps),
-              "classifier_steps": int(config.classifier.steps)})
+        info=info)

@@ -1,26 +1,57 @@
 """GMMN feature generator (ZS3Net, Bucher et al. 2019), at object level.
 
 ZS3Net's generator maps a class embedding plus random noise to a visual feature with a small MLP,
-and is trained with kernel maximum mean discrepancy (MMD) between the features it generates for a
-batch of labels and the real features carrying those labels. Here the features are the
-segmenter's per-query embeddings (PADing's object-level setting, Table 1 row 3 "Baseline"),
-not DeepLab pixels.
+trained with kernel maximum mean discrepancy (MMD) between the features it generates for a batch
+of labels and the real features carrying those labels. Here the features are the segmenter's
+per-query embeddings (PADing's object-level setting, Table 1 row 3 "Baseline"), not DeepLab
+pixels. ``code`` below is valeoai/ZS3 (``zs3/modeling/gmmn.py``, ``zs3/train_pascal_GMMN.py``,
+``zs3/utils/loss.py``); the PADing repository has a GMMN module (dropout 0.4) that it never
+instantiates, so its Table 1 baseline recipe is not public and ZS3Net's is followed.
 
-Network (``modeling/gmmn.py`` of ZS3Net, PROTOCOLS section 6)::
+Network (``modeling/gmmn.py``)::
 
     [a (d) || z (noise_dim)] -> Linear(d + noise_dim, hidden) -> LeakyReLU(0.2) -> Dropout(p)
                              -> Linear(hidden, D)
 
-with ``z ~ U[0, 1)`` (ZS3Net's choice; ``noise="normal"`` draws N(0, 1)), ``hidden = 256`` and
-``p = 0.5``. Weights are Xavier-initialised with biases 0.01, as the authors' GMMN module does.
+with ``z ~ U[0, 1)``, ``hidden = 256``, ``p = 0.5``, Xavier-initialised weights and biases 0.01.
+Loss: ZS3Net's ``GMMNLoss`` -- the square root of the biased MMD^2 summed over the bandwidths
+{2, 5, 10, 20, 40, 80} taken as variances -- on one class at a time: each Adam step takes one
+class's ``batch_size`` (128) real embeddings and as many fakes, as ZS3Net takes one step per
+(image, class) on 128 random pixel pairs of that class. After every generator step the
+classifier takes one step (ZS3Net: one per iteration) on fakes of the generator in train mode
+(:class:`~zeroseg.methods.common.HeadTrainer`). Logged MMD: :data:`~zeroseg.methods.common.\
+MMD_CURVE`, the same form as every generator's.
 
-Training (:func:`train_gmmn`): each step takes ``batch_size`` real embeddings, generates one fake
-per real from its label's class embedding and takes one Adam step on the multi-bandwidth MMD
-(:func:`zeroseg.methods.common.mmd_loss`), taken per class and averaged, as ZS3Net compares one
-class at a time (:data:`~zeroseg.methods.common.MMDGrouping`). The classifier is then retrained with
-:func:`zeroseg.methods.common.retrain_classifier`. PADing's trainer
-(:func:`zeroseg.methods.pading.train_generator`) can also drive this network
-(``generator_type="gmmn"``), which adds nothing when alignment and disentanglement are off.
+**Every departure, one table.** ``Z``: ZS3Net works on DeepLab pixels; at object level there is
+no counterpart (its classifier is a pixel-level 1x1 conv re-initialised with U[0, 1) weights,
+SGD 0.07 with poly decay, unseen weight 100, trained on whole fake feature maps laid on the
+unseen classes' ground truth; here every generative method shares PADing's object-level
+classifier, so Table 1 compares generators). ``S``: no schedule to follow at object level.
+
+====================== ================ ============================= ================== ===
+switch                 paper (ZS3Net)   code (ZS3)                    zeroseg default    why
+====================== ================ ============================= ================== ===
+net.hidden_dim         --               256                           256                code
+net.dropout            --               0.5 (PADing's copy: 0.4)      0.5                code
+net.noise              --               U[0, 1) (torch.rand)          uniform            code
+net.noise_dim          --               300 (= word2vec width)        d                  code
+sigmas, kernel_scale   --               {2, .., 80} as variances      code, variance     code
+mmd_form               --               sqrt                          sqrt               code
+mmd_grouping           per class        per (image, class)            class              code
+classes_per_step       --               1 (one step per class)        1                  code
+batch_size             --               128 pixel pairs per class     128 rows           code
+lr                     --               Adam 2e-4, unscheduled        2e-4               code
+steps                  --               30 epochs of VOC              2000               S
+classifier.schedule    --               interleaved                   interleaved        code
+classifier (the rest)  --               pixel-level, see ``Z``        PADing's (object)  Z
+====================== ================ ============================= ================== ===
+
+ZS3Net draws the 128 pairs with replacement and with the same indices for fakes and reals;
+here a class's rows are drawn without replacement when it has 128 (with replacement otherwise),
+one fake each. The pre-issue-13 default took 8 classes x 16 rows per step (``classes_per_step:
+8``) and trained the classifier afterwards (``classifier.schedule: sequential``).
+PADing's trainer (:func:`zeroseg.methods.pading.train_generator`) can also drive this network
+(``generator_type="gmmn"``).
 """
 
 from __future__ import annotations
@@ -80,14 +111,11 @@ class GMMNNetConfig:
 class GMMNConfig:
     """ZS3Net's GMMN method at object level: generator training + classifier retraining.
 
-    ``sigmas``: ZS3Net's code uses {2, 5, 10, 20, 40, 80} as kernel variances (the ``code``
-    preset); ``kernel_scale`` / ``mmd_form`` default to what its loss computes (the sigma values
-    act as variances; the square root of the summed MMD^2). ZS3Net takes one MMD step per
-    (image, class) on 128 random pixels of that class, over 30 epochs of VOC: the MMD compares
-    one class at a time (``mmd_grouping="class"``). At object level a step here takes
-    ``classes_per_step`` classes with ``batch_size // classes_per_step`` embeddings each and
-    averages their MMDs. ZS3Net's schedule has no object-level counterpart: ``steps`` = 2000
-    is a starting point, not a tuned value.
+    Defaults: ZS3Net's (the module docstring's table). A step takes ``classes_per_step``
+    classes with ``batch_size // classes_per_step`` embeddings each and averages their MMDs
+    (``mmd_grouping="class"``; ``batch``: one MMD over a class-mixed batch). ZS3Net's schedule
+    has no object-level counterpart: ``steps`` = 2000 is PADing's semantic budget, not a tuned
+    value.
     """
 
     net: GMMNNetConfig = field(default_factory=GMMNNetConfig)
@@ -95,7 +123,7 @@ class GMMNConfig:
     kernel_scale: KernelScale = "variance"
     mmd_form: MMDForm = "sqrt"
     mmd_grouping: MMDGrouping = "class"
-    classes_per_step: int = 8  # with mmd_grouping="class"
+    classes_per_step: int = 1  # with mmd_grouping="class" (ZS3Net: one class per step)
     lr: float = 2e-4  # Adam, ZS3Net
     steps: int = 2000
     batch_size: int = 128
@@ -171,31 +199,39 @@ def prepare_class_embeddings(class_embeddings: Any, normalize: bool) -> Tensor:
 def train_gmmn(real_embeddings: Any, real_labels: Any, class_embeddings: Any, seen_idx: Any,
                unseen_idx: Any, config: GMMNConfig | None = None, seed: int | None = None, *,
                on_step: StepCallback | None = None, on_snapshot: SnapshotCallback | None = None,
-               snapshot_every: int | None = None) -> GMMNResult:
+               snapshot_every: int | None = None, classifier_data: Any = None,
+               init_weight: Any = None, init_bias: Any = None) -> GMMNResult:
     """Train a GMMN generator with multi-bandwidth MMD on real seen embeddings.
 
     ``real_embeddings [N, D]`` are matched query embeddings of training images with their
     contiguous class indices ``real_labels [N]`` (seen classes only: an unseen label raises
     :class:`~zeroseg.platform.errors.LeakageError`). ``class_embeddings [C, d]`` cover the whole
     label space; ``unseen_idx`` are the classes the generator will later be asked for.
-    ``seed`` defaults to ``config.seed``.
+    ``classifier_data`` / ``init_weight`` / ``init_bias``: the interleaved classifier's data and
+    start (see :func:`zeroseg.methods.pading.train_generator`). ``seed`` defaults to
+    ``config.seed``.
     """
     config = config or GMMNConfig()
     seed = config.seed if seed is None else seed
     start = time.perf_counter()
     with seeded(seed) as rng:
         recipe = generator_recipe(real_embeddings, real_labels, class_embeddings, seen_idx,
-                                  unseen_idx, config)
+                                  unseen_idx, config, classifier_data=classifier_data,
+                                  init_weight=init_weight, init_bias=init_bias)
         history = run_generator_loop(recipe, rng, AdamStepper(recipe), on_step=on_step,
                                      on_snapshot=on_snapshot, snapshot_every=snapshot_every)
-    log.info("GMMN trained: %d steps in %.1f s, final MMD %.4f", config.steps,
-             time.perf_counter() - start, history[-1]["gen"])
+    log.info("GMMN trained: %d steps in %.1f s, final loss %.4f, MMD (sqrt, per class) %.4f",
+             config.steps, time.perf_counter() - start, history[-1]["gen"],
+             history[-1]["mmd"])
     return GMMNResult(recipe.trained(), history)
 
 
 def generator_recipe(real_embeddings: Any, real_labels: Any, class_embeddings: Any,
-                     seen_idx: Any, unseen_idx: Any, config: GMMNConfig) -> GeneratorRecipe:
-    """The GMMN network (initialised from the current RNG) and its MMD step loss."""
+                     seen_idx: Any, unseen_idx: Any, config: GMMNConfig, *,
+                     classifier_data: Any = None, init_weight: Any = None,
+                     init_bias: Any = None) -> GeneratorRecipe:
+    """The GMMN network (initialised from the current RNG), its MMD step loss and the
+    interleaved classifier."""
     config.validate()
     a = prepare_class_embeddings(class_embeddings, config.normalize_class_embeddings)
     roles = ClassRoles.build(len(a), seen_idx, unseen_idx)
@@ -211,8 +247,12 @@ def generator_recipe(real_embeddings: Any, real_labels: Any, class_embeddings: A
                                kernel_scale=config.kernel_scale, form=config.mmd_form)
         return mmd, {"gen": mmd}
 
+    from zeroseg.methods.pading import interleaved_head
+
+    head = interleaved_head(x, y, roles, config, x.shape[1], classifier_data, init_weight,
+                            init_bias)
     return GeneratorRecipe(kind="gmmn", model=net, net=net, class_embeddings=a, x=x, y=y,
-                           loss=loss, config=config)
+                           loss=loss, config=config, head=head)
 
 
 

@@ -1,61 +1,103 @@
 """PADing (He et al., CVPR 2023): primitive generation with relationship alignment and feature
 disentanglement.
 
-Reads top to bottom like the paper's Section 3; equation numbers refer to the paper.
+Reads top to bottom like the paper's Section 3; equation numbers refer to the paper, ``code``
+to the authors' repository (heshuting555/PADing, ``PADing_model.py``, ``transformer.py``,
+``train_loop.py``, ``configs/semantic-segmentation/PADing.yaml``).
 
 1. **Primitive cross-modal generator** (Sec. 3.2, Eq. 1, Fig. 3). ``N`` learnable primitives
-   ``P`` (fine-grained attributes); the class embedding ``a``, projected to the model width, is the
-   query ``Q``; cross-attention assembles primitives into a feature::
+   ``P``; the class embedding ``a``, projected to the model width (``query_proj``, the code's
+   ``fc_projection``), is the query; cross-attention assembles primitives into a feature::
 
        X' = w_1( softmax(Q K^T / sqrt(d_k)) V + A + Z )                       (Eq. 1)
 
-   with ``K``, ``V`` linear maps of the primitives, ``A`` the (projected) semantic embedding
-   (the residual) and ``Z ~ N(0, noise_std^2)``. ``layers`` such blocks are stacked, each a
-   post-norm transformer layer: attention, cross-attention (+ noise), feed-forward.
+   The default layer is the authors' post-norm decoder layer (:data:`LAYER_ORDER`), the one that
+   produced the paper's numbers: self-attention over the query (one class vector per sample, so
+   a linear map of it), LayerNorm, cross-attention to the primitives, the noise ``Z ~ N(0, 1)``,
+   LayerNorm, FFN, LayerNorm; a final LayerNorm on the last layer's output instead of ``w_1``.
+   The paper's text has the primitives self-attend instead (``primitive_attention: paper``);
+   there the query reaches the first cross-attention unnormalised -- per-dimension std about 0.1
+   at initialisation against noise of std 1, which drowns the class signal -- so that layout
+   LayerNorms the query first (``query_norm``, on by default; off is the pre-issue-13 layout).
 
-   *"A self-attention is first performed on these primitives"*: the paper runs self-attention
-   over the primitives, so the attributes are related to each other before the queries read
-   them (``primitive_attention="paper"``, the default: in every layer the primitives attend to
-   each other and the updated primitives are carried to the next layer). PROTOCOLS' reading of
-   the authors' code is a standard transformer decoder whose self-attention runs over the query
-   sequence -- one class vector per sample, so it reduces to a linear map of the query -- with
-   the primitives as fixed memory (``primitive_attention="code"``).
+2. **Generator loss**: the authors' ``GMMNLoss`` -- ``sqrt`` of the biased MMD^2 summed over
+   the bandwidths {2, ..., 80} taken as variances, over the whole batch (Eq. 2 writes MMD^2 over
+   {2, ..., 60}; both are switches) -- plus the **class tie** the code adds to it:
+   ``0.001 * CE`` of the fake seen features through the classifier trained alongside, seen
+   logits only (its gradient reaches the generator, not the classifier). A class-mixed MMD
+   cannot tell which class a fake belongs to; the tie does.
 
-2. **Generator loss**: kernel MMD between real and synthetic seen features (Eq. 2), summed over
-   a set of bandwidths (:func:`zeroseg.methods.common.mmd_loss`). By default it is taken per
-   class and averaged (``mmd_grouping="class"``, batches of ``classes_per_step`` classes): an
-   MMD over a batch that mixes classes is blind to which class a synthetic feature belongs to,
-   and the authors' code ties features to classes with an extra classification loss through the
-   classifier it trains at the same time (not offered, see below). ``mmd_grouping="batch"`` is
-   Eq. 2 taken literally over the whole batch.
+3. **Feature disentanglement** (Sec. 3.3). ``E_R`` maps a feature to a semantic-related
+   feature ``x^`` scored against the class vectors (Eq. 3: the code's RelationNet -- concat,
+   Linear, ReLU, Linear, sigmoid, the sigmoid scores used as CE logits -- seen fakes against
+   all classes, unseen fakes against the unseen classes); ``E_U`` maps it to ``x..`` pushed
+   towards noise (Eq. 4: the code's softmax KL against a fresh N(0, 1) sample at ``tau``); a
+   decoder reconstructs the feature from ``[x^; x..]`` under L1 (Eq. 5). Each term is the mean
+   of its seen-group and unseen-group values, as in the code.
 
-3. **Feature disentanglement** (Sec. 3.3). ``E_R`` maps a feature (real or synthetic) to a
-   semantic-related feature ``x^`` classified against the class embeddings at temperature tau
-   (Eq. 3); ``E_U`` maps it to a semantic-unrelated feature ``x..`` pushed towards N(0, 1) by a
-   KL term (Eq. 4); a decoder reconstructs the feature from ``[x^; x..]`` under L1 (Eq. 5).
-   ``E_R`` outputs the class-embedding width ``d`` so that Eq. 3's product ``x^ . a_k`` is
-   defined on the raw (L2-normalised) class embeddings.
+4. **Relationship alignment** (Eq. 6): row-wise softmax (at ``tau``) of the cosine
+   similarities of ``x^`` (the features themselves without disentanglement) matched by KL to
+   those of the class vectors: seen-seen, unseen-unseen, seen-unseen, averaged. The class
+   vectors of Eq. 3 and 6 are the generator's own projected, trainable query vectors (code).
 
-4. **Relationship alignment** (Eq. 6): the cosine-similarity distributions (softmax at tau) of
-   visual features -- ``x^`` with disentanglement, the features themselves without (Fig. 4a) --
-   are matched by KL to those of the class embeddings: seen-seen, unseen-unseen and seen-unseen
-   (intra- and inter-group alignment).
+5. **Total** (Eq. 7): ``L = L_G + tie + lambda * (w1 * (L_A + L_U) + w2 * L_R + w3 * L_recon)``.
 
-5. **Total** (Eq. 7): ``L = L_G + lambda * (L_D + L_A)`` with ``L_D = L_R + L_U + L_recon``;
-   the weights ``w1`` (alignment and ``L_U``), ``w2`` (``L_R``) and ``w3`` (``L_recon``) are the
-   authors' ``WEIGHT_1/2/3`` and are all 1 in the paper.
+6. **Schedule** (Algorithm 1; code ``train_loop.py``): Adam 5e-4 with poly decay (power 0.9)
+   over 2,000 steps (the authors' semantic config), and after every generator step one SGD step
+   of the classifier on real queries plus one fake per unseen class from the generator just
+   updated, in train mode (:class:`~zeroseg.methods.common.HeadTrainer`).
 
 The switches ``generator_type`` (``gmmn`` / ``primitives``), ``alignment`` and
-``disentanglement`` give Table 1 rows 3-6 (:data:`ABLATIONS`). Classifier retraining
-(Algorithm 1 step 4) is :func:`zeroseg.methods.common.retrain_classifier`, run after
-:func:`train_generator` (the paper's order; the authors' code interleaves one classifier step
-after every generator step, which is not offered).
+``disentanglement`` give Table 1 rows 3-6 (:data:`ABLATIONS`).
 
-Paper versus code (PROTOCOLS section 4): the defaults follow the paper; the code's choices are
-options, collected by :func:`authors_code_config`. Not offered: the code's RelationNet scorer and
-its trainable projected class vectors as alignment targets (the paper uses the class embeddings
-themselves), the per-group averaging of each term (here one mean over all features), the
-generator-step classification loss ``0.001 * CE(new_fc(e_f))`` and mixed precision.
+**Every departure, one table.** ``C``: the authors' code is what produced the paper's numbers,
+so the default follows it. ``N``: the paper layout's correction (see 1). ``W``: the segmenter
+here is not the authors' (width ``D``, 64 for ``tiny``, instead of 256). ``Z``: no counterpart
+on a feature cache / on CPU. :func:`authors_code_config` sets every code value per task.
+
+======================== ================= ========================= ================= ===
+switch                   paper             authors' code (semantic)  zeroseg default   why
+======================== ================= ========================= ================= ===
+primitive_attention      paper             code                      code              C
+query_norm (paper)       (raw query)       (LN1 on the query)        true              N
+output_head              linear (w_1)      layernorm                 layernorm         C
+identical_layer_init     --                true (deep-copied layer)  true              C
+dropout                  --                0.3                       0.3               C
+noise, noise_std         Z, fixed Gauss.   every layer, N(0, 1)      true, 1.0         C
+num_primitives, layers   400, 3            400, 3                    400, 3            C
+hidden_dim               d_k (not given)   256                       D                 W
+sigmas                   paper {..,60}     code {..,80}              code              C
+kernel_scale             std               variance                  variance          C
+mmd_form                 squared           sqrt                      sqrt              C
+mmd_grouping             batch             batch                     batch             C
+batch_size               --                queries of 12 images      128 rows          Z
+class_tie_weight         0                 0.001                     0.001             C
+class_tie_logits         --                seen ([:, :156])          seen              C
+structure_weight         0.002             1e-3                      1e-3              C
+w1, w2, w3               1, 1, 1           1, 1 x 0.2, 0.5           1, 0.2, 0.5       C
+relation_scorer          dot (x^.a / tau)  relationnet               relationnet       C
+relation_classes         all               grouped                   grouped           C
+structure_class_vectors  raw               projected                 projected         C
+structure_averaging      pooled            per_group                 per_group         C
+structure_on_real        true              false                     false             C
+kl_direction             paper (vis||sem)  code (sem||vis)           code              C
+unrelated_kl             gaussian          sample (T 0.1)            sample (T = tau)  C
+encoder_layout           paper             code                      code              C
+helper_dropout           --                0.2                       0.2               C
+lr                       2e-4              5e-4                      5e-4              C
+lr_schedule              --                poly 0.9                  poly              C
+steps                    --                2000                      2000              C
+classifier.schedule      sequential        interleaved               interleaved       C
+classifier.num_choose    --                17 (every unseen)         17                C
+classifier.init          --                zero-padded head (*)      segmenter         Z
+precision                --                AMP fp16                  fp32              Z
+======================== ================= ========================= ================= ===
+
+(*) The code's padding puts the segmenter's old no-object row on the first unseen class; here
+seen rows stay in place, no-object moves to the last row and the unseen rows start at zero.
+Not offered: the instance config's word2vec variant of Eq. 3 (seen rows scored against the
+seen classes only) and AMP. The pre-issue-13 defaults were the paper column with per-class MMD
+grouping (in neither source), Adam 2e-4 unscheduled and the sequential classifier.
 """
 
 from __future__ import annotations
@@ -72,10 +114,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zeroseg.methods.common import (
+    POLY_POWER,
     AdamStepper,
     ClassifierConfig,
     ClassRoles,
     GeneratorRecipe,
+    HeadTrainer,
     KernelScale,
     KLDirection,
     MMDForm,
@@ -83,10 +127,12 @@ from zeroseg.methods.common import (
     SigmaSpec,
     SnapshotCallback,
     StepCallback,
+    TorchClassifier,
     TrainedGenerator,
     check_real_features,
     cosine_similarity_matrix,
     grouped_mmd_loss,
+    head_trainer,
     load_state,
     resolve_sigmas,
     run_generator_loop,
@@ -95,7 +141,7 @@ from zeroseg.methods.common import (
     softmax_kl,
 )
 from zeroseg.methods.gmmn import GMMNGenerator, GMMNNetConfig, prepare_class_embeddings
-from zeroseg.platform.config import from_dict
+from zeroseg.platform.config import added_field, from_dict
 from zeroseg.platform.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -105,15 +151,17 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------------------------
 
 
+def _semantic_classifier() -> ClassifierConfig:
+    return ClassifierConfig()  # the authors' semantic values (see ClassifierConfig)
+
+
 @dataclass
 class PADingConfig:
-    """Every knob of PADing's generator stage, plus the classifier retraining that follows.
+    """Every knob of PADing's generator stage, plus the classifier trained alongside.
 
-    Defaults are the paper's (Sec. 4.1, Table 3) where it gives one, else the authors' config
-    defaults (PROTOCOLS section 4). ``steps``: the authors train for 20000 iterations on COCO
-    panoptic (4000 instance, 2000 semantic), one classifier step after each; at 400 primitives
-    and 3 layers a step costs about 0.2-0.4 s of one CPU core (``benches/bench_generator.py``),
-    so runs on the synthetic benchmark set far fewer steps in their configs.
+    Defaults: the authors' semantic recipe (the module docstring's table says where and why each
+    differs from the paper or the code). ``steps``: 2000 (the authors' semantic config; 4000
+    instance, 20000 panoptic).
     """
 
     # -- Table 1 switches ------------------------------------------------------------------------
@@ -127,44 +175,57 @@ class PADingConfig:
     heads: int = 8
     hidden_dim: int | None = None  # model width d_k; None: the segmenter's embedding width D
     ffn_dim: int | None = None  # None: 4 * hidden_dim (the authors: 1024 for 256)
-    dropout: float = 0.1  # TRANS_DROP_RATE (0.3 in the authors' semantic config)
+    dropout: float = 0.3  # TRANS_DROP_RATE of the semantic config (0.1 panoptic / instance)
     noise: bool = True  # Z in Eq. 1
     noise_std: float = 1.0
-    primitive_attention: Literal["paper", "code"] = "paper"
-    output_head: Literal["linear", "layernorm"] = "linear"  # paper: w_1; code: final LayerNorm
+    primitive_attention: Literal["paper", "code"] = "code"
+    output_head: Literal["linear", "layernorm"] = "layernorm"  # paper: w_1; code: LayerNorm
     gmmn: GMMNNetConfig = field(default_factory=GMMNNetConfig)  # when generator_type == "gmmn"
 
     # -- disentanglement nets (E_R, E_U, decoder) --------------------------------------------------
     helper_hidden: int | None = None  # None: D
     unrelated_dim: int | None = None  # width of x.. ; None: D
     helper_dropout: float = 0.2  # DROP_OUT_ED (0.1 in the panoptic and instance configs)
-    encoder_layout: Literal["paper", "code"] = "paper"
+    encoder_layout: Literal["paper", "code"] = "code"
 
     # -- losses ----------------------------------------------------------------------------------
-    sigmas: SigmaSpec = "paper"
+    sigmas: SigmaSpec = "code"
     kernel_scale: KernelScale = "variance"
-    mmd_form: MMDForm = "squared"
-    mmd_grouping: MMDGrouping = "class"  # see common.MMDGrouping; "batch" is Eq. 2 literally
+    mmd_form: MMDForm = "sqrt"
+    mmd_grouping: MMDGrouping = "batch"  # see common.MMDGrouping
     classes_per_step: int = 8  # with mmd_grouping="class": classes per step
-    structure_weight: float = 0.002  # lambda in Eq. 7 (code: STRUCTURE_WEIGHT 1e-4 / 1e-3)
+    structure_weight: float = 1e-3  # lambda in Eq. 7 (paper 0.002; code 1e-3, panoptic 1e-4)
     tau: float = 0.1
-    w1: float = 1.0  # alignment + L_U
-    w2: float = 1.0  # L_R
-    w3: float = 1.0  # L_recon
-    kl_direction: KLDirection = "paper"
-    unrelated_kl: Literal["gaussian", "sample"] = "gaussian"
-    structure_on_real: bool = True  # paper: real seen features join Eq. 3-6; code: fakes only
+    w1: float = 1.0  # alignment + L_U (WEIGHT_1)
+    w2: float = 0.2  # L_R (WEIGHT_2 = 1 times the code's fixed 0.2; paper 1)
+    w3: float = 0.5  # L_recon (WEIGHT_3; paper 1)
+    kl_direction: KLDirection = "code"
+    unrelated_kl: Literal["gaussian", "sample"] = "sample"
+    structure_on_real: bool = False  # paper: real seen features join Eq. 3-6; code: fakes only
     unseen_per_class: int = 1  # synthetic unseen features per unseen class per step
 
     # -- optimisation ------------------------------------------------------------------------------
-    lr: float = 2e-4  # Adam over generator + helper nets (code configs: 5e-4)
-    lr_milestones: list[float] = field(default_factory=list)  # fractions of steps, lr x 0.1
-    steps: int = 20000
+    lr: float = 5e-4  # Adam over generator + helper nets (GENERATOR_LR; paper 2e-4)
+    lr_milestones: list[float] = field(default_factory=list)  # lr_schedule step: lr x 0.1 there
+    steps: int = 2000
     batch_size: int = 128  # real (matched) embeddings per step
     normalize_class_embeddings: bool = True
     log_every: int = 50
-    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    classifier: ClassifierConfig = field(default_factory=_semantic_classifier)
     seed: int = 0
+
+    # -- issue 13: the authors' recipe, term by term (module docstring table) ----------------------
+    query_norm: bool = added_field(True, since="issue 13")  # paper layout: LN on the query
+    identical_layer_init: bool = added_field(True, since="issue 13")
+    class_tie_weight: float = added_field(1e-3, since="issue 13")
+    class_tie_logits: Literal["seen", "all"] = added_field("seen", since="issue 13")
+    relation_scorer: Literal["relationnet", "dot"] = added_field("relationnet", since="issue 13")
+    relation_classes: Literal["grouped", "all"] = added_field("grouped", since="issue 13")
+    structure_class_vectors: Literal["projected", "raw"] = added_field("projected",
+                                                                       since="issue 13")
+    structure_averaging: Literal["per_group", "pooled"] = added_field("per_group",
+                                                                      since="issue 13")
+    lr_schedule: Literal["poly", "step"] = added_field("poly", since="issue 13")
 
     def validate(self) -> None:
         self.gmmn.validate()
@@ -184,12 +245,27 @@ class PADingConfig:
         for name in ("lr", "tau"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("noise_std", "structure_weight", "w1", "w2", "w3"):
+        for name in ("noise_std", "structure_weight", "w1", "w2", "w3", "class_tie_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if any(not 0 < m < 1 for m in self.lr_milestones):
             raise ConfigError(f"lr_milestones must be fractions in (0, 1), got "
                               f"{self.lr_milestones}")
+        if self.lr_milestones and self.lr_schedule != "step":
+            raise ConfigError(f"lr_milestones {self.lr_milestones} need lr_schedule: step (the "
+                              f"schedule is {self.lr_schedule!r})")
+        if not self.query_norm and self.primitive_attention == "code":
+            raise ConfigError("query_norm: false applies to primitive_attention: paper only (the "
+                              "authors' layer always LayerNorms the query)")
+        if self.class_tie_weight > 0 and self.classifier.schedule != "interleaved":
+            raise ConfigError("class_tie_weight > 0 ties the fakes to the classifier trained "
+                              "alongside; with classifier.schedule: sequential set "
+                              "class_tie_weight: 0")
+        structure = self.alignment or self.disentanglement
+        if (structure and self.generator_type == "gmmn"
+                and self.structure_class_vectors == "projected"):
+            raise ConfigError("structure_class_vectors: projected uses the primitive "
+                              "generator's query projection; with generator_type: gmmn use raw")
 
 
 #: Table 1 rows 3-6: generator type and the two switches. Row 2 (projection) is
@@ -203,53 +279,82 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 
 
 def ablation_config(name: str, base: PADingConfig | None = None) -> PADingConfig:
-    """``base`` (default: the paper's config) with the switches of Table 1 row ``name``."""
+    """``base`` (default: the default config) with the switches of Table 1 row ``name``."""
     if name not in ABLATIONS:
         raise ConfigError(f"ablation: unknown row {name!r}; expected one of {list(ABLATIONS)}")
     return dataclasses.replace(base or PADingConfig(), **ABLATIONS[name])
 
 
-#: Per-task values of the authors' configs (PROTOCOLS section 4).
+#: Per-task values of the authors' configs (``configs/<task>/PADing.yaml`` and ``config.py``
+#: defaults; PROTOCOLS section 4).
 _CODE_TASK_VALUES: dict[str, dict[str, Any]] = {
     "panoptic": {"dropout": 0.1, "helper_dropout": 0.1, "structure_weight": 1e-4,
-                 "steps": 20000, "lr_milestones": [14000 / 20000, 18500 / 20000],
-                 "unseen_weight": 5.0, "num_choose": 5},
+                 "steps": 20000, "lr_schedule": "step",
+                 "lr_milestones": [14000 / 20000, 18500 / 20000], "unseen_weight": 5.0,
+                 "num_choose": 5, "class_tie_logits": "all"},
     "instance": {"dropout": 0.1, "helper_dropout": 0.1, "structure_weight": 1e-3,
-                 "steps": 4000, "lr_milestones": [], "unseen_weight": 2.0, "num_choose": 5},
+                 "steps": 4000, "lr_schedule": "step", "lr_milestones": [],
+                 "unseen_weight": 2.0, "num_choose": 5, "class_tie_logits": "all"},
     "semantic": {"dropout": 0.3, "helper_dropout": 0.2, "structure_weight": 1e-3,
-                 "steps": 2000, "lr_milestones": [], "unseen_weight": 5.0, "num_choose": 17},
+                 "steps": 2000, "lr_schedule": "poly", "lr_milestones": [],
+                 "unseen_weight": 5.0, "num_choose": 17, "class_tie_logits": "seen"},
 }
 
 
-def authors_code_config(task: Literal["panoptic", "instance", "semantic"] = "panoptic"
+def authors_code_config(task: Literal["panoptic", "instance", "semantic"] = "semantic"
                         ) -> PADingConfig:
-    """The config closest to what the authors' code runs for ``task``.
-
-    Sigma set {2, ..., 80} as variances, square-rooted MMD over the whole batch,
-    KL(semantic || visual), the sampled-noise KL for ``E_U``, structure losses on synthetic
-    features only, decoder-style attention over the query, final LayerNorm output, encoders
-    without an activation between their linears, ``WEIGHT_1/2/3`` = 1/1/0.5 with the code's
-    extra 0.2 on the relation CE, Adam 5e-4 and the per-task values of PROTOCOLS section 4 (the
-    poly schedule of the semantic config is not reproduced). The remaining differences are
-    listed in this module's docstring.
+    """The authors' recipe for ``task``, every term set explicitly (not left to the defaults,
+    which follow the semantic config but may move): the decoder layer with query self-attention
+    and LayerNorms, final LayerNorm, deep-copied layers, TRANS_DROP_RATE; ``GMMNLoss`` (sigma set
+    {2, ..., 80} as variances, square root, whole batch) plus the class tie ``0.001 * CE``
+    through the classifier (seen logits on COCO-Stuff's ``[:, :156]``, every logit on the 65- and
+    133-class tasks); RelationNet with seen-vs-all / unseen-vs-unseen CE, projected trainable
+    class vectors for Eq. 3 and 6, per-group means, fakes only, KL(semantic || visual), the
+    sampled-noise KL at T 0.1, Linear-Linear-LReLU encoders, ``WEIGHT_1/2/3`` = 1/1/0.5 with the
+    extra 0.2 on the relation CE, STRUCTURE_WEIGHT; Adam 5e-4 with the task's schedule (poly 0.9
+    over 2000 steps for semantic, 0.1x at 14000 and 18500 of 20000 for panoptic, constant over
+    4000 for instance); the classifier interleaved, SGD 1e-3 / 0.9 / 5e-4, NUM_CHOOSE unseen
+    classes with one fake each, CLASS_ECO, no-object 0.1.
     """
     if task not in _CODE_TASK_VALUES:
         raise ConfigError(f"task: expected one of {list(_CODE_TASK_VALUES)}, got {task!r}")
     v = _CODE_TASK_VALUES[task]
-    classifier = ClassifierConfig(steps=v["steps"], unseen_weight=v["unseen_weight"],
-                                  num_choose=v["num_choose"])
+    classifier = ClassifierConfig(lr=1e-3, momentum=0.9, weight_decay=5e-4, steps=v["steps"],
+                                  batch_size=1200, num_choose=v["num_choose"],
+                                  fakes_per_class=1, unseen_weight=v["unseen_weight"],
+                                  no_object_weight=0.1, sample_in_train_mode=True,
+                                  schedule="interleaved")
     return PADingConfig(
+        num_primitives=400, layers=3, heads=8, noise=True, noise_std=1.0,
+        primitive_attention="code", output_head="layernorm", identical_layer_init=True,
+        dropout=v["dropout"], helper_dropout=v["helper_dropout"], encoder_layout="code",
         sigmas="code", kernel_scale="variance", mmd_form="sqrt", mmd_grouping="batch",
-        kl_direction="code", unrelated_kl="sample", structure_on_real=False,
-        primitive_attention="code", output_head="layernorm", encoder_layout="code", w1=1.0,
-        w2=0.2, w3=0.5, lr=5e-4, dropout=v["dropout"], helper_dropout=v["helper_dropout"],
-        structure_weight=v["structure_weight"], steps=v["steps"],
-        lr_milestones=list(v["lr_milestones"]), classifier=classifier)
+        class_tie_weight=1e-3, class_tie_logits=v["class_tie_logits"],
+        relation_scorer="relationnet", relation_classes="grouped",
+        structure_class_vectors="projected", structure_averaging="per_group",
+        structure_on_real=False, kl_direction="code", unrelated_kl="sample", tau=0.1,
+        w1=1.0, w2=0.2, w3=0.5, structure_weight=v["structure_weight"], unseen_per_class=1,
+        lr=5e-4, lr_schedule=v["lr_schedule"], lr_milestones=list(v["lr_milestones"]),
+        steps=v["steps"], classifier=classifier)
 
 
 # ------------------------------------------------------------------------------------------------
 # The primitive generator (Sec. 3.2, Eq. 1)
 # ------------------------------------------------------------------------------------------------
+
+#: The authors' decoder layer (``primitive_attention: code``), in order; ``tests`` recompute a
+#: layer by hand in exactly this order. Then, after the last layer: ``final_norm``.
+LAYER_ORDER: tuple[str, ...] = (
+    "self_attn(query)", "+ residual", "norm1", "cross_attn(query -> primitives)", "+ residual",
+    "+ noise", "norm2", "ffn", "+ residual", "norm3",
+)
+#: The paper's layer (``primitive_attention: paper``): the primitives are updated first, the
+#: query (LayerNormed once before the first layer with ``query_norm``) reads them.
+PAPER_LAYER_ORDER: tuple[str, ...] = (
+    "self_attn(primitives)", "+ residual", "norm1(primitives)",
+    "cross_attn(query -> primitives)", "+ residual", "+ noise", "norm2", "ffn", "+ residual",
+    "norm3",
+)
 
 
 class PrimitiveLayer(nn.Module):
@@ -306,13 +411,15 @@ class PrimitiveLayer(nn.Module):
 
 
 class PrimitiveGenerator(nn.Module):
-    """Class vectors ``[K, d]`` -> synthetic query embeddings ``[K, D]`` (Eq. 1, Fig. 3)."""
+    """Class vectors ``[K, d]`` -> synthetic query embeddings ``[K, D]`` (Eq. 1, Fig. 3):
+    ``query_proj``, (``query_norm``,) ``layers`` x :class:`PrimitiveLayer`, ``head``."""
 
     def __init__(self, embed_dim: int, out_dim: int, *, num_primitives: int = 400,
                  layers: int = 3, heads: int = 8, hidden_dim: int | None = None,
                  ffn_dim: int | None = None, dropout: float = 0.1, noise: bool = True,
-                 noise_std: float = 1.0, attention: Literal["paper", "code"] = "paper",
-                 output_head: Literal["linear", "layernorm"] = "linear"):
+                 noise_std: float = 1.0, attention: Literal["paper", "code"] = "code",
+                 output_head: Literal["linear", "layernorm"] = "layernorm",
+                 query_norm: bool = True, identical_init: bool = True):
         super().__init__()
         hidden = hidden_dim or out_dim
         if hidden % heads:
@@ -330,14 +437,23 @@ class PrimitiveGenerator(nn.Module):
         self.layers = nn.ModuleList(
             PrimitiveLayer(hidden, heads, ffn_dim or 4 * hidden, dropout, attention)
             for _ in range(layers))
+        if identical_init:  # the code deep-copies one initialised layer (_get_clones)
+            for layer in list(self.layers)[1:]:
+                layer.load_state_dict(self.layers[0].state_dict())
         self.head: nn.Module = (nn.Linear(hidden, out_dim) if output_head == "linear"
                                 else nn.LayerNorm(out_dim))  # w_1 (paper) / LayerNorm (code)
+        # The paper layout's query reaches the first cross-attention unnormalised; the code
+        # layout LayerNorms it in every layer (norm1), so only "paper" needs this.
+        self.query_norm: nn.Module | None = (nn.LayerNorm(hidden)
+                                             if attention == "paper" and query_norm else None)
 
     def forward(self, class_vectors: Tensor, rng: torch.Generator | None = None) -> Tensor:
         if class_vectors.dim() != 2 or class_vectors.shape[1] != self.embed_dim:
             raise DataError(f"primitive generator: expected class vectors [K, {self.embed_dim}],"
                             f" got {tuple(class_vectors.shape)}")
         query = self.query_proj(class_vectors)
+        if self.query_norm is not None:
+            query = self.query_norm(query)
         memories = self._frozen_memories()
         primitives = self.primitives
         for i, layer in enumerate(self.layers):
@@ -391,9 +507,26 @@ def decoder_mlp(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Se
 
 def related_classification_loss(related: Tensor, labels: Tensor, class_embeddings: Tensor,
                                 tau: float) -> Tensor:
-    """Eq. 3: cross-entropy of ``softmax_k(x^_i . a_k / tau)`` against the class of ``x_i``,
-    over all classes of the label space, averaged over features."""
+    """Eq. 3 (paper): cross-entropy of ``softmax_k(x^_i . a_k / tau)`` against the class of
+    ``x_i``, over the classes of ``class_embeddings``, averaged over features."""
     return F.cross_entropy(related @ class_embeddings.t() / tau, labels)
+
+
+class RelationNet(nn.Module):
+    """Eq. 3 (code, ``network_utils.RelationNet``): the score of feature ``s_i`` for class vector
+    ``c_k`` is ``sigmoid(fc2(relu(fc1([s_i; c_k]))))``; the ``[N, K]`` scores are used as
+    cross-entropy logits as they are (no temperature)."""
+
+    def __init__(self, feature_dim: int, class_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(feature_dim + class_dim, feature_dim)
+        self.fc2 = nn.Linear(feature_dim, 1)
+
+    def forward(self, features: Tensor, class_vectors: Tensor) -> Tensor:
+        n, k = len(features), len(class_vectors)
+        pairs = torch.cat([features.unsqueeze(1).expand(n, k, -1),
+                           class_vectors.unsqueeze(0).expand(n, k, -1)], dim=2)
+        return torch.sigmoid(self.fc2(F.relu(self.fc1(pairs)))).squeeze(2)
 
 
 def unrelated_kl_loss(unrelated: Tensor, mode: Literal["gaussian", "sample"], tau: float,
@@ -442,24 +575,38 @@ def alignment_losses(seen: Tensor, seen_labels: Tensor, unseen: Tensor, unseen_l
 
 
 class PADingModel(nn.Module):
-    """The generator plus the disentanglement nets (absent when disentanglement is off)."""
+    """The generator plus the disentanglement nets (absent when disentanglement is off) and the
+    RelationNet (``relation_scorer: relationnet``). ``class_dim``: the width of the class vectors
+    of Eq. 3 and 6 (the generator's width when they are its projected queries, else ``d``)."""
 
     def __init__(self, embed_dim: int, out_dim: int, config: PADingConfig):
         super().__init__()
         self.embed_dim = embed_dim
         self.out_dim = out_dim
         self.generator: nn.Module = build_generator(embed_dim, out_dim, config)
-        self.related: nn.Module | None = None  # E_R: D -> d
+        self.projected = config.structure_class_vectors == "projected"
+        self.class_dim = (self.generator.hidden_dim if self.projected
+                          and isinstance(self.generator, PrimitiveGenerator) else embed_dim)
+        self.related: nn.Module | None = None  # E_R: D -> class_dim
         self.unrelated: nn.Module | None = None  # E_U: D -> unrelated_dim
         self.decoder: nn.Module | None = None  # [x^; x..] -> D
+        self.relation: RelationNet | None = None
         if config.disentanglement:
             hidden = config.helper_hidden or out_dim
             u_dim = config.unrelated_dim or out_dim
-            self.related = encoder_mlp(out_dim, hidden, embed_dim, config.helper_dropout,
+            self.related = encoder_mlp(out_dim, hidden, self.class_dim, config.helper_dropout,
                                        config.encoder_layout)
             self.unrelated = encoder_mlp(out_dim, hidden, u_dim, config.helper_dropout,
                                          config.encoder_layout)
-            self.decoder = decoder_mlp(embed_dim + u_dim, hidden, out_dim, config.helper_dropout)
+            self.decoder = decoder_mlp(self.class_dim + u_dim, hidden, out_dim,
+                                       config.helper_dropout)
+            if config.relation_scorer == "relationnet":
+                self.relation = RelationNet(self.class_dim, self.class_dim)
+
+    def class_vectors(self, a: Tensor) -> Tensor:
+        """The class vectors of Eq. 3 and 6: the generator's projected queries (trainable: the
+        structure losses reach ``query_proj``), or the class embeddings themselves."""
+        return self.generator.query_proj(a) if self.projected else a
 
 
 def build_generator(embed_dim: int, out_dim: int, config: PADingConfig) -> nn.Module:
@@ -469,7 +616,8 @@ def build_generator(embed_dim: int, out_dim: int, config: PADingConfig) -> nn.Mo
         embed_dim, out_dim, num_primitives=config.num_primitives, layers=config.layers,
         heads=config.heads, hidden_dim=config.hidden_dim, ffn_dim=config.ffn_dim,
         dropout=config.dropout, noise=config.noise, noise_std=config.noise_std,
-        attention=config.primitive_attention, output_head=config.output_head)
+        attention=config.primitive_attention, output_head=config.output_head,
+        query_norm=config.query_norm, identical_init=config.identical_layer_init)
 
 
 @dataclass
@@ -483,35 +631,101 @@ class LossTerms:
     features: dict[str, Tensor]
 
 
+def class_tie_loss(fake_seen: Tensor, labels: Tensor, head: nn.Linear, seen_idx: Tensor,
+                   logits: Literal["seen", "all"]) -> Tensor:
+    """The code's ``cls_loss`` (unweighted): cross-entropy of the fake seen features through the
+    classifier trained alongside, over the seen columns (``seen``: COCO-Stuff's ``[:, :156]``)
+    or every column (``all``). The classifier's weights enter as constants: the code discards
+    this loss's gradient on the classifier (``optimizer_2.zero_grad`` before its own step)."""
+    scores = F.linear(fake_seen, head.weight.detach(), head.bias.detach())
+    if logits == "all":
+        return F.cross_entropy(scores, labels)
+    columns = seen_idx.sort().values
+    position = torch.full((head.out_features,), -1, dtype=torch.int64)
+    position[columns] = torch.arange(len(columns))
+    target = position[labels]
+    if bool((target < 0).any()):
+        raise DataError("class tie: a fake seen label is not a seen class")
+    return F.cross_entropy(scores[:, columns], target)
+
+
+def _group_mean(seen: Tensor, unseen: Tensor, n_seen: int, n_unseen: int,
+                averaging: Literal["per_group", "pooled"]) -> Tensor:
+    """Two group means combined: their plain mean (code) or weighted by group size (pooled)."""
+    if averaging == "per_group":
+        return (seen + unseen) / 2.0
+    return (seen * n_seen + unseen * n_unseen) / (n_seen + n_unseen)
+
+
+def relation_loss(model: PADingModel, related: Tensor, labels: Tensor, n_seen: int,
+                  class_vectors: Tensor, unseen_idx: Tensor, config: PADingConfig) -> Tensor:
+    """Eq. 3 over the seen rows ``related[:n_seen]`` and the unseen rows after them.
+
+    ``relation_classes: grouped`` (code): seen rows scored against every class, unseen rows
+    against the unseen classes only (targets = position among them); ``all`` (paper): every row
+    against every class. Scores: RelationNet (code) or ``x^ . v / tau`` (paper)."""
+    def score(rows: Tensor, vectors: Tensor) -> Tensor:
+        if model.relation is not None:
+            return model.relation(rows, vectors)
+        return rows @ vectors.t() / config.tau
+
+    if config.relation_classes == "all" and config.structure_averaging == "pooled":
+        return F.cross_entropy(score(related, class_vectors), labels)  # one mean over all rows
+    seen, unseen = related[:n_seen], related[n_seen:]
+    seen_labels, unseen_labels = labels[:n_seen], labels[n_seen:]
+    ce_seen = F.cross_entropy(score(seen, class_vectors), seen_labels)
+    if config.relation_classes == "grouped":
+        position = torch.full((len(class_vectors),), -1, dtype=torch.int64)
+        position[unseen_idx] = torch.arange(len(unseen_idx))
+        ce_unseen = F.cross_entropy(score(unseen, class_vectors[unseen_idx]),
+                                    position[unseen_labels])
+    else:
+        ce_unseen = F.cross_entropy(score(unseen, class_vectors), unseen_labels)
+    return _group_mean(ce_seen, ce_unseen, len(seen), len(unseen), config.structure_averaging)
+
+
 def pading_losses(model: PADingModel, real: Tensor, labels: Tensor, class_embeddings: Tensor,
                   unseen_idx: Tensor, config: PADingConfig,
-                  rng: torch.Generator | None = None) -> LossTerms:
+                  rng: torch.Generator | None = None, *, head: nn.Linear | None = None,
+                  seen_idx: Tensor | None = None) -> LossTerms:
     """Eq. 2-7 for one batch of real seen embeddings ``real [N, D]`` with ``labels [N]``.
 
-    Only the enabled terms are computed and reported: ``gen`` always; ``rel``, ``unrelated`` and
-    ``recon`` with disentanglement; ``align`` (the mean of ``align_ss``, ``align_uu``,
-    ``align_su``) with alignment. ``real`` and ``class_embeddings`` are data: no gradient
-    reaches them.
+    Only the enabled terms are computed and reported: ``gen`` always; ``tie`` with
+    ``class_tie_weight > 0`` (needs ``head``, the classifier trained alongside; ``seen_idx``
+    defaults to every class not unseen); ``rel``, ``unrelated`` and ``recon`` with
+    disentanglement; ``align`` (the mean of ``align_ss``, ``align_uu``, ``align_su``) with
+    alignment. ``real`` and ``class_embeddings`` are data: no gradient reaches them.
     """
     real = real.detach()
     a = class_embeddings.detach()
     sigmas = resolve_sigmas(config.sigmas)
     structure = config.alignment or config.disentanglement
     unseen_labels = unseen_idx.repeat(config.unseen_per_class)
-    # One generator pass for the seen and unseen fakes: the primitives' self-attention does not
-    # depend on the queries, so it is computed once per step.
+    # One generator pass for the seen and unseen fakes (the code makes two; the primitives'
+    # self-attention of the paper layout does not depend on the queries).
     wanted = torch.cat([labels, unseen_labels]) if structure else labels
     fakes = model.generator(a[wanted], rng)
     fake_seen, fake_unseen = fakes[:len(labels)], fakes[len(labels):]  # X^s', X^u'
     raw: dict[str, Tensor] = {"gen": grouped_mmd_loss(  # Eq. 2
         fake_seen, real, labels, sigmas, grouping=config.mmd_grouping,
         kernel_scale=config.kernel_scale, form=config.mmd_form)}
+    if config.class_tie_weight > 0:
+        if head is None:
+            raise ConfigError("class_tie_weight > 0 needs the classifier trained alongside "
+                              "(head=...; classifier.schedule: interleaved)")
+        if seen_idx is None:
+            keep = torch.ones(len(a), dtype=torch.bool)
+            keep[unseen_idx] = False
+            seen_idx = torch.nonzero(keep).flatten()
+        raw["tie"] = class_tie_loss(fake_seen, labels, head, seen_idx, config.class_tie_logits)
     features: dict[str, Tensor] = {"fake_seen": fake_seen}
     if structure:
+        vectors = model.class_vectors(a)  # Eq. 3 / 6 class vectors
         seen = torch.cat([fake_seen, real]) if config.structure_on_real else fake_seen
         seen_labels = torch.cat([labels, labels]) if config.structure_on_real else labels
+        n_seen, n_unseen = len(seen), len(fake_unseen)
         features.update(fake_unseen=fake_unseen, unseen_labels=unseen_labels, seen=seen,
-                        seen_labels=seen_labels)
+                        seen_labels=seen_labels, class_vectors=vectors)
         align_seen, align_unseen = seen, fake_unseen  # Fig. 4a without disentanglement
         if config.disentanglement:
             assert model.related is not None and model.unrelated is not None
@@ -520,20 +734,32 @@ def pading_losses(model: PADingModel, real: Tensor, labels: Tensor, class_embedd
             both_labels = torch.cat([seen_labels, unseen_labels])
             related = model.related(both)  # x^ = E_R(x)
             unrelated = model.unrelated(both)  # x.. = E_U(x)
-            raw["rel"] = related_classification_loss(related, both_labels, a, config.tau)  # Eq.3
-            raw["unrelated"] = unrelated_kl_loss(unrelated, config.unrelated_kl, config.tau,
-                                                 rng)  # Eq. 4
             decoded = model.decoder(torch.cat([related, unrelated], dim=1))
-            raw["recon"] = reconstruction_loss(both, decoded)  # Eq. 5
-            align_seen, align_unseen = related[:len(seen)], related[len(seen):]
+            raw["rel"] = relation_loss(model, related, both_labels, n_seen, vectors,
+                                       unseen_idx, config)  # Eq. 3
+            if config.structure_averaging == "pooled":
+                raw["unrelated"] = unrelated_kl_loss(unrelated, config.unrelated_kl, config.tau,
+                                                     rng)  # Eq. 4
+                raw["recon"] = reconstruction_loss(both, decoded)  # Eq. 5
+            else:  # the code: each term per group, then (seen + unseen) / 2
+                raw["unrelated"] = _group_mean(
+                    unrelated_kl_loss(unrelated[:n_seen], config.unrelated_kl, config.tau, rng),
+                    unrelated_kl_loss(unrelated[n_seen:], config.unrelated_kl, config.tau, rng),
+                    n_seen, n_unseen, "per_group")
+                raw["recon"] = _group_mean(reconstruction_loss(seen, decoded[:n_seen]),
+                                           reconstruction_loss(fake_unseen, decoded[n_seen:]),
+                                           n_seen, n_unseen, "per_group")
+            align_seen, align_unseen = related[:n_seen], related[n_seen:]
             features.update(related=related, unrelated=unrelated, decoded=decoded)
         if config.alignment:
-            terms = alignment_losses(align_seen, seen_labels, align_unseen, unseen_labels, a,
-                                     config.tau, config.kl_direction)  # Eq. 6
+            terms = alignment_losses(align_seen, seen_labels, align_unseen, unseen_labels,
+                                     vectors, config.tau, config.kl_direction)  # Eq. 6
             raw.update(terms)
             raw["align"] = (terms["align_ss"] + terms["align_uu"] + terms["align_su"]) / 3.0
     lam = config.structure_weight
-    weighted = {"gen": raw["gen"]}  # Eq. 7: L_G + lambda * (L_D + L_A)
+    weighted = {"gen": raw["gen"]}  # Eq. 7: L_G + tie + lambda * (L_D + L_A)
+    if "tie" in raw:
+        weighted["tie"] = config.class_tie_weight * raw["tie"]
     if "align" in raw:
         weighted["align"] = lam * config.w1 * raw["align"]
     if "rel" in raw:
@@ -545,7 +771,7 @@ def pading_losses(model: PADingModel, real: Tensor, labels: Tensor, class_embedd
 
 
 # ------------------------------------------------------------------------------------------------
-# Training (Algorithm 1 step 3)
+# Training (Algorithm 1 steps 3-4)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -553,43 +779,69 @@ def pading_losses(model: PADingModel, real: Tensor, labels: Tensor, class_embedd
 class PADingResult:
     generator: TrainedGenerator  # what classifier retraining samples from
     model: PADingModel  # generator + helper nets (for inspection)
-    history: list[dict[str, float]]  # every log_every steps: step, lr, raw terms, total
+    history: list[dict[str, float]]  # every log_every steps: step, lr, raw terms, total, mmd
+    classifier: TorchClassifier | None = None  # the head trained alongside (interleaved)
 
 
 def train_generator(real_embeddings: Any, real_labels: Any, class_embeddings: Any,
                     seen_idx: Any, unseen_idx: Any, config: PADingConfig | None = None,
                     seed: int | None = None, *, on_step: StepCallback | None = None,
                     on_snapshot: SnapshotCallback | None = None,
-                    snapshot_every: int | None = None) -> PADingResult:
-    """Train PADing's generator (or an ablation of it) on real seen embeddings.
+                    snapshot_every: int | None = None, classifier_data: Any = None,
+                    init_weight: Any = None, init_bias: Any = None) -> PADingResult:
+    """Train PADing's generator (or an ablation of it) on real seen embeddings, with the
+    classifier alongside when ``classifier.schedule`` is ``interleaved``.
 
     ``real_embeddings [N, D]``: Hungarian-matched query embeddings of training images (PADing's
     "real class embeddings"); ``real_labels [N]``: their contiguous class indices, seen classes
     only (an unseen label raises :class:`~zeroseg.platform.errors.LeakageError`).
     ``class_embeddings [C, d]``: the whole label space, any ``d``. Each step draws
     ``batch_size`` real rows, generates one fake per row and ``unseen_per_class`` per unseen
-    class, and takes one Adam step on Eq. 7. ``on_step(step, metrics)`` is called every
-    ``log_every`` steps. ``seed`` defaults to ``config.seed``.
+    class, takes one Adam step on Eq. 7 and then one classifier step. ``classifier_data``:
+    ``(query_embeddings [M, D], targets [M])`` for the classifier (every query, target ``C`` =
+    no-object; default: the real embeddings, no no-object rows); ``init_weight`` / ``init_bias``
+    start it (see :func:`~zeroseg.methods.common.retrain_classifier`). ``on_step(step,
+    metrics)`` is called every ``log_every`` steps. ``seed`` defaults to ``config.seed``.
     """
     config = config or PADingConfig()
     seed = config.seed if seed is None else seed
     start = time.perf_counter()
     with seeded(seed) as rng:
         recipe = generator_recipe(real_embeddings, real_labels, class_embeddings, seen_idx,
-                                  unseen_idx, config)
+                                  unseen_idx, config, classifier_data=classifier_data,
+                                  init_weight=init_weight, init_bias=init_bias)
         history = run_generator_loop(recipe, rng, AdamStepper(recipe), on_step=on_step,
                                      on_snapshot=on_snapshot, snapshot_every=snapshot_every)
     log.info("PADing generator (%s, alignment=%s, disentanglement=%s) trained: %d steps in "
-             "%.1f s, final total %.4f", config.generator_type, config.alignment,
-             config.disentanglement, config.steps, time.perf_counter() - start,
-             history[-1]["total"])
-    return PADingResult(recipe.trained(), recipe.model, history)
+             "%.1f s, final total %.4f, MMD (sqrt, per class) %.4f", config.generator_type,
+             config.alignment, config.disentanglement, config.steps,
+             time.perf_counter() - start, history[-1]["total"], history[-1]["mmd"])
+    trained = recipe.trained()
+    return PADingResult(trained, recipe.model, history, trained.classifier)
+
+
+def interleaved_head(x: Tensor, y: Tensor, roles: ClassRoles, config: Any, out_dim: int,
+                     classifier_data: Any, init_weight: Any, init_bias: Any
+                     ) -> HeadTrainer | None:
+    """The classifier trained alongside the generator (``classifier.schedule: interleaved``),
+    on ``classifier_data`` or else the real rows; its random stream is seeded from the global
+    RNG (the caller runs under :func:`~zeroseg.methods.common.seeded`)."""
+    if config.classifier.schedule != "interleaved":
+        return None
+    queries, targets = classifier_data if classifier_data is not None else (x, y)
+    head_seed = int(torch.randint(0, 2**62, (1,)))
+    return head_trainer(queries, targets, roles, config.classifier,
+                        torch.Generator().manual_seed(head_seed), out_dim=out_dim,
+                        init_weight=init_weight, init_bias=init_bias)
 
 
 def generator_recipe(real_embeddings: Any, real_labels: Any, class_embeddings: Any,
-                     seen_idx: Any, unseen_idx: Any, config: PADingConfig) -> GeneratorRecipe:
-    """PADing's model (generator + helper nets, initialised from the current RNG) and the
-    Eq. 7 step loss, for :func:`~zeroseg.methods.common.run_generator_loop`."""
+                     seen_idx: Any, unseen_idx: Any, config: PADingConfig, *,
+                     classifier_data: Any = None, init_weight: Any = None,
+                     init_bias: Any = None) -> GeneratorRecipe:
+    """PADing's model (generator + helper nets, initialised from the current RNG), the Eq. 7
+    step loss and the interleaved classifier, for
+    :func:`~zeroseg.methods.common.run_generator_loop`."""
     config.validate()
     a = prepare_class_embeddings(class_embeddings, config.normalize_class_embeddings)
     roles = ClassRoles.build(len(a), seen_idx, unseen_idx)
@@ -597,16 +849,20 @@ def generator_recipe(real_embeddings: Any, real_labels: Any, class_embeddings: A
                                names=("real_embeddings", "real_labels"))
     model = PADingModel(a.shape[1], x.shape[1], config)
     milestones = sorted({max(1, round(m * config.steps)) for m in config.lr_milestones})
+    head = interleaved_head(x, y, roles, config, x.shape[1], classifier_data, init_weight,
+                            init_bias)
 
     def loss(real: Tensor, labels: Tensor, rng: torch.Generator | None
              ) -> tuple[Tensor, dict[str, Tensor]]:
-        terms = pading_losses(model, real, labels, a, roles.unseen, config, rng)
+        terms = pading_losses(model, real, labels, a, roles.unseen, config, rng,
+                              head=head.linear if head is not None else None,
+                              seen_idx=roles.seen)
         return terms.total, terms.raw
 
     return GeneratorRecipe(kind=config.generator_type, model=model, net=model.generator,
                            class_embeddings=a, x=x, y=y, loss=loss, config=config,
-                           milestones=milestones)
-
+                           milestones=milestones, head=head,
+                           poly_power=POLY_POWER if config.lr_schedule == "poly" else None)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -634,6 +890,8 @@ def load_generator(path: str | Path) -> TrainedGenerator:
         net: nn.Module = GMMNGenerator(meta["embed_dim"], meta["out_dim"], net_cfg)
     else:
         config = from_dict(PADingConfig, cfg, where=str(path))
+        if config.primitive_attention == "paper" and "net.query_norm.weight" not in state:
+            config.query_norm = False  # written before issue 13: the query was not normalised
         net = build_generator(meta["embed_dim"], meta["out_dim"], config)
     net_state = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
     try:

@@ -14,7 +14,8 @@ Contract of ``fit(config, inputs, hooks) -> MethodOutput``:
   under the user's values;
 - ``inputs``: :class:`MethodInputs` -- the label space (the test split, or the validation view
   whose "unseen" classes are held-out seen classes), its class embeddings, lazy access to the
-  training features, the segmenter's head and the seed;
+  training features, the segmenter's head and the seed (and, on the validation protocol, the
+  held-out classes' real embeddings, for diagnostics only);
 - ``hooks.on_epoch(epoch, classifier)``: call it after each of ``hooks.epochs`` training rounds
   with the classifier as it is then (per-epoch validation, ASHA early stopping); it may raise
   :class:`StopTrial`, which the method lets propagate. ``hooks.on_curve(name, step, value)``
@@ -65,6 +66,10 @@ class MethodInputs:
     # > 1 runs a generator on Ray Train + DeepSpeed, reading train_cache from the filesystem.
     training: Any = None
     train_cache: Path | None = None
+    # Validation protocol only: () -> (embeddings [N, D], class indices [N]), real query
+    # embeddings of the held-out classes (the view's "unseen" ones) in the evaluation images,
+    # for the generator fidelity diagnostics (methods/fidelity.py). None elsewhere.
+    heldout: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
 
     @property
     def seen_idx(self) -> np.ndarray:

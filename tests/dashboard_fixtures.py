@@ -32,6 +32,16 @@ SWEEP = "pading-tiny"
 OBJECTIVE = "val/semantic/gzsl/hm/iou"
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 # Unseen-class quality of each method (fraction): supervised knows no unseen class.
+#: A run's generator fidelity diagnostics as methods/fidelity.py stores them.
+FIDELITY = {
+    "protocol": "validation", "mmd": 0.412, "ncm_accuracy": 0.8, "chance": 0.5,
+    "variance_ratio": 0.31, "real_variance_ratio": 0.9, "classes": 2, "real_rows": 30,
+    "fakes_per_class": 64,
+    "per_class": [{"class": 3, "name": "purple star", "real": 14, "mmd": 0.401,
+                   "ncm_accuracy": 0.71},
+                  {"class": 9, "name": "smooth grass", "real": 16, "mmd": 0.423,
+                   "ncm_accuracy": 0.88}],
+}
 UNSEEN_LEVEL = {"supervised": 0.0, "projection": 0.05, "gmmn": 0.18, "pading": 0.27}
 TASK_METRICS = {"semantic": ("iou",), "panoptic": ("pq", "sq", "rq"),
                 "instance": ("ap50", "recall50")}
@@ -140,6 +150,7 @@ def fill_store(store: Store, root: Path) -> dict[str, Any]:
     classes = [(c.name, c.unseen) for c in split.classes]
     arts = _write_dataset(root)
     artifacts = {k: v for k, v in arts.items() if not k.startswith("_")}
+    artifacts["fidelity"] = {"val": FIDELITY}
     rng = np.random.default_rng(42)
     common = {"dataset": "synthetic", "split": SPLIT, "backbone": "tiny",
               "code_version": "v0.1.0-3-gabcdef012345", "code_dirty": False,

@@ -389,6 +389,13 @@ def test_app_run_detail_page(app, filled):
     assert "feature cache" in text and "is missing" in text  # PCA of the synthetic ones only
     assert len(at.get("plotly_chart")) == 3  # per-class, curves, embeddings
     assert len(at.get("image")) == 3 * 2  # image / ground truth / prediction of 2 examples
+    fidelity = _table(at, "Measure")  # next to the embeddings: the generator's fidelity
+    values = dict(zip(fidelity["Measure"], fidelity["Value"], strict=True))
+    assert values["MMD (sqrt, per class, mean)"] == "0.412"
+    assert values["nearest-fake-mean accuracy (balanced)"] == "0.80"
+    assert values["between / within variance of the fakes"] == "0.310"
+    assert list(_table(at, "NCM accuracy")["Class"]) == ["purple star", "smooth grass"]
+    assert "Generator fidelity" in text
     # A run without artifacts: notes instead of pictures.
     at.query_params["run"] = str(info["failed"])
     at.selectbox(key="rd_run").set_value(info["failed"]).run()
@@ -396,6 +403,7 @@ def test_app_run_detail_page(app, filled):
     text = _texts(at)
     assert "This run failed: RuntimeError: CUDA out of memory" in text
     assert "not available for this run" in text
+    assert "Generator fidelity: not available for this run." in text
 
 
 def test_app_reproductions_page(app, filled):

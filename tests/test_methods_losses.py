@@ -235,9 +235,17 @@ C, D_EMB, D_FEAT = 7, 5, 16
 SEEN, UNSEEN = torch.arange(5), torch.tensor([5, 6])
 
 
+#: The paper column of the module table (the pre-issue-13 defaults, per-class MMD aside): the
+#: formulas the tests below recompute by hand. The code column is tests/test_methods_faithful.py.
+PAPER_TERMS = dict(relation_scorer="dot", relation_classes="all", structure_class_vectors="raw",
+                   structure_averaging="pooled", structure_on_real=True, kl_direction="paper",
+                   unrelated_kl="gaussian", class_tie_weight=0.0, sigmas="paper",
+                   mmd_form="squared", mmd_grouping="class", encoder_layout="paper")
+
+
 def _small(**kw) -> PADingConfig:
     base = dict(num_primitives=6, layers=2, heads=4, batch_size=8, steps=1,
-                structure_weight=0.3, w1=0.7, w2=1.3, w3=0.4)
+                structure_weight=0.3, w1=0.7, w2=1.3, w3=0.4, **PAPER_TERMS)
     base.update(kw)
     return PADingConfig(**base)
 
@@ -421,7 +429,8 @@ def test_paper_attention_relates_the_primitives():
     """In the paper's reading the primitives attend to each other: changing one primitive
     changes what every query reads, through the self-attention."""
     torch.manual_seed(0)
-    gen = PrimitiveGenerator(D_EMB, 16, num_primitives=8, layers=1, heads=4, noise=False).eval()
+    gen = PrimitiveGenerator(D_EMB, 16, num_primitives=8, layers=1, heads=4, noise=False,
+                             attention="paper").eval()
     layer = gen.layers[0]
     q = _t(2, 16, seed=44)
     _, p_before = layer(q, gen.primitives, None)
@@ -443,6 +452,8 @@ def test_frozen_sampling_reuses_the_primitives_and_gives_the_same_numbers(attent
 
     def by_hand(rng: torch.Generator) -> torch.Tensor:
         query, primitives = gen.query_proj(v), gen.primitives
+        if gen.query_norm is not None:
+            query = gen.query_norm(query)
         for layer in gen.layers:
             z = torch.randn(query.shape, generator=rng) * gen.noise_std
             query, primitives = layer(query, primitives, z)
@@ -490,21 +501,53 @@ def test_config_round_trip_and_errors():
             from_dict(PADingConfig, data, where="pading.yaml")
 
 
-def test_paper_defaults_and_code_preset():
+def test_defaults_are_the_authors_semantic_recipe():
+    """The default config is authors_code_config('semantic'), field for field (the term-by-term
+    sources are in tests/test_methods_faithful.py)."""
+    assert PADingConfig() == authors_code_config("semantic")
     cfg = PADingConfig()
-    assert (cfg.num_primitives, cfg.layers, cfg.structure_weight, cfg.tau, cfg.lr) == (
-        400, 3, 0.002, 0.1, 2e-4)
-    assert resolve_sigmas(cfg.sigmas) == SIGMA_PRESETS["paper"]
+    assert (cfg.num_primitives, cfg.layers, cfg.structure_weight, cfg.tau, cfg.lr, cfg.steps) == (
+        400, 3, 1e-3, 0.1, 5e-4, 2000)
+    assert resolve_sigmas(cfg.sigmas) == SIGMA_PRESETS["code"]
     assert cfg.classifier == ClassifierConfig()
-    assert (cfg.classifier.lr, cfg.classifier.momentum, cfg.classifier.weight_decay) == (
-        1e-3, 0.9, 5e-4)
-    code = authors_code_config("semantic")
-    assert resolve_sigmas(code.sigmas) == SIGMA_PRESETS["code"]
-    assert (code.mmd_form, code.kl_direction, code.primitive_attention) == ("sqrt", "code",
-                                                                            "code")
-    assert (code.dropout, code.structure_weight, code.classifier.num_choose) == (0.3, 1e-3, 17)
+    assert (cfg.classifier.lr, cfg.classifier.momentum, cfg.classifier.weight_decay,
+            cfg.classifier.schedule) == (1e-3, 0.9, 5e-4, "interleaved")
     assert authors_code_config("instance").classifier.unseen_weight == 2.0
     with pytest.raises(ConfigError, match="unknown row"):
         ablation_config("P&D")
     with pytest.raises(ConfigError, match="task"):
         authors_code_config("video")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("data, needle", [
+    ({"lr_milestones": [0.5]}, "lr_milestones .* need lr_schedule: step"),
+    ({"query_norm": False}, "query_norm: false applies to primitive_attention: paper"),
+    ({"classifier": {"schedule": "sequential"}}, "with classifier.schedule: sequential set "
+                                                  "class_tie_weight: 0"),
+    ({"generator_type": "gmmn"}, "structure_class_vectors: projected"),
+    ({"class_tie_weight": -1}, "class_tie_weight must be >= 0"),
+    ({"relation_scorer": "mlp"}, "relation_scorer must be one of"),
+    ({"classifier": {"schedule": "alternate"}}, "schedule must be one of"),
+])
+def test_issue13_switches_refuse_bad_combinations_in_one_line(data, needle):
+    with pytest.raises(ConfigError, match=needle) as info:
+        from_dict(PADingConfig, data, where="pading.yaml").validate()
+    assert "\n" not in str(info.value)
+
+
+def test_new_switches_at_their_defaults_leave_the_config_document_unchanged():
+    """Issue-13 fields are added_field: at their defaults they are not in to_dict, so a config
+    that does not mention them keeps its document and hash; set, they are recorded."""
+    doc = to_dict(PADingConfig())
+    for name in ("query_norm", "identical_layer_init", "class_tie_weight", "class_tie_logits",
+                 "relation_scorer", "relation_classes", "structure_class_vectors",
+                 "structure_averaging", "lr_schedule"):
+        assert name not in doc
+    assert "schedule" not in doc["classifier"]
+    changed = to_dict(PADingConfig(relation_scorer="dot", classifier=ClassifierConfig(
+        schedule="sequential"), class_tie_weight=0.0))
+    assert changed["relation_scorer"] == "dot" and changed["classifier"]["schedule"] == (
+        "sequential")
+    assert from_dict(PADingConfig, changed) == PADingConfig(
+        relation_scorer="dot", classifier=ClassifierConfig(schedule="sequential"),
+        class_tie_weight=0.0)

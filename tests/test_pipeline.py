@@ -266,6 +266,39 @@ def test_artifacts_exist_and_synthetic_features_have_the_embedding_width(pipelin
     unseen = {c.index for c in ctx.label_split.unseen}
     assert set(fakes["class_index"].tolist()) == unseen
     assert Path(art["method"]["test"]["generator"]).is_file()
+    # generator fidelity: the validation protocol only, its held-out classes
+    fid = art["fidelity"]["val"]
+    assert set(art["fidelity"]) == {"val"}
+    held_out = [c.name for c in pipeline_runs["pipeline"].split.classes if c.val_unseen]
+    assert sorted(r["name"] for r in fid["per_class"]) == sorted(held_out)
+    assert fid["real_rows"] == sum(r["real"] for r in fid["per_class"]) > 0
+    assert 0 <= fid["ncm_accuracy"] <= 1 and fid["mmd"] > 0 and fid["variance_ratio"] > 0
+    with _store(pipeline_runs) as store:
+        curves = {c["name"] for c in store.run(run["id"])["curves"]}
+    assert {"generator/mmd_sqrt_per_class", "val/generator/mmd_sqrt_per_class",
+            "generator/loss", "classifier/loss"} <= curves
+
+
+def test_the_held_out_embeddings_are_the_best_covering_queries(pipeline_runs):
+    """The validation protocol's real held-out embeddings: per image and held-out class, the
+    query whose mask has the highest Dice with the class's pixels."""
+    pipeline = pipeline_runs["pipeline"]
+    evaluation = pipeline.context("validation", "zero-shot").evaluation()
+    x, y = evaluation.unseen_query_embeddings()
+    held = {c.index for c in evaluation.split.unseen}
+    assert len(x) == len(y) > 0 and set(y.tolist()) <= held
+    lut = evaluation.split.png_lut()
+    chunk = next(iter(evaluation.chunks()))
+    info, emb, probs = chunk.infos[0], chunk.embeddings[0], chunk.mask_probs[0]
+    gt = lut[evaluation.semantic_gt(info.id)]
+    present = sorted(set(np.unique(gt).tolist()) & held)
+    for c in present:
+        region = torch.as_tensor(gt == c)
+        if int(region.sum()) < 16:
+            continue
+        dice = [float(2 * (p * region).sum() / (p.sum() + region.sum())) for p in probs]
+        best = emb[int(np.argmax(dice))].numpy()
+        assert any(np.array_equal(best, row) for row in x[y == c])
 
 
 def test_second_run_reuses_segmenters_and_caches(pipeline_runs):
@@ -358,6 +391,16 @@ def test_run_command_prints_the_table(pipeline_runs, tmp_path, capsys):
     assert main(["run", str(path), "--seeds", "0", "1"]) == 0
     out = capsys.readouterr().out
     assert "GZSL, test split" in out and "Seen-only" in out and "ZSS mIoU" in out
+    assert "Generator fidelity" not in out  # no generator, no diagnostics
+    doc["methods"] = ["pading"]
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["run", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert "Generator fidelity on the validation protocol" in captured.out
+    assert "fidelity (validation, 5 held-out classes" in captured.err
+    assert main(["results", "table", "--store", pipeline_runs["pipeline"].store_url,
+                 "--methods", "pading"]) == 0
+    assert "Generator fidelity on the validation protocol" in capsys.readouterr().out
     assert main(["run", str(path), "--set", "params.pading.tau=-1"]) == 2
     assert "tau must be > 0" in capsys.readouterr().err
 

@@ -130,8 +130,9 @@ with ui.section("Training curves"):
     else:
         st.plotly_chart(plots.curves(curves), key="rd_curves")
 
-st.subheader("Real seen vs synthetic unseen embeddings (PCA)")
-with ui.section("Embeddings"):
+st.subheader("Real seen vs synthetic unseen embeddings (PCA), and the generator's fidelity")
+emb_col, fid_col = st.columns([3, 2])
+with emb_col, ui.section("Embeddings"):
     result = media.embedding_points(run, roles)
     if result.value is not None:
         st.plotly_chart(plots.embeddings(result.value), key="rd_embeddings")
@@ -139,6 +140,23 @@ with ui.section("Embeddings"):
                    "the same features.")
     for note in result.notes:
         st.info(note, icon=":material/info:")
+with fid_col, ui.section("Generator fidelity"):
+    st.markdown("**Generator fidelity** (validation protocol: held-out seen classes play "
+                "unseen)")
+    tables = data.fidelity_tables(run.get("artifacts"))
+    if tables is None:
+        ui.not_available("Generator fidelity")
+    else:
+        summary, per_class = tables
+        st.dataframe(summary, hide_index=True)
+        st.dataframe(per_class, hide_index=True, placeholder="–",
+                     column_config={"MMD": st.column_config.NumberColumn(format="%.3f"),
+                                    "NCM accuracy": st.column_config.NumberColumn(
+                                        format="%.2f")})
+        st.caption("The generator's fakes of each held-out class against that class's real "
+                   "query embeddings: MMD (lower is closer), the share of real embeddings "
+                   "whose nearest fake class mean is their own class (chance = 1 / classes), "
+                   "and between / within-class variance (near 0: the fakes ignore the class).")
 
 st.subheader("Qualitative predictions on unseen classes")
 with ui.section("Qualitative predictions"):

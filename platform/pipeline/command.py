@@ -18,8 +18,9 @@ def _line(text: str) -> None:
 def run_command(config_path: str | Path, overrides: dict[str, Any], *, json_output: bool = False,
                 verbose: bool = False, address: str | None = None, force: bool = False,
                 smoke: bool = False) -> int:
+    from zeroseg.methods.fidelity import summary_line
     from zeroseg.platform.pipeline.config import load_pipeline_config
-    from zeroseg.platform.pipeline.report import format_outcomes
+    from zeroseg.platform.pipeline.report import fidelity_table, format_outcomes
     from zeroseg.platform.pipeline.runner import run_pipeline
     from zeroseg.platform.pipeline.stages import Pipeline
 
@@ -55,9 +56,13 @@ def run_command(config_path: str | Path, overrides: dict[str, Any], *, json_outp
             _line(f"[{done['n']}/{total}] {outcome.method} seed {outcome.seed}: already stored "
                   f"as run {outcome.run_id} ({hm_text}); reused, not run again "
                   "(--force re-runs it)")
-            return
-        _line(f"[{done['n']}/{total}] {outcome.method} seed {outcome.seed}: {outcome.status} in "
-              f"{outcome.seconds:.0f} s ({hm_text}), stored as run {outcome.run_id}")
+        else:
+            _line(f"[{done['n']}/{total}] {outcome.method} seed {outcome.seed}: "
+                  f"{outcome.status} in {outcome.seconds:.0f} s ({hm_text}), stored as run "
+                  f"{outcome.run_id}")
+        fid = outcome.fidelity()
+        if fid:
+            _line(f"    {summary_line(fid)}")
 
     _line(f"zeroseg run {config.name}: {len(config.methods)} method(s) x {len(config.seeds)} "
           f"seed(s), protocols {', '.join(config.evaluation.protocols)}; store "
@@ -71,6 +76,9 @@ def run_command(config_path: str | Path, overrides: dict[str, Any], *, json_outp
         print("SMOKE RUN -- every stage at a minute's size; these numbers mean nothing\n")
     print(format_outcomes(outcomes, protocols=config.evaluation.protocols,
                           settings=config.evaluation.settings))
+    fidelity = fidelity_table((o.method, o.fidelity()) for o in outcomes)
+    if fidelity:
+        print(f"\n{fidelity}")
     print(f"\n{len(outcomes)} runs in {time.perf_counter() - started:.0f} s, stored in "
           f"{pipeline.store_url} (zeroseg results list --store {pipeline.store_url})")
     return 0

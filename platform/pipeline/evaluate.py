@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 KEEP_PREDICTIONS = ("all", "sample", "none")
 SAMPLE_IMAGES = 8
+#: Smallest region (pixels of the semantic ground truth) that yields a real unseen embedding.
+HELDOUT_MIN_PIXELS = 16
 #: Bytes of upsampled mask logits and ground truth kept in memory per protocol.
 MEMORY_BUDGET = 1 << 30
 
@@ -88,6 +90,7 @@ class CachedEvaluation:
         self._panoptic_json: dict[str, Any] | None = None
         self._instances_json: dict[str, Any] | None = None
         self._png_lut = split.png_lut()
+        self._unseen_queries: tuple[np.ndarray, np.ndarray] | None = None
 
     # -- cached outputs ----------------------------------------------------------------------
     def chunks(self) -> Iterator[UpsampledChunk]:
@@ -159,6 +162,43 @@ class CachedEvaluation:
             if unseen[self.semantic_gt(image_id)].any():
                 out.add(image_id)
         return out
+
+    def unseen_query_embeddings(self, min_pixels: int = HELDOUT_MIN_PIXELS
+                                ) -> tuple[np.ndarray, np.ndarray]:
+        """Real query embeddings of the split's unseen classes: for every image and every unseen
+        class covering at least ``min_pixels`` pixels of its semantic ground truth, the query
+        whose (sigmoid, upsampled) mask has the highest Dice with that class's pixels. This is
+        Hungarian matching without its class term, which a segmenter that never saw the class
+        cannot supply (every instance of a class in an image counts as one region). Returns
+        ``(embeddings [N, D] float32, class indices [N])``; on the validation protocol these are
+        the held-out seen classes, what :mod:`zeroseg.methods.fidelity` compares fakes with.
+        Memoised."""
+        if self._unseen_queries is not None:
+            return self._unseen_queries
+        unseen = np.array(sorted(c.index for c in self.split.unseen), dtype=np.int64)
+        rows: list[np.ndarray] = []
+        labels: list[int] = []
+        for chunk in self.chunks():
+            for info, embeddings, probs in zip(chunk.infos, chunk.embeddings, chunk.mask_probs,
+                                               strict=True):
+                gt = self._png_lut[self.semantic_gt(info.id)]
+                present = np.intersect1d(np.unique(gt), unseen)
+                if not len(present):
+                    continue
+                flat = probs.reshape(probs.shape[0], -1).numpy()
+                mass = flat.sum(1)
+                for c in present.tolist():
+                    region = (gt == c).reshape(-1)
+                    area = int(region.sum())
+                    if area < min_pixels:
+                        continue
+                    dice = 2 * flat[:, region].sum(1) / (mass + area)
+                    rows.append(np.asarray(embeddings[int(dice.argmax())], dtype=np.float32))
+                    labels.append(c)
+        dim = int(self.cache.embed_dim)
+        self._unseen_queries = (np.stack(rows) if rows else np.zeros((0, dim), np.float32),
+                                np.asarray(labels, dtype=np.int64))
+        return self._unseen_queries
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate(self, classifier: Callable[[Any], Any], tasks: Sequence[str],

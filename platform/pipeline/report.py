@@ -145,3 +145,35 @@ def store_rows(frame: Iterable[dict[str, Any]]) -> list[tuple[str, str, str, str
     protocol = {"test": "test", "val": "validation"}
     return [(r["method"], protocol[r["eval_split"]], r["task"], r["setting"], r["subset"],
              r["metric"], r["value"]) for r in frame if r["subset"] in SUBSETS]
+
+
+def fidelity_table(entries: Iterable[tuple[str, dict[str, Any] | None]]) -> str:
+    """The generator fidelity diagnostics (:mod:`zeroseg.methods.fidelity`, validation protocol)
+    per method, mean +- std over its runs; ``entries``: (method, the run's fidelity or None).
+    Empty when no run has them."""
+    found: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for method, fid in entries:
+        if fid:
+            found[method].append(fid)
+    if not found:
+        return ""
+
+    def stat(values: list[dict[str, Any]], key: str, digits: int) -> str:
+        mean, std, _ = aggregate([v.get(key) for v in values])
+        if mean is None:
+            return "-"
+        return f"{mean:.{digits}f}" + (f"±{std:.{digits}f}" if std is not None else "")
+
+    label_w = max(12, *(len(method_label(m)) for m in found))
+    head = (f"{'method'.ljust(label_w)}  n | {'MMD':>13} | {'NCM accuracy':>11} {'chance':>6} | "
+            f"{'between/within':>15} {'real':>6}")
+    lines = ["Generator fidelity on the validation protocol (held-out classes; MMD: sqrt, per "
+             "class; NCM: real embeddings vs the fakes' class means), mean±std over runs",
+             head, "-" * len(head)]
+    for method, values in found.items():
+        lines.append(
+            f"{method_label(method).ljust(label_w)} {len(values):>2} | "
+            f"{stat(values, 'mmd', 3):>13} | {stat(values, 'ncm_accuracy', 2):>11} "
+            f"{stat(values, 'chance', 2):>6} | {stat(values, 'variance_ratio', 3):>15} "
+            f"{stat(values, 'real_variance_ratio', 2):>6}")
+    return "\n".join(lines)

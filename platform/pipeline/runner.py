@@ -105,6 +105,13 @@ class RunOutcome:
     record: Any = None  # the RunRecord written (for a reused run: the stored one's metrics)
     reused: bool = False  # the run was stored before: nothing ran (see identity_key)
 
+    def fidelity(self) -> dict[str, Any] | None:
+        """The generator fidelity diagnostics of the validation protocol, if the run has them
+        (:mod:`zeroseg.methods.fidelity`)."""
+        found = ((self.record.artifacts or {}).get("fidelity") or {}).get("val") \
+            if self.record is not None else None
+        return found
+
     def metric(self, protocol: str, task: str, setting: str, subset: str, metric: str
                ) -> float | None:
         pr = self.protocols.get(protocol)
@@ -143,8 +150,10 @@ def stored_outcome(store: Any, key: str | None, method: str, seed: int) -> RunOu
     if found is None:
         return None
     run = store.run(found["id"])
+    fidelity = (run.get("artifacts") or {}).get("fidelity")
     record = RunRecord(kind=run["kind"], status="finished", method=method, seed=seed,
                        uid=run["uid"], run_key=key, source_run_id=run["source_run_id"],
+                       artifacts={"fidelity": fidelity} if fidelity else {},
                        metrics=[MetricRecord(m["task"], m["setting"], m["eval_split"],
                                              m["subset"], m["metric"], m["value"],
                                              m["class_name"]) for m in run["metrics"]])
@@ -252,7 +261,9 @@ def _fit_and_evaluate(pipeline: Pipeline, spec: MethodSpec, method_config: Any,
                           features=ctx.features, segmenter_head=ctx.segmenter_head,
                           embed_dim=ctx.embed_dim, seed=seed, work_dir=work,
                           training=pipeline.config.method_training,
-                          train_cache=ctx.train_cache.path if ctx.train_cache else None)
+                          train_cache=ctx.train_cache.path if ctx.train_cache else None,
+                          heldout=(ctx.evaluation().unseen_query_embeddings
+                                   if ctx.protocol == "validation" else None))
     with seeded(seed):
         output = spec.fit(method_config, inputs, hooks)
     if output.classifier is None:
@@ -357,6 +368,8 @@ def build_record(pipeline: Pipeline, spec: MethodSpec, method_config: Any, outco
             artifacts["features"]["train" if protocol == "test" else
                                   f"train:{split_key}"] = str(ctx.train_cache.path)
         artifacts["method"][split_key] = dict(pr.output.artifacts)
+        if "fidelity" in pr.output.info:  # validation protocol only
+            artifacts.setdefault("fidelity", {})[split_key] = pr.output.info["fidelity"]
         if protocol == "test" and "synthetic_unseen" in pr.output.artifacts:
             artifacts["synthetic_unseen"] = pr.output.artifacts["synthetic_unseen"]
         if protocol == "validation":

@@ -116,7 +116,12 @@ def cmd_results_list(args: argparse.Namespace) -> int:
 # -- table --------------------------------------------------------------------------------------
 def cmd_results_table(args: argparse.Namespace) -> int:
     """PADing-Table-1-style seen / unseen / HM, mean +- std over the matching runs (seeds)."""
-    from zeroseg.platform.pipeline.report import format_tables, newest_per_seed, store_rows
+    from zeroseg.platform.pipeline.report import (
+        fidelity_table,
+        format_tables,
+        newest_per_seed,
+        store_rows,
+    )
 
     store = _open(args)
     args._store = store
@@ -136,6 +141,12 @@ def cmd_results_table(args: argparse.Namespace) -> int:
     tables = format_tables(store_rows(rows), methods, protocols=[protocol],
                            settings=args.settings, over="runs")
     print(tables or f"(no {args.eval_split} / {' / '.join(args.settings)} results)")
+    runs = list(dict.fromkeys((r["run_id"], r["method"]) for r in rows))
+    fidelity = fidelity_table(
+        (method, ((store.run(run_id).get("artifacts") or {}).get("fidelity") or {}).get("val"))
+        for run_id, method in runs)
+    if fidelity:
+        print(f"\n{fidelity}")
     if older:
         print(f"\n{older} older run(s) of a config and seed that has a newer run (another code "
               "version) left out: each seed counts once")

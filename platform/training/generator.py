@@ -1,8 +1,11 @@
 """Generator training (GMMN, PADing) on Ray Train + DeepSpeed (``method_training.workers > 1``).
 
 The same :func:`~zeroseg.methods.common.run_generator_loop` as in one process, with the
-parameter update done by a DeepSpeed engine (client ``torch.optim.Adam``, the lr milestones as
-its scheduler, ZeRO 0-2, fp32 or bf16 autocast) on every Ray Train worker. Every rank builds the
+parameter update done by a DeepSpeed engine (client ``torch.optim.Adam``, the recipe's lr
+schedule -- poly or milestones -- as its scheduler, ZeRO 0-2, fp32 or bf16 autocast) on every
+Ray Train worker. With the interleaved classifier (``classifier.schedule: interleaved``) every
+rank also trains a head on its own batches of the cache's queries (plain SGD, outside the
+engine: it is not averaged); rank 0's head is the one reported. Every rank builds the
 recipe under the same seed -- identical initial weights -- and reads the real features from the
 feature cache on the shared filesystem; rank ``r`` draws its batches from a sampler seeded by
 ``(seed, r)``, so ``W`` workers see ``W`` different batches per step and DeepSpeed averages
@@ -33,6 +36,7 @@ from zeroseg.platform.errors import ConfigError, ZerosegError
 log = logging.getLogger(__name__)
 
 GENERATOR_FILE = "generator.pt"
+HEAD_FILE = "classifier.pt"
 
 
 @dataclass
@@ -89,7 +93,7 @@ def generator_train_func(loop: dict[str, Any]) -> dict[str, Any]:
     """Per Ray Train worker: build the recipe, train with DeepSpeed, rank 0 reports the net."""
     import ray.train
 
-    from zeroseg.methods.common import run_generator_loop, seeded
+    from zeroseg.methods.common import generator_scheduler, run_generator_loop, seeded
     from zeroseg.platform.config import from_dict
     from zeroseg.platform.features import FeatureCache
     from zeroseg.platform.training import deepspeed_engine as dse
@@ -101,15 +105,16 @@ def generator_train_func(loop: dict[str, Any]) -> dict[str, Any]:
     dse.select_accelerator(bool(loop["use_gpu"]))
     config_class, build = _recipe_builder(loop["kind"])
     config = from_dict(config_class, loop["config"], where="method_training")
-    features = FeatureCache.open(loop["cache"]).train_features(matched_only=True)
+    cache = FeatureCache.open(loop["cache"])
+    features = cache.train_features(matched_only=True)
     started = time.perf_counter()
     try:
         with seeded(int(loop["seed"])):
             recipe = build(features.embeddings, features.class_index, loop["class_embeddings"],
-                           loop["seen_idx"], loop["unseen_idx"], config)
+                           loop["seen_idx"], loop["unseen_idx"], config,
+                           **_head_inputs(config, cache, loop.get("head_init")))
         optimizer = torch.optim.Adam(recipe.model.parameters(), lr=config.lr)
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, recipe.milestones,
-                                                         gamma=0.1)
+        scheduler = generator_scheduler(optimizer, recipe)
         engine = dse.initialize_engine(
             recipe.model, optimizer, scheduler,
             dse.engine_config(config.batch_size, int(loop["zero_stage"]), 0.0,
@@ -122,6 +127,10 @@ def generator_train_func(loop: dict[str, Any]) -> dict[str, Any]:
             if rank == 0:
                 state = {k: v.detach().cpu() for k, v in recipe.net.state_dict().items()}
                 torch.save(state, directory / GENERATOR_FILE)
+                if recipe.head is not None:
+                    torch.save({k: v.detach().cpu()
+                                for k, v in recipe.head.linear.state_dict().items()},
+                               directory / HEAD_FILE)
                 checkpoint = ray.train.Checkpoint.from_directory(str(directory))
             else:
                 checkpoint = None
@@ -136,11 +145,24 @@ def generator_train_func(loop: dict[str, Any]) -> dict[str, Any]:
         dse.restore_env()
 
 
+def _head_inputs(config: Any, cache: Any, head_init: Any) -> dict[str, Any]:
+    """The interleaved classifier's data (every query of the cache) and start, as the recipe
+    builders take them; nothing with the sequential schedule."""
+    if config.classifier.schedule != "interleaved":
+        return {}
+    queries = cache.train_features(matched_only=False)
+    weight, bias = head_init if head_init is not None else (None, None)
+    return {"classifier_data": (queries.embeddings, queries.class_index),
+            "init_weight": weight, "init_bias": bias}
+
+
 def train_generator_distributed(kind: str, config: Any, inputs: Any, training: Any,
-                                cache_path: str | Path) -> tuple[Any, list[dict[str, float]]]:
+                                cache_path: str | Path, *, head_init: Any = None
+                                ) -> tuple[Any, list[dict[str, float]]]:
     """Train ``kind``'s generator on ``training.workers`` Ray Train workers; returns the
-    :class:`~zeroseg.methods.common.TrainedGenerator` (loaded on this process) and the history
-    the run reported."""
+    :class:`~zeroseg.methods.common.TrainedGenerator` (loaded on this process, with rank 0's
+    interleaved classifier) and the history the run reported. ``head_init``: ``(weight, bias)``
+    the interleaved classifier starts from (``None``: ``nn.Linear``'s initialisation)."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -155,7 +177,8 @@ def train_generator_distributed(kind: str, config: Any, inputs: Any, training: A
             "class_embeddings": inputs.class_embeddings, "seen_idx": inputs.seen_idx,
             "unseen_idx": inputs.unseen_idx, "seed": int(inputs.seed),
             "zero_stage": training.zero_stage, "precision": training.precision,
-            "cpus_per_worker": training.cpus_per_worker, "use_gpu": training.use_gpu}
+            "cpus_per_worker": training.cpus_per_worker, "use_gpu": training.use_gpu,
+            "head_init": head_init}
     resources = {"CPU": training.cpus_per_worker}
     if training.use_gpu:
         resources["GPU"] = 1
@@ -176,17 +199,24 @@ def train_generator_distributed(kind: str, config: Any, inputs: Any, training: A
     with result.checkpoint.as_directory() as directory:
         state = torch.load(Path(directory) / GENERATOR_FILE, map_location="cpu",
                            weights_only=True)
-    features = _features(cache_path)
+        head_path = Path(directory) / HEAD_FILE
+        head_state = (torch.load(head_path, map_location="cpu", weights_only=True)
+                      if head_path.exists() else None)
+    from zeroseg.platform.features import FeatureCache
+
+    cache = FeatureCache.open(cache_path)
+    features = cache.train_features(matched_only=True)
     with seeded(int(inputs.seed)):  # the same architecture, then the trained weights
         recipe = build(features.embeddings, features.class_index, inputs.class_embeddings,
-                       inputs.seen_idx, inputs.unseen_idx, config)
+                       inputs.seen_idx, inputs.unseen_idx, config,
+                       **_head_inputs(config, cache, head_init))
     recipe.net.load_state_dict(state)
     recipe.net.eval()
+    if recipe.head is not None:
+        if head_state is None:
+            raise ZerosegError(f"{storage}: distributed generator training reported no "
+                               "interleaved classifier")
+        recipe.head.linear.load_state_dict(head_state)
     history = [{"step": float(config.steps), "total": float(result.metrics.get("loss", 0.0))}]
     return recipe.trained(), history
 
-
-def _features(cache_path: str | Path) -> Any:
-    from zeroseg.platform.features import FeatureCache
-
-    return FeatureCache.open(cache_path).train_features(matched_only=True)
