@@ -985,8 +985,13 @@ def fit_generative(train: Callable[..., Any], config: Any, inputs: Any, hooks: A
 
         x_h, y_h = heldout()
         names = [c.name for c in inputs.split.classes]
-        info["fidelity"] = fidelity(generator, x_h, y_h, unseen_idx, class_names=names,
-                                    seed=inputs.seed)
+        found = len(np.unique(np.asarray(y_h)))
+        if found >= 2:
+            info["fidelity"] = fidelity(generator, x_h, y_h, unseen_idx, class_names=names,
+                                        seed=inputs.seed)
+        else:  # a diagnostic, never a reason to fail the run
+            log.warning("fidelity diagnostics not computed: real embeddings of %d held-out "
+                        "classes in the evaluation images (at least 2 needed)", found)
     hooks.epoch(epochs, head.classifier)
     return MethodOutput(
         classifier=head.classifier,

@@ -175,6 +175,12 @@ class CachedEvaluation:
         Memoised."""
         if self._unseen_queries is not None:
             return self._unseen_queries
+        dim = int(self.cache.embed_dim)
+        if not self.layout.semantic_pngs.is_dir():  # a panoptic / instance benchmark: none yet
+            log.info("%s: no semantic ground truth; no held-out regions for the fidelity "
+                     "diagnostics", self.layout.semantic_pngs)
+            self._unseen_queries = (np.zeros((0, dim), np.float32), np.zeros(0, np.int64))
+            return self._unseen_queries
         unseen = np.array(sorted(c.index for c in self.split.unseen), dtype=np.int64)
         rows: list[np.ndarray] = []
         labels: list[int] = []
@@ -195,7 +201,6 @@ class CachedEvaluation:
                     dice = 2 * flat[:, region].sum(1) / (mass + area)
                     rows.append(np.asarray(embeddings[int(dice.argmax())], dtype=np.float32))
                     labels.append(c)
-        dim = int(self.cache.embed_dim)
         self._unseen_queries = (np.stack(rows) if rows else np.zeros((0, dim), np.float32),
                                 np.asarray(labels, dtype=np.int64))
         return self._unseen_queries
