@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from zeroseg.platform.demo import BASELINES
+from zeroseg.platform.commands.demo import BASELINES
 from zeroseg.platform.store import open_store
 
 APP = Path(__file__).resolve().parents[1] / "dashboards" / "app.py"

@@ -1,9 +1,5 @@
 """``zeroseg results list / table / sweeps / show / export / migrate``: the results store from
-the command line.
-
-Registered by :func:`add_results_parser` from :mod:`zeroseg.platform.cli`. SQLAlchemy is
-imported only when a ``results`` command runs.
-"""
+the command line."""
 
 from __future__ import annotations
 
@@ -13,14 +9,21 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from zeroseg.platform.commands.parser import TASK_ORDER
+from zeroseg.platform.io import check_writable_file
+from zeroseg.platform.pipeline.report import (
+    fidelity_table,
+    format_tables,
+    newest_per_seed,
+    store_rows,
+)
+from zeroseg.platform.store import PRIMARY_METRIC, SCHEMA_VERSION, Store, open_store, resolve_url
+
 PAPER_NAMES = {"iou": "mIoU", "pq": "PQ", "sq": "SQ", "rq": "RQ", "ap50": "mAP50",
                "recall50": "Recall@100"}
-TASK_ORDER = ("semantic", "instance", "panoptic")
 
 
-def _open(args: argparse.Namespace, *, read_only: bool = True):  # -> Store
-    from zeroseg.platform.store import open_store
-
+def _open(args: argparse.Namespace, *, read_only: bool = True) -> Store:
     return open_store(args.store, read_only=read_only)
 
 
@@ -84,8 +87,6 @@ def cmd_results_list(args: argparse.Namespace) -> int:
         return 0
     summary = store.primary_metrics([r["id"] for r in runs], eval_split=args.eval_split)
     tasks = [t for t in TASK_ORDER if any(t in summary.get(r["id"], {}) for r in runs)]
-    from zeroseg.platform.store import PRIMARY_METRIC
-
     columns = ["id", "created", "kind", "status", "method", "dataset/split", "seed"] + [
         f"{t} {PAPER_NAMES.get(PRIMARY_METRIC[t], PRIMARY_METRIC[t])} S/U/HM" for t in tasks]
     val_marked = False
@@ -116,13 +117,6 @@ def cmd_results_list(args: argparse.Namespace) -> int:
 # -- table --------------------------------------------------------------------------------------
 def cmd_results_table(args: argparse.Namespace) -> int:
     """PADing-Table-1-style seen / unseen / HM, mean +- std over the matching runs (seeds)."""
-    from zeroseg.platform.pipeline.report import (
-        fidelity_table,
-        format_tables,
-        newest_per_seed,
-        store_rows,
-    )
-
     store = _open(args)
     args._store = store
     filters = _run_filters(args)
@@ -256,8 +250,6 @@ def cmd_results_show(args: argparse.Namespace) -> int:
 
 # -- export / migrate ---------------------------------------------------------------------------
 def cmd_results_export(args: argparse.Namespace) -> int:
-    from zeroseg.platform.io import check_writable_file
-
     store = _open(args)
     check_writable_file(args.csv, "CSV export (--csv)")
     args._store = store
@@ -271,105 +263,11 @@ def cmd_results_export(args: argparse.Namespace) -> int:
 
 
 def cmd_results_migrate(args: argparse.Namespace) -> int:
-    from zeroseg.platform.store import resolve_url, schema
-    from zeroseg.platform.store.store import Store
-
     store = Store(resolve_url(args.store), create=False, check_version=False)
     done = store.migrate()
     if done:
-        print(f"migrated store {store.display} to schema v{schema.SCHEMA_VERSION} "
+        print(f"migrated store {store.display} to schema v{SCHEMA_VERSION} "
               f"(applied {', '.join(f'v{v}' for v in done)})")
     else:
-        print(f"store {store.display} is up to date (schema v{schema.SCHEMA_VERSION})")
+        print(f"store {store.display} is up to date (schema v{SCHEMA_VERSION})")
     return 0
-
-
-# -- parser -------------------------------------------------------------------------------------
-def _store_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", default=None,
-                   help="SQLite file or database URL (default: $ZEROSEG_STORE or "
-                        ".zeroseg/results.db)")
-
-
-def _filter_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method")
-    p.add_argument("--dataset")
-    p.add_argument("--split", help="benchmark split, e.g. synthetic/default")
-    p.add_argument("--kind", choices=["train", "trial", "reproduction", "eval"])
-    p.add_argument("--status", choices=["running", "finished", "failed", "stopped"])
-    p.add_argument("--sweep", help="sweep name")
-
-
-def add_results_parser(sub: Any) -> None:
-    """Add ``results`` and its actions to the ``zeroseg`` subcommands."""
-    res = sub.add_parser("results", help="the results store: list, show, export runs",
-                         description="Runs, metrics and curves recorded in the results store "
-                                     "(SQLite file by default, PostgreSQL by URL).")
-    res_sub = res.add_subparsers(dest="results_command", required=True, metavar="ACTION")
-
-    lst = res_sub.add_parser(
-        "list", help="one line per run with seen / unseen / HM of each task",
-        description="Runs, newest first, with the seen / unseen / HM (GZSL) of each task's "
-                    "primary metric: mIoU (semantic), mAP50 (instance), PQ (panoptic).")
-    _store_arg(lst)
-    _filter_args(lst)
-    lst.add_argument("--limit", type=int, default=50, help="at most N runs (default 50)")
-    lst.add_argument("--eval-split", choices=["val", "test"], default=None,
-                     help="metrics of this split (default: test, else val marked *)")
-    lst.add_argument("--json", action="store_true", help="print the runs as JSON")
-    lst.set_defaults(func=cmd_results_list)
-
-    table = res_sub.add_parser(
-        "table", help="PADing-Table-1-style seen / unseen / HM per method, mean +- std",
-        description="One row per method, seen / unseen / HM of every task's metrics (ZSS mIoU, "
-                    "ZSI mAP@0.5 and Recall@100, ZSP PQ/SQ/RQ) in percent, as mean +- std over "
-                    "the finished runs that match the filters (the seeds of an experiment; "
-                    "each config and seed counts once: its newest run).")
-    _store_arg(table)
-    _filter_args(table)
-    table.add_argument("--methods", nargs="+", metavar="METHOD",
-                       help="these methods, in this order (default: all, in run order)")
-    table.add_argument("--eval-split", choices=["val", "test"], default="test",
-                       help="test (default) or val: the validation split's held-out classes")
-    table.add_argument("--settings", nargs="+", choices=["gzsl", "zsl"], default=["gzsl", "zsl"])
-    table.set_defaults(func=cmd_results_table)
-
-    sweeps = res_sub.add_parser(
-        "sweeps", help="one line per sweep: method, status, trials, objective",
-        description="The sweeps of the store, newest first (`zeroseg reproduce NAME` re-runs "
-                    "the best trials of one).")
-    _store_arg(sweeps)
-    sweeps.add_argument("--json", action="store_true", help="print the sweeps as JSON")
-    sweeps.set_defaults(func=cmd_results_sweeps)
-
-    show = res_sub.add_parser(
-        "show", help="one run: config, leakage audit, artifacts, metrics",
-        description="Everything recorded for one run. RUN is its id or (a unique prefix of) "
-                    "its uid.")
-    show.add_argument("run", metavar="RUN")
-    _store_arg(show)
-    show.add_argument("--json", action="store_true", help="print the run as JSON (exact values)")
-    show.add_argument("--no-classes", action="store_true", help="hide per-class rows")
-    show.set_defaults(func=cmd_results_show)
-
-    exp = res_sub.add_parser(
-        "export", help="write the metrics as long-format CSV",
-        description="One CSV row per run x task x setting x eval split x subset (x class) x "
-                    "metric, with the run's columns; written atomically.")
-    exp.add_argument("--csv", required=True, metavar="PATH", help="output CSV file")
-    _store_arg(exp)
-    _filter_args(exp)
-    exp.add_argument("--run", action="append", metavar="RUN", help="only this run (repeatable)")
-    exp.add_argument("--task", choices=list(TASK_ORDER))
-    exp.add_argument("--setting", choices=["gzsl", "zsl"])
-    exp.add_argument("--eval-split", choices=["val", "test"])
-    exp.add_argument("--metric", help="only this metric, e.g. iou, pq, ap50")
-    exp.add_argument("--no-classes", action="store_true", help="leave out per-class rows")
-    exp.set_defaults(func=cmd_results_export)
-
-    mig = res_sub.add_parser(
-        "migrate", help="upgrade a store to this zeroseg's schema",
-        description="Apply the schema migrations a store written by an older zeroseg needs, "
-                    "in one transaction.")
-    _store_arg(mig)
-    mig.set_defaults(func=cmd_results_migrate)

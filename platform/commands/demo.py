@@ -30,15 +30,28 @@ The experiment config and the search space are written to ``OUT/experiment.yaml`
 
 from __future__ import annotations
 
+import argparse
 import copy
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from zeroseg.platform.io import atomic_write_json, atomic_write_text, check_writable_dir
+from zeroseg.platform.pipeline import Pipeline, pipeline_config_from_dict
+from zeroseg.platform.pipeline.report import (
+    method_table,
+    newest_per_seed,
+    store_rows,
+    table_title,
+)
+from zeroseg.platform.pipeline.runner import RunJob, run_many
+from zeroseg.platform.store import open_store
+from zeroseg.platform.tuning.reproduce import format_reproductions, plan_reproductions
+from zeroseg.platform.tuning.sweep import prepare_job, run_sweep
 
 log = logging.getLogger(__name__)
 
@@ -128,18 +141,18 @@ def search_space(experiment_path: Path, size: str) -> dict[str, Any]:
     }
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    run_demo(args.out, size=args.size, seed=args.seed, trials=args.trials,
+             concurrency=args.concurrency, quiet=args.quiet)
+    return 0
+
+
 def _stage(number: int, title: str, started: float) -> None:
     print(f"\n== {number}/6 {title}  [{time.perf_counter() - started:.0f} s]", flush=True)
 
 
 def run_demo(out: str | Path, *, size: str = "small", seed: int = 0, trials: int = 12,
              concurrency: int = 2, quiet: bool = False) -> dict[str, Any]:
-    from zeroseg.platform.pipeline import Pipeline, pipeline_config_from_dict
-    from zeroseg.platform.pipeline.runner import RunJob, run_many
-    from zeroseg.platform.store import open_store
-    from zeroseg.platform.tuning.reproduce import format_reproductions, plan_reproductions
-    from zeroseg.platform.tuning.sweep import prepare_job, run_sweep
-
     out = Path(out).expanduser().resolve()
     check_writable_dir(out, "main job's folder (--out)")
     started = time.perf_counter()
@@ -245,8 +258,6 @@ def machine_speed_probe() -> float:
     """Seconds for 200 single-thread 512 x 512 float32 matmuls: the same job's wall time varies
     with the machine (a shared VM's speed drifts by tens of percent within an hour), so the main
     job records this next to its timings."""
-    import torch
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -266,13 +277,6 @@ def _pct(value: float | None) -> str:
 
 def leaderboard(store: Any) -> str:
     """Baselines and reproductions of the sweep's best config, test split, GZSL, mean +- std."""
-    from zeroseg.platform.pipeline.report import (
-        method_table,
-        newest_per_seed,
-        store_rows,
-        table_title,
-    )
-
     rows, _ = newest_per_seed(store.metrics_frame(per_class=False, setting="gzsl",
                                                   eval_split="test", status="finished"))
     labelled = []

@@ -1,14 +1,35 @@
-"""``zeroseg run CONFIG`` and ``zeroseg methods``: run an experiment config, print the table."""
+"""``zeroseg run CONFIG``: run an experiment config, print the table."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from zeroseg.platform.errors import ConfigError, ZerosegError
+from zeroseg.methods.fidelity import summary_line
+from zeroseg.platform.config import parse_overrides
+from zeroseg.platform.errors import ConfigError
+from zeroseg.platform.pipeline.config import load_pipeline_config
+from zeroseg.platform.pipeline.report import fidelity_table, format_outcomes
+from zeroseg.platform.pipeline.runner import run_pipeline
+from zeroseg.platform.pipeline.smoke import describe, smoke_config
+from zeroseg.platform.pipeline.stages import Pipeline
+from zeroseg.platform.tuning.sweep import check_address
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    overrides = parse_overrides(args.set)
+    if args.methods:
+        overrides["methods"] = args.methods
+    if args.seeds:
+        overrides["seeds"] = args.seeds
+    if args.store:
+        overrides["store"] = args.store
+    return run_command(args.config, overrides, json_output=args.json, verbose=args.verbose,
+                       address=args.address, force=args.force, smoke=args.smoke)
 
 
 def _line(text: str) -> None:
@@ -18,21 +39,11 @@ def _line(text: str) -> None:
 def run_command(config_path: str | Path, overrides: dict[str, Any], *, json_output: bool = False,
                 verbose: bool = False, address: str | None = None, force: bool = False,
                 smoke: bool = False) -> int:
-    from zeroseg.methods.fidelity import summary_line
-    from zeroseg.platform.pipeline.config import load_pipeline_config
-    from zeroseg.platform.pipeline.report import fidelity_table, format_outcomes
-    from zeroseg.platform.pipeline.runner import run_pipeline
-    from zeroseg.platform.pipeline.stages import Pipeline
-
     config = load_pipeline_config(config_path, overrides)  # typos fail here, before any work
     if smoke:
-        from zeroseg.platform.pipeline.smoke import describe, smoke_config
-
         config = smoke_config(config)
         _line(describe(config))
     if address is not None:
-        from zeroseg.platform.tuning.sweep import check_address
-
         if config.segmenter.distributed.workers == 0:
             raise ConfigError(f"--address {address}: zeroseg run uses a Ray cluster only to "
                               "train the segmenter, and segmenter.distributed.workers is 0 (it "
@@ -107,22 +118,3 @@ def _outcome_json(outcome: Any) -> dict[str, Any]:
         "uid": outcome.uid, "status": outcome.status, "seconds": round(outcome.seconds, 2),
         "reused": outcome.reused, "metrics": metrics,
     }
-
-
-def methods_command(json_output: bool = False) -> int:
-    from zeroseg.methods.registry import registry
-
-    rows = [{"name": s.name, "label": s.label, "segmenter": s.segmenter,
-             "features": list(s.features), "description": s.description,
-             "fixed": dict(s.fixed)} for s in registry().values()]
-    if json_output:
-        print(json.dumps(rows, indent=2))
-        return 0
-    width = max(len(r["name"]) for r in rows)
-    for r in rows:
-        fixed = f" [{', '.join(f'{k}={v}' for k, v in r['fixed'].items())}]" if r["fixed"] else ""
-        print(f"{r['name']:<{width}}  {r['label']:<11} {r['description']}{fixed}")
-    return 0
-
-
-__all__ = ["ZerosegError", "methods_command", "run_command"]
