@@ -34,8 +34,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from zeroseg.methods.registry import method_label as registry_label
 from zeroseg.platform.evaluation import PAPER_METRIC_NAMES
-from zeroseg.platform.store import PRIMARY_METRIC
+from zeroseg.platform.store import PRIMARY_METRIC, resolve_url
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,6 @@ VIEW_COLUMNS = VIEW_KEYS + VIEW_VALUES + ["Runs", "Seeds"]
 
 def method_label(name: Any) -> str:
     """The table label of a registered method (PADing Table 1 names); others as they are."""
-    from zeroseg.methods.registry import method_label as registry_label
-
     if name is None or (isinstance(name, float) and math.isnan(name)):
         return "-"
     return registry_label(str(name))
@@ -635,8 +634,6 @@ def optuna_storage_url(store_url: str | None) -> str | None:
     if not store_url:
         return None
     from pathlib import Path
-
-    from zeroseg.platform.store import resolve_url
 
     url = resolve_url(store_url)
     if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":

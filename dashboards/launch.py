@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from zeroseg.platform.errors import ZerosegError
+from zeroseg.platform.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,6 @@ def command(store: str | None, port: int = DEFAULT_PORT, host: str = DEFAULT_HOS
 def start(store: str | None, port: int = DEFAULT_PORT, host: str = DEFAULT_HOST, *,
           env: dict[str, str] | None = None, **popen: object) -> subprocess.Popen:
     """Start the server and return its process (the caller stops it)."""
-    from zeroseg.platform.store import open_store
-
     # A malformed URL, a store that is not found, not a zeroseg store or of another schema
     # version is a one-line StoreError here, before the server starts.
     open_store(store, read_only=True).close()

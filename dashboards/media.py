@@ -27,7 +27,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from zeroseg.platform.data.registry import get_split
+from zeroseg.platform.data.synthetic.generate import load_classes_json
 from zeroseg.platform.errors import ZerosegError
+from zeroseg.platform.features import FeatureCache
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +93,11 @@ def class_roles(run: dict[str, Any]) -> Result:
         path = Path(root) / "annotations" / "classes.json"
         if path.is_file():
             try:
-                from zeroseg.platform.data.synthetic.generate import load_classes_json
-
                 split = load_classes_json(path)
             except ZerosegError as e:
                 notes.append(f"classes of the dataset not readable: {_one_line(e)}")
     if split is None and run.get("split"):
         try:
-            from zeroseg.platform.data.registry import get_split
-
             split = get_split(str(run["split"]))
         except ZerosegError as e:
             log.debug("split %s not in the registry: %s", run.get("split"), e)
@@ -164,8 +163,6 @@ def _subsample(emb: np.ndarray, idx: np.ndarray, per_class: int, seed: int = 0
 
 
 def _real_features(path: str) -> tuple[np.ndarray, np.ndarray]:
-    from zeroseg.platform.features import FeatureCache
-
     feats = FeatureCache.open(path, verify=False).train_features()
     return feats.embeddings, feats.class_index
 

@@ -50,6 +50,13 @@ from zeroseg.platform.data.coco import (
 )
 from zeroseg.platform.data.layout import CocoLayout
 from zeroseg.platform.data.panoptic_png import write_panoptic_png
+from zeroseg.platform.data.sources import (
+    INSTANCES,
+    PANOPTIC,
+    SEMANTIC,
+    benchmark_sources,
+    list_images,
+)
 from zeroseg.platform.errors import ConfigError, DataError, LeakageError
 from zeroseg.platform.io import atomic_directory, atomic_write_json
 
@@ -283,9 +290,6 @@ def filter_training(
     excluded_png = {c.png_label: c.name for c in excluded if c.png_label is not None}
     drop = protocol == PROTOCOL_DROP_IMAGES
 
-    from zeroseg.platform.data.sources import INSTANCES, PANOPTIC, SEMANTIC, benchmark_sources
-    from zeroseg.platform.data.sources import list_images as list_source_images
-
     wanted = tuple(sources) if sources is not None else benchmark_sources(split)
     inst = (CocoInstances(layout.instances_json)
             if INSTANCES in wanted and layout.instances_json.is_file() else None)
@@ -297,7 +301,7 @@ def filter_training(
         if inst is not None or pan is not None:
             images = (inst or pan).images.values()  # type: ignore[union-attr]
         else:
-            images = list_source_images(layout, (SEMANTIC,), require_images=False).values()
+            images = list_images(layout, (SEMANTIC,), require_images=False).values()
         sem = CocoSemantic(layout.semantic_pngs, images)
     found = [n for n, s in (("instances", inst), ("panoptic", pan), ("semantic", sem)) if s]
     if not found:
@@ -560,8 +564,6 @@ def validation_eval_dataset(layout: CocoLayout, split: Split, out_root: Path) ->
             from PIL import Image
 
             if layout.image_set is not None:  # a VOC tree: this split's images only
-                from zeroseg.platform.data.sources import SEMANTIC, list_images
-
                 listed = list_images(layout, (SEMANTIC,), require_images=False)
                 pngs = [layout.semantic_pngs / f"{Path(i.file_name).stem}.png"
                         for i in listed.values()]

@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from zeroseg.platform.errors import DataError
+from zeroseg.platform.io import atomic_write_bytes
 
 
 def rgb2id(rgb: np.ndarray) -> np.ndarray:
@@ -50,7 +51,5 @@ def write_panoptic_png(path: str | Path, ids: np.ndarray) -> bytes:
     Image.fromarray(id2rgb(ids), mode="RGB").save(buf, format="PNG")
     data = buf.getvalue()
     if path is not None:
-        from zeroseg.platform.io import atomic_write_bytes
-
         atomic_write_bytes(path, data)
     return data

@@ -47,6 +47,7 @@ from zeroseg.platform.data.coco import (
     read_label_png,
 )
 from zeroseg.platform.data.layout import CocoLayout
+from zeroseg.platform.data.voc import read_image_set
 from zeroseg.platform.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -185,8 +186,6 @@ def list_images(layout: CocoLayout, sources: Sequence[str] = SOURCES, *,
         raise DataError(f"{layout.annotations}: no annotation json of {list(sources)} for split "
                         f"'{layout.split}' (needed to list its images)")
     if layout.image_set is not None:
-        from zeroseg.platform.data.voc import read_image_set
-
         stems = read_image_set(layout.image_set)
         to_id = voc_image_id
     else:

@@ -21,6 +21,7 @@ from PIL import Image
 
 from zeroseg.platform.data.classes import IGNORE_LABEL, Split
 from zeroseg.platform.errors import DataError
+from zeroseg.platform.io import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +159,6 @@ def convert_mmseg_context(src: Path, out: Path) -> int:
     """Rewrite every label PNG of ``src`` (mmsegmentation's Pascal-Context numbering) into
     ``out`` with ZS3's label ids, atomically (``out`` appears complete or not at all); returns
     the number of PNGs. A value that is no mmsegmentation label is an error naming the file."""
-    from zeroseg.platform.io import atomic_directory
-
     src, out = Path(src), Path(out)
     pngs = sorted(src.glob("*.png")) if src.is_dir() else []
     if not pngs:

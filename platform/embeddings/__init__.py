@@ -16,7 +16,6 @@ provider, the file and the first class it does not cover (``defaults.py``).
 
 from zeroseg.platform.embeddings import attributes, clip, files, word2vec  # noqa: F401 (register)
 from zeroseg.platform.embeddings.cache import EmbeddingCache, file_fingerprint
-from zeroseg.platform.embeddings.command import EmbedSummary, embed_command, resolve_split
 from zeroseg.platform.embeddings.config import ProviderConfig, option
 from zeroseg.platform.embeddings.core import (
     EmbeddingResult,
@@ -37,6 +36,7 @@ from zeroseg.platform.embeddings.providers import (
     provider_names,
     register_provider,
 )
+from zeroseg.platform.embeddings.summary import EmbedSummary, embed_command, resolve_split
 
 __all__ = [
     "EmbedSummary",

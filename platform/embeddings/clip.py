@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from zeroseg.platform.compat import ensure_torchvision
 from zeroseg.platform.data.classes import Split
 from zeroseg.platform.embeddings.config import ProviderConfig, option
 from zeroseg.platform.embeddings.providers import EmbeddingProvider, register_provider
@@ -157,8 +158,6 @@ class ClipProvider(EmbeddingProvider):
 
     # -- model loading ---------------------------------------------------------------------------
     def _open_clip(self) -> Any:
-        from zeroseg.platform.compat import ensure_torchvision
-
         ensure_torchvision()
         import open_clip
 

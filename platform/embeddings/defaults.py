@@ -29,10 +29,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from zeroseg.platform.data.classes import Split
-from zeroseg.platform.embeddings.command import resolve_split
 from zeroseg.platform.embeddings.core import compute_class_embeddings
 from zeroseg.platform.embeddings.files import default_file_for
 from zeroseg.platform.embeddings.providers import EmbeddingConfig
+from zeroseg.platform.embeddings.summary import resolve_split
 from zeroseg.platform.errors import ConfigError, ZerosegError
 
 #: ``{"provider": DEFAULT_PROVIDER}`` stands for the split's default

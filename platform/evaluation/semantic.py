@@ -34,6 +34,7 @@ from PIL import Image
 
 from zeroseg.platform.data.classes import IGNORE_LABEL, Split
 from zeroseg.platform.data.layout import CocoLayout
+from zeroseg.platform.data.voc import read_image_set
 from zeroseg.platform.errors import ConfigError, DataError
 from zeroseg.platform.evaluation._parallel import (
     choose_workers,
@@ -279,7 +280,6 @@ def evaluate_semantic(layout: CocoLayout, split: Split, pred_dir: str | Path,
         raise DataError(f"{pred_dir}: prediction folder not found (expected PNGs named as in "
                         f"{gt_dir})")
     if layout.image_set is not None:  # a VOC tree: the label folder holds every split's PNGs
-        from zeroseg.platform.data.voc import read_image_set
 
         gt_files = [gt_dir / f"{stem}.png" for stem in read_image_set(layout.image_set)]
         missing = [p for p in gt_files if not p.is_file()]

@@ -63,6 +63,7 @@ import numpy as np
 from zeroseg.platform.config import config_hash
 from zeroseg.platform.data.classes import Split
 from zeroseg.platform.data.layout import CocoLayout
+from zeroseg.platform.data.sources import INSTANCES, PANOPTIC, SEMANTIC, benchmark_sources
 from zeroseg.platform.errors import ConfigError, DataError
 from zeroseg.platform.io import (
     atomic_write_json,
@@ -110,8 +111,6 @@ def dataset_fingerprint(layout: CocoLayout, split: Split | None = None) -> dict[
     """SHA-256 of the annotation files ``split``'s benchmark reads (its instances / panoptic
     jsons; for semantic PNGs alone, their names and sizes and the image listing) and
     ``classes.json``; ``split`` None: the panoptic and instances jsons."""
-    from zeroseg.platform.data.sources import INSTANCES, PANOPTIC, SEMANTIC, benchmark_sources
-
     sources = benchmark_sources(split) if split is not None else (PANOPTIC, INSTANCES)
     files: dict[str, str] = {}
     candidates = [layout.panoptic_json if PANOPTIC in sources else None,

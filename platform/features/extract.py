@@ -29,8 +29,18 @@ from typing import Any
 
 import numpy as np
 
+from zeroseg.platform.compat import ensure_torchvision, ray_init_address, ray_runtime_env
 from zeroseg.platform.data.classes import Split
 from zeroseg.platform.data.layout import CocoLayout, dataset_layout
+from zeroseg.platform.data.leakage import filter_training
+from zeroseg.platform.data.registry import get_split
+from zeroseg.platform.data.sources import (
+    benchmark_sources,
+    list_images,
+    require_sources,
+    target_reader,
+)
+from zeroseg.platform.data.synthetic.generate import load_classes_json
 from zeroseg.platform.errors import ConfigError, DataError, ZerosegError
 from zeroseg.platform.features.cache import (
     CACHE_FORMAT,
@@ -85,10 +95,7 @@ class ExtractResult:
 def resolve_split(data: Path, benchmark: str | None) -> Split:
     """The benchmark split: a registry name, else the dataset's ``classes.json``."""
     if benchmark:
-        from zeroseg.platform.data.registry import get_split
-
         return get_split(benchmark)
-    from zeroseg.platform.data.synthetic.generate import load_classes_json
 
     path = CocoLayout(Path(data), "train").classes_json
     if not path.is_file():
@@ -134,16 +141,12 @@ def select_images(config: ExtractConfig, layout: CocoLayout, split: Split,
                   leakage_filter: str) -> tuple[list[int], dict[int, tuple[int, int]],
                                                 dict[str, Any]]:
     """Image ids to extract (ascending), their (height, width), and the leakage audit."""
-    from zeroseg.platform.data.sources import benchmark_sources, list_images, require_sources
-
     require_sources(layout, split, "feature extraction")
     images = list_images(layout, benchmark_sources(split))
     sizes = {i: (info.height, info.width) for i, info in images.items()}
     allowed = sorted(sizes)
     audit: dict[str, Any] = {"filter": leakage_filter}
     if leakage_filter in ("test", "validation"):
-        from zeroseg.platform.data.leakage import filter_training
-
         result = filter_training(layout, split, validation=leakage_filter == "validation")
         allowed = sorted(result.kept_image_ids)
         audit.update({"protocol": result.protocol, "excluded_classes": result.excluded_classes,
@@ -193,8 +196,6 @@ class ShardExtractor:
     """Loads the checkpoint once; turns a list of image ids into one shard's bytes."""
 
     def __init__(self, job: ExtractionJob):
-        from zeroseg.platform.compat import ensure_torchvision
-
         ensure_torchvision()
         import torch
 
@@ -226,7 +227,6 @@ class ShardExtractor:
 
     def _items(self, image_ids: Sequence[int]) -> list[dict[str, Any]]:
         if self._dataset is None:  # built once per worker, over the extraction's images
-            from zeroseg.platform.data.sources import target_reader
 
             # Images as at inference (no jitter, no crop), targets of the benchmark's source.
             self._dataset = self._dataset_cls(
@@ -367,8 +367,6 @@ def _run_in_process(job: ExtractionJob, shards: list[Shard]) -> Iterator[ShardRe
 def _run_on_ray(job: ExtractionJob, shards: list[Shard], workers: int) -> Iterator[ShardResult]:
     import ray
     from ray.util import ActorPool
-
-    from zeroseg.platform.compat import ray_init_address, ray_runtime_env
 
     runtime_env = ray_runtime_env({"env_vars": {"HF_HUB_OFFLINE": "1"}})
     started = False

@@ -25,15 +25,15 @@ from typing import Any
 
 from sqlalchemy import Column, Connection, Integer, String, text
 
+from zeroseg.platform.store.records import run_key
+from zeroseg.platform.store.schema import RUN_KEY_INDEX
+
 log = logging.getLogger(__name__)
 
 MigrationStep = Callable[..., None]  # (op: alembic Operations, conn: Connection) -> None
 
 
 def _v1_to_v2(op: Any, conn: Connection) -> None:
-    from zeroseg.platform.store.records import run_key
-    from zeroseg.platform.store.schema import RUN_KEY_INDEX
-
     with op.batch_alter_table("runs") as batch:
         batch.add_column(Column("run_key", String(64), nullable=True))
         batch.add_column(Column("superseded_by", Integer, nullable=True))

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from zeroseg.platform.config import canonical_json, config_hash, to_dict
 from zeroseg.platform.errors import ZerosegError
 from zeroseg.platform.store.schema import (
     EVAL_SPLITS,
@@ -161,8 +162,6 @@ def run_key(*, kind: str, config_hash: str | None, method: str | None, seed: int
     method with the same seed, evaluated on the same protocols (``eval_splits``: ``test`` /
     ``val``) by the same code version -- and, for a reproduction, of the same trial. Stored as
     ``runs.run_key``; at most one finished run per key (see :mod:`.schema`)."""
-    from zeroseg.platform.config import canonical_json
-
     doc = {"kind": kind, "config_hash": config_hash, "method": method, "seed": seed,
            "eval_splits": sorted(set(eval_splits)), "code_version": code_version,
            "source_run_id": source_run_id}
@@ -220,8 +219,6 @@ class RunRecord:
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON data (a sweep trial sends its record to the driver this way)."""
-        from zeroseg.platform.config import to_dict
-
         out = {k: v for k, v in self.__dict__.items() if k not in ("metrics", "curves")}
         for key in ("created_at", "finished_at"):
             out[key] = out[key].isoformat() if out[key] is not None else None
@@ -254,8 +251,6 @@ class RunRecord:
 
     def checked(self) -> RunRecord:
         """Validate every field (one-line :class:`StoreError` naming it) and fill defaults."""
-        from zeroseg.platform.config import config_hash
-
         _one_of("run.kind", self.kind, KINDS)
         _one_of("run.status", self.status, STATUSES)
         if not isinstance(self.uid, str) or not 8 <= len(self.uid) <= 64:
@@ -309,8 +304,6 @@ class RunRecord:
 def _json_document(where: str, value: Any) -> dict[str, Any]:
     """A JSON-ready mapping (config dataclasses and paths become plain data), or a one-line
     error naming the field."""
-    from zeroseg.platform.config import to_dict
-
     data = to_dict(value)
     if not isinstance(data, dict):
         raise StoreError(f"{where}: expected a mapping, got {type(value).__name__}")

@@ -75,6 +75,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
 
+from zeroseg.platform.io import atomic_write_text
 from zeroseg.platform.store import migrations, schema
 from zeroseg.platform.store.records import (
     PRIMARY_METRIC,
@@ -929,8 +930,6 @@ class Store:
     def export_csv(self, path: str | os.PathLike, **filters: Any) -> int:
         """Write :meth:`metrics_frame` rows (same filters) to a CSV file atomically; returns
         the number of rows. Values are written exactly (``repr`` of the float)."""
-        from zeroseg.platform.io import atomic_write_text
-
         path = Path(path)
         if path.is_dir():
             raise StoreError(f"{path}: is a folder (expected a CSV file path)")

@@ -1,4 +1,5 @@
-"""Body of ``zeroseg embed``: compute (or reuse) a split's class embeddings, summarise them."""
+"""A split's class embeddings computed (or reused), written and summarised: the body of
+``zeroseg embed`` (:mod:`zeroseg.platform.commands.embed` prints the summary)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from zeroseg.platform.data.classes import Split
+from zeroseg.platform.data.registry import get_split
 from zeroseg.platform.embeddings.core import compute_class_embeddings
 from zeroseg.platform.embeddings.providers import EmbeddingConfig
 from zeroseg.platform.errors import ConfigError
@@ -74,7 +76,6 @@ def resolve_split(split: str | Split) -> Split:
         return split
     if not isinstance(split, str):
         raise ConfigError(f"split: expected a split name or Split, got {type(split).__name__}")
-    from zeroseg.platform.data.registry import get_split
 
     return get_split(split)
 
