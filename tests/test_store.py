@@ -28,7 +28,7 @@ from zeroseg.platform.store import (
     MetricRecord,
     RunRecord,
     StoreError,
-    dataset_fingerprint,
+    dataset_folder_fingerprint,
     migrations,
     open_store,
     open_writable_store,
@@ -95,7 +95,7 @@ def realistic_run(evaluated: dict, **overrides) -> RunRecord:
         kind="train", status="finished", method="projection", dataset=split.dataset,
         split=split.name, embedding="attributes", backbone="swin-tiny", seed=3,
         config={"method": "projection", "lr": 0.001, "epochs": 2, "embedding": {"dim": 64}},
-        dataset_fingerprint=dataset_fingerprint(evaluated["root"]),
+        dataset_fingerprint=dataset_folder_fingerprint(evaluated["root"]),
         leakage_audit={"training_filter": evaluated["audit"], "text_encoder": "attributes",
                        "backbone_init": "random", "hyperparameters_chosen_on": "val"},
         artifacts={"checkpoint": "runs/x/ckpt.pt", "predictions": "runs/x/pred"},
@@ -638,13 +638,13 @@ def test_store_pickles_as_a_reopen_and_fingerprints_follow_annotations(tmp_path,
 
     data = tmp_path / "data"
     shutil.copytree(evaluated["root"] / "annotations", data / "annotations")
-    before = dataset_fingerprint(data)
-    assert before == dataset_fingerprint(data)
+    before = dataset_folder_fingerprint(data)
+    assert before == dataset_folder_fingerprint(data)
     ann = data / "annotations" / "instances_val.json"
     content = json.loads(ann.read_text())
     content["annotations"][0]["area"] += 1.0
     ann.write_text(json.dumps(content))
-    assert dataset_fingerprint(data) != before
+    assert dataset_folder_fingerprint(data) != before
 
 
 # -- the command line ---------------------------------------------------------------------------

@@ -107,7 +107,7 @@ def split_fingerprint(split: Split) -> dict[str, Any]:
             "classes_sha256": config_hash(classes, length=64)}
 
 
-def dataset_fingerprint(layout: CocoLayout, split: Split | None = None) -> dict[str, Any]:
+def annotation_files_fingerprint(layout: CocoLayout, split: Split | None = None) -> dict[str, Any]:
     """SHA-256 of the annotation files ``split``'s benchmark reads (its instances / panoptic
     jsons; for semantic PNGs alone, their names and sizes and the image listing) and
     ``classes.json``; ``split`` None: the panoptic and instances jsons."""

@@ -45,10 +45,10 @@ from zeroseg.platform.errors import ConfigError, DataError, ZerosegError
 from zeroseg.platform.features.cache import (
     CACHE_FORMAT,
     CacheWriter,
+    annotation_files_fingerprint,
     cache_inputs,
     cache_key,
     check_entry,
-    dataset_fingerprint,
     encode_masks,
     encode_shard,
     entry_lock,
@@ -427,7 +427,7 @@ def plan_extraction(config: ExtractConfig) -> ExtractionPlan:
     layout = dataset_layout(Path(config.data), config.split, split.dataset)
     fingerprint, meta = read_checkpoint_meta(config.checkpoint)
     leakage = resolve_leakage_filter(config, split, meta["class_ids"], str(config.checkpoint))
-    inputs = cache_inputs(fingerprint, dataset_fingerprint(layout, split), split,
+    inputs = cache_inputs(fingerprint, annotation_files_fingerprint(layout, split), split,
                           config.key_config(leakage))
     inputs["label_split"] = cache_inputs(fingerprint, {}, label_split, {})["split"]
     return ExtractionPlan(config, split, label_split, layout, meta, leakage, inputs,

@@ -3,7 +3,7 @@
 :class:`RunRecord` is one run with its metric rows and curve points; :func:`metrics_from_eval`
 turns an :meth:`EvalResult.to_json() <zeroseg.platform.evaluation.EvalResult.to_json>` dict into
 metric rows (seen / unseen / HM means and one row per class and metric).
-:func:`code_version` and :func:`dataset_fingerprint` fill in the provenance fields.
+:func:`code_version` and :func:`dataset_folder_fingerprint` fill in the provenance fields.
 """
 
 from __future__ import annotations
@@ -349,7 +349,7 @@ def code_version() -> tuple[str, bool | None]:
         return "zeroseg-unknown", None
 
 
-def dataset_fingerprint(root: str | os.PathLike, *, content_globs: Iterable[str] = (
+def dataset_folder_fingerprint(root: str | os.PathLike, *, content_globs: Iterable[str] = (
         "annotations/*.json",)) -> str:
     """A short, stable identity of a dataset folder: the relative path and size of every file,
     plus the full content of the files matching ``content_globs`` (the annotations, where labels
