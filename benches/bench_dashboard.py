@@ -131,8 +131,8 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 def data_timings(url: str, ids: dict[str, Any]) -> list[tuple[str, float, float]]:
     """(name, cold s, warm s) of each page's data functions, outside Streamlit."""
-    from zeroseg.dashboards import data, queries
-    from zeroseg.platform.store import open_store
+    from zeroseg.dashboards.data import leaderboard, sweeps
+    from zeroseg.platform.store import open_store, queries
 
     store = open_store(url, read_only=True, create=False)
     cache: dict[str, Any] = {}
@@ -145,11 +145,11 @@ def data_timings(url: str, ids: dict[str, Any]) -> list[tuple[str, float, float]
         return call
 
     runs = memo("runs", lambda: queries.runs_frame(store))
-    results = memo("results", lambda: data.leaderboard_runs(
+    results = memo("results", lambda: leaderboard.leaderboard_runs(
         queries.summary_frame(store, "results"), runs()))
-    both = memo("both", lambda: data.concat_runs([results(), data.leaderboard_runs(
+    both = memo("both", lambda: leaderboard.concat_runs([results(), leaderboard.leaderboard_runs(
         queries.summary_frame(store, "trials"), runs())]))
-    sweep = memo("sweep", lambda: data.trial_table(
+    sweep = memo("sweep", lambda: sweeps.trial_table(
         queries.runs_frame(store, kind="trial", sweep="bench-pading", config=True),
         queries.metric_values(store, ids["trials"][::2], task="semantic", setting="gzsl",
                               eval_split="val", subset="hm", metric="iou")))
@@ -158,17 +158,19 @@ def data_timings(url: str, ids: dict[str, Any]) -> list[tuple[str, float, float]
         ("all runs' columns (shared)", runs),
         ("leaderboard: results' metric rows -> table", results),
         ("leaderboard: view for the default filter",
-         lambda: data.leaderboard_view(results(), data.LeaderboardFilter())),
+         lambda: leaderboard.leaderboard_view(results(), leaderboard.LeaderboardFilter())),
         ("leaderboard: + sweep trials' rows -> table", both),
-        ("leaderboard: view with trials included", lambda: data.leaderboard_view(
-            both(), data.LeaderboardFilter(kinds=("train", "reproduction", "eval", "trial")))),
+        ("leaderboard: view with trials included", lambda: leaderboard.leaderboard_view(
+            both(),
+            leaderboard.LeaderboardFilter(kinds=("train", "reproduction", "eval", "trial")))),
         ("leaderboard: CSV + LaTeX of the default view", lambda: (
-            data.view_to_csv(v := data.leaderboard_view(results(), data.LeaderboardFilter())),
-            data.view_to_latex(v))),
+            leaderboard.view_to_csv(v := leaderboard.leaderboard_view(
+                results(), leaderboard.LeaderboardFilter())),
+            leaderboard.view_to_latex(v))),
         ("sweeps: trials + objective of one sweep", sweep),
         ("sweeps: best so far + by num_primitives + eta^2", lambda: (
-            data.best_so_far(sweep()), data.by_knob(sweep(), "num_primitives"),
-            data.eta_squared(sweep()))),
+            sweeps.best_so_far(sweep()), sweeps.by_knob(sweep(), "num_primitives"),
+            sweeps.eta_squared(sweep()))),
         ("run detail: one run", memo("run", lambda: store.run(ids["train"][0]))),
         ("reproductions: runs + values", memo("repro", lambda: queries.metric_values(
             store, ids["repro"], task="semantic", setting="gzsl", eval_split="val",

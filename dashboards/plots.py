@@ -13,7 +13,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from zeroseg.dashboards import data
+from zeroseg.dashboards.data import sweeps
 
 STATUS_COLOURS = {"finished": "#2e7d32", "running": "#1565c0", "stopped": "#ef6c00",
                   "failed": "#c62828"}
@@ -46,12 +46,12 @@ def parallel_coordinates(table: pd.DataFrame, objective: str) -> go.Figure:
     """Knobs vs objective: one line per trial, coloured by the objective."""
     rows = table.dropna(subset=["objective"])
     dims = []
-    for column in data.knob_columns(rows):
+    for column in sweeps.knob_columns(rows):
         values = rows[column]
         name = column.removeprefix("knob:")
         if values.isna().all():
             continue
-        if data.is_numeric_knob(values):
+        if sweeps.is_numeric_knob(values):
             dims.append({"label": name, "values": values.astype(float).to_numpy()})
         else:
             labels = sorted(values.astype(str).unique())
@@ -93,7 +93,7 @@ def knob_effect(table: pd.DataFrame, knob: str, objective: str) -> go.Figure:
     rows = table.dropna(subset=["objective", column])
     y = rows["objective"].astype(float) * 100.0
     fig = go.Figure()
-    if data.is_numeric_knob(rows[column]) and rows[column].nunique() > 6:
+    if sweeps.is_numeric_knob(rows[column]) and rows[column].nunique() > 6:
         x = rows[column].astype(float)
         for status, part in rows.groupby("status", sort=True):  # one colour per trace: fast
             fig.add_trace(go.Scatter(

@@ -29,9 +29,11 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from zeroseg.dashboards import data, queries
+from zeroseg.dashboards.data import leaderboard
+from zeroseg.dashboards.data import reproductions as reproduction_data
+from zeroseg.dashboards.data import sweeps as sweep_data
 from zeroseg.platform.errors import ZerosegError
-from zeroseg.platform.store import Store, StoreError, open_store, resolve_url
+from zeroseg.platform.store import Store, StoreError, open_store, queries, resolve_url
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +74,11 @@ def revision(url: str) -> dict[str, tuple[Any, ...]]:
 
 @st.cache_data(show_spinner="Reading the results store…", max_entries=4)
 def labelled_runs(url: str, part: str, rev: tuple[Any, ...]) -> pd.DataFrame:
-    """:func:`data.leaderboard_runs` of the store's results (``part="results"``: every run but
-    sweep trials) or of its sweep trials (``"trials"``), cached per revision of that part."""
+    """:func:`~zeroseg.dashboards.data.leaderboard.leaderboard_runs` of the store's results
+    (``part="results"``: every run but sweep trials) or of its sweep trials (``"trials"``),
+    cached per revision of that part."""
     store = get_store(url)
-    return data.leaderboard_runs(queries.summary_frame(store, part), run_list(url, rev))
+    return leaderboard.leaderboard_runs(queries.summary_frame(store, part), run_list(url, rev))
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
@@ -86,7 +89,7 @@ def leaderboard_rows(url: str, trials: bool, revs: tuple[tuple[Any, ...], ...]
     parts = [labelled_runs(url, "results", revs[0])]
     if trials:
         parts.append(labelled_runs(url, "trials", revs[1]))
-    return data.concat_runs(parts)
+    return leaderboard.concat_runs(parts)
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
@@ -100,7 +103,7 @@ def sweeps(url: str, rev: tuple[Any, ...]) -> pd.DataFrame:
 @st.cache_data(show_spinner="Reading the sweep's trials…", max_entries=16)
 def sweep_trials(url: str, sweep: str, task: str, setting: str, eval_split: str, subset: str,
                  metric: str, rev: tuple[Any, ...]) -> pd.DataFrame:
-    """:func:`data.trial_table` of one sweep (objective values and knobs)."""
+    """:func:`sweep_data.trial_table` of one sweep (objective values and knobs)."""
     store = get_store(url)
     trials = queries.runs_frame(store, kind="trial", sweep=sweep, config=True)
     ids = [int(i) for i in trials["id"]]
@@ -112,7 +115,7 @@ def sweep_trials(url: str, sweep: str, task: str, setting: str, eval_split: str,
         curve = queries.curve_frame(store, missing, "val/hm")
         if len(curve):
             last = curve.groupby("run_id")["value"].last().to_dict()
-    return data.trial_table(trials, values, last)
+    return sweep_data.trial_table(trials, values, last)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -123,8 +126,8 @@ def trial_curves(url: str, run_ids: tuple[int, ...], name: str, rev: tuple[Any, 
 
 @st.cache_data(show_spinner="Computing knob importance…", max_entries=16)
 def importance(url: str, sweep: str, table: pd.DataFrame, mode: str, rev: tuple[Any, ...]
-               ) -> data.Importance:
-    return data.knob_importance(table, study_name=sweep, store_url=url, mode=mode)
+               ) -> sweep_data.Importance:
+    return sweep_data.knob_importance(table, study_name=sweep, store_url=url, mode=mode)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -145,10 +148,10 @@ def reproductions(url: str, rev: tuple[Any, ...]) -> tuple[pd.DataFrame, pd.Data
     source_ids = sorted({int(i) for i in repro["source_run_id"].dropna()})
     sources = queries.runs_frame(store, ids=source_ids)
     sweep_rows = {s["name"]: s for s in store.sweeps()}
-    objectives: dict[int, data.Objective] = {}
+    objectives: dict[int, sweep_data.SweepObjective] = {}
     for s in sources.itertuples(index=False):
         sweep = sweep_rows.get(s.sweep) if isinstance(s.sweep, str) else None
-        objectives[int(s.id)] = data.parse_objective(
+        objectives[int(s.id)] = sweep_data.parse_objective(
             sweep.get("objective") if sweep else None, sweep.get("mode") if sweep else None)
     values: dict[int, Any] = {}
     test_hm: dict[int, Any] = {}
@@ -162,7 +165,7 @@ def reproductions(url: str, rev: tuple[Any, ...]) -> tuple[pd.DataFrame, pd.Data
         test_hm.update(queries.metric_values(
             store, runs, task=objective.task, setting=objective.setting, eval_split="test",
             subset="hm", metric=objective.metric))
-    return data.reproduction_table(repro, sources, objectives, values, test_hm)
+    return reproduction_data.reproduction_table(repro, sources, objectives, values, test_hm)
 
 
 # -- page scaffolding ---------------------------------------------------------------------------

@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from zeroseg.dashboards import data, launch, media, queries
-from zeroseg.platform.store import open_store, schema
+from zeroseg.dashboards import launch, media
+from zeroseg.dashboards.data import leaderboard, reproductions, run_detail, sweeps
+from zeroseg.platform.store import open_store, queries, schema
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
@@ -52,11 +53,11 @@ def ro(filled):
 
 @pytest.fixture(scope="module")
 def labelled(ro) -> pd.DataFrame:
-    return data.leaderboard_runs(queries.summary_frame(ro), queries.runs_frame(ro))
+    return leaderboard.leaderboard_runs(queries.summary_frame(ro), queries.runs_frame(ro))
 
 
 def _ours(view: pd.DataFrame, **where: str) -> pd.DataFrame:
-    rows = view[view["Source"] == data.OURS]
+    rows = view[view["Source"] == leaderboard.OURS]
     for column, value in where.items():
         rows = rows[rows[column.replace("_", " ")] == value]
     return rows
@@ -64,21 +65,21 @@ def _ours(view: pd.DataFrame, **where: str) -> pd.DataFrame:
 
 # -- data layer ---------------------------------------------------------------------------------
 def test_reference_figures_ship_as_package_data():
-    papers = data.paper_results()
+    papers = leaderboard.paper_results()
     raw = pd.read_csv(TESTS.parent / "dashboards" / "reference" / "paper_results.csv")
-    assert len(papers) == len(raw) and list(papers.columns) == data.VIEW_COLUMNS
+    assert len(papers) == len(raw) and list(papers.columns) == leaderboard.VIEW_COLUMNS
     row = papers[(papers["Source"] == "paper: PADing CVPR 2023, Table 1")
                  & (papers["Method"] == "PADing") & (papers["Metric"] == "PQ")].iloc[0]
     assert (row["Task"], row["Split"], row["Setting"]) == (
         "panoptic", "coco-panoptic/zsp-119-14", "GZSL")
     assert (row["Seen"], row["Unseen"], row["HM"]) == (41.5, 15.3, 22.3)
     assert set(papers["Task"]) == {"semantic", "instance", "panoptic", "detection"}
-    assert set(data.primitives_table()["num_primitives"]) == {100, 200, 300, 400, 500, 600, 700}
+    assert set(sweeps.primitives_table()["num_primitives"]) == {100, 200, 300, 400, 500, 600, 700}
 
 
 def test_leaderboard_is_mean_and_std_over_seeds_of_finished_runs(ro, labelled, filled):
     _, info = filled
-    view = data.leaderboard_view(labelled, data.LeaderboardFilter())
+    view = leaderboard.leaderboard_view(labelled, leaderboard.LeaderboardFilter())
     row = _ours(view, Method="PADing", Metric="mIoU", Config="-", Embedding="attributes")
     assert len(row) == 1
     row = row.iloc[0]
@@ -95,40 +96,43 @@ def test_leaderboard_is_mean_and_std_over_seeds_of_finished_runs(ro, labelled, f
     assert _ours(view, Method="GMMN", Metric="mIoU").iloc[0]["Runs"] == 3
     configs = set(_ours(view, Method="PADing", Metric="mIoU", Embedding="attributes")["Config"])
     assert configs == {"-"} | {f"reproduction of {SWEEP}/{t}" for t in info["reproduced_trials"]}
-    with_trials = data.leaderboard_view(labelled, data.LeaderboardFilter(
+    with_trials = leaderboard.leaderboard_view(labelled, leaderboard.LeaderboardFilter(
         kinds=("train", "trial")))
     assert any(c.startswith("trial ") for c in with_trials["Config"])
     # Our rows, then the papers' beside them, for every default metric.
-    assert set(_ours(view)["Metric"]) == set(data.DEFAULT_METRICS)
-    assert (view["Source"] != data.OURS).any()
+    assert set(_ours(view)["Metric"]) == set(leaderboard.DEFAULT_METRICS)
+    assert (view["Source"] != leaderboard.OURS).any()
 
 
 def test_leaderboard_filters_select_rows(labelled):
-    base = data.leaderboard_view(labelled, data.LeaderboardFilter())
-    clip = data.leaderboard_view(labelled, data.LeaderboardFilter(embeddings=("clip",),
-                                                                  papers=False))
+    base = leaderboard.leaderboard_view(labelled, leaderboard.LeaderboardFilter())
+    clip = leaderboard.leaderboard_view(
+        labelled, leaderboard.LeaderboardFilter(embeddings=("clip",), papers=False))
     assert len(clip) and set(clip["Embedding"]) == {"clip"} and set(clip["Method"]) == {"PADing"}
-    zsl = data.leaderboard_view(labelled, data.LeaderboardFilter(setting="zsl", papers=False))
+    zsl = leaderboard.leaderboard_view(
+        labelled, leaderboard.LeaderboardFilter(setting="zsl", papers=False))
     assert zsl["Seen"].isna().all() and zsl["HM"].isna().all() and zsl["Unseen"].notna().all()
-    val = data.leaderboard_view(labelled, data.LeaderboardFilter(eval_split="val"))
-    assert (val["Source"] == data.OURS).all()  # the papers report the test split only
-    semantic = data.leaderboard_view(labelled, data.LeaderboardFilter(tasks=("semantic",)))
+    val = leaderboard.leaderboard_view(labelled, leaderboard.LeaderboardFilter(eval_split="val"))
+    assert (val["Source"] == leaderboard.OURS).all()  # the papers report the test split only
+    semantic = leaderboard.leaderboard_view(
+        labelled, leaderboard.LeaderboardFilter(tasks=("semantic",)))
     assert set(semantic["Metric"]) == {"mIoU"} and len(semantic) < len(base)
 
 
 def test_exports_hold_exactly_the_rows_of_the_view(labelled):
-    view = data.leaderboard_view(labelled, data.LeaderboardFilter(methods=("P&A", "PADing")))
-    back = pd.read_csv(io.StringIO(data.view_to_csv(view)), keep_default_na=False,
+    view = leaderboard.leaderboard_view(
+        labelled, leaderboard.LeaderboardFilter(methods=("P&A", "PADing")))
+    back = pd.read_csv(io.StringIO(leaderboard.view_to_csv(view)), keep_default_na=False,
                        na_values=[""])
-    assert list(back.columns) == data.VIEW_COLUMNS and len(back) == len(view)
+    assert list(back.columns) == leaderboard.VIEW_COLUMNS and len(back) == len(view)
     for key in ("Source", "Method", "Metric", "Split"):
         assert list(back[key]) == list(view[key])
     assert np.allclose(back["HM"], view["HM"].astype(float), atol=0.006, equal_nan=True)
-    latex = data.view_to_latex(view, caption="test")
+    latex = leaderboard.view_to_latex(view, caption="test")
     body = latex.split(r"\midrule")[1].split(r"\bottomrule")[0].strip().splitlines()
     assert len(body) == len(view)
     for line, (_, row) in zip(body, view.iterrows(), strict=True):
-        assert data.latex_escape(row["Method"]) in line
+        assert leaderboard.latex_escape(row["Method"]) in line
         hm = "--" if math.isnan(row["HM"]) else f"{row['HM']:.1f}"
         assert hm in line
     assert r"P\&A" in latex and r"\toprule" in latex and "Values in \\%" in latex
@@ -136,35 +140,35 @@ def test_exports_hold_exactly_the_rows_of_the_view(labelled):
 
 def test_sweep_tables_objective_progress_and_importance(ro, filled, tmp_path):
     _, info = filled
-    objective = data.parse_objective(OBJECTIVE, "max")
+    objective = sweeps.parse_objective(OBJECTIVE, "max")
     assert (objective.eval_split, objective.task, objective.subset, objective.metric) == (
         "val", "semantic", "hm", "iou")
-    assert data.parse_objective(None).key == "val/semantic/gzsl/hm/iou"
+    assert sweeps.parse_objective(None).key == "val/semantic/gzsl/hm/iou"
     trials = queries.runs_frame(ro, kind="trial", sweep=SWEEP, config=True)
     ids = [int(i) for i in trials["id"]]
     values = queries.metric_values(ro, ids, task="semantic", setting="gzsl", eval_split="val",
                                    subset="hm", metric="iou")
     curve = queries.curve_frame(ro, ids, "val/hm")
-    table = data.trial_table(trials, values, curve.groupby("run_id")["value"].last().to_dict())
+    table = sweeps.trial_table(trials, values, curve.groupby("run_id")["value"].last().to_dict())
     assert len(table) == len(info["trials"])
     assert {"knob:num_primitives", "knob:sigmas", "knob:structure_weight"} <= set(table.columns)
     assert set(table["knob:sigmas"]) == {"paper", "code", "1,2,4"}
     running = table[table["status"] == "running"].iloc[0]
     assert running["objective_from"] == "curve" and running["objective"] > 0
-    counts = data.status_counts(table, 12)
+    counts = sweeps.status_counts(table, 12)
     assert (counts["finished"], counts["stopped"], counts["running"], counts["planned"]) == (
         7, 2, 1, 12)
-    best = data.best_so_far(table)
+    best = sweeps.best_so_far(table)
     assert best["best"].is_monotonic_increasing and len(best) == 9  # not the running trial
-    by_n = data.by_knob(table, "num_primitives")
+    by_n = sweeps.by_knob(table, "num_primitives")
     assert list(by_n["value"]) == [100, 200, 300, 400, 500, 600, 700]
     assert by_n.loc[by_n["best"].idxmax(), "value"] == 400  # the fixture's optimum
-    eta = data.eta_squared(table)
+    eta = sweeps.eta_squared(table)
     assert math.isclose(sum(eta.values()), 1.0) and next(iter(eta)) == "num_primitives"
-    assert data.reproduce_commands(SWEEP, "t003") == \
+    assert sweeps.reproduce_commands(SWEEP, "t003") == \
         f"zeroseg reproduce {SWEEP} --trial t003 --seeds 3"
     # No Optuna study next to the store: importance from the store's trials, with a note.
-    fallback = data.knob_importance(table, study_name=SWEEP, store_url=str(filled[0]))
+    fallback = sweeps.knob_importance(table, study_name=SWEEP, store_url=str(filled[0]))
     assert "eta squared" in fallback.method and "no Optuna study file" in fallback.note
     # With the sweep's study beside the store: Optuna's evaluator, read-only.
     store_path = tmp_path / "results.db"
@@ -173,11 +177,11 @@ def test_sweep_tables_objective_progress_and_importance(ro, filled, tmp_path):
         ({"num_primitives": float(n), "sigmas": s}, q) for n, s, q in
         ((100, "paper", 0.1), (400, "code", 0.3), (700, "paper", 0.15), (400, "paper", 0.32))])
     before = (tmp_path / "optuna.db").stat().st_mtime_ns
-    found = data.knob_importance(table, study_name=SWEEP, store_url=str(store_path))
+    found = sweeps.knob_importance(table, study_name=SWEEP, store_url=str(store_path))
     assert found.method.startswith("Optuna") and set(found.values) == {"num_primitives",
                                                                        "sigmas"}
     assert (tmp_path / "optuna.db").stat().st_mtime_ns == before
-    other = data.knob_importance(table, study_name="nope", store_url=str(store_path))
+    other = sweeps.knob_importance(table, study_name="nope", store_url=str(store_path))
     assert "no Optuna study named 'nope'" in other.note and other.values
 
 
@@ -185,12 +189,12 @@ def test_reproductions_against_their_sweep_values(ro, filled):
     _, info = filled
     repro = queries.runs_frame(ro, kind="reproduction")
     sources = queries.runs_frame(ro, ids=list(repro["source_run_id"].astype(int)))
-    objective = data.parse_objective(OBJECTIVE)
+    objective = sweeps.parse_objective(OBJECTIVE)
     objectives = {int(i): objective for i in sources["id"]}
     ids = list(repro["id"]) + list(sources["id"])
     values = queries.metric_values(ro, ids, task="semantic", setting="gzsl", eval_split="val",
                                    subset="hm", metric="iou")
-    summary, seeds = data.reproduction_table(repro, sources, objectives, values)
+    summary, seeds = reproductions.reproduction_table(repro, sources, objectives, values)
     assert len(summary) == 2 and len(seeds) == 6
     assert set(summary["Trial"]) == set(info["reproduced_trials"])
     for _, row in summary.iterrows():
@@ -229,12 +233,12 @@ def test_run_media_pca_overlays_and_missing_cache_note(ro, filled):
 
 def test_audit_and_headline_tables(ro, filled):
     run = ro.run(filled[1]["main_run"])
-    audit = data.audit_table(run["leakage_audit"])
+    audit = run_detail.audit_table(run["leakage_audit"])
     assert "unseen pixels seen in training" in set(audit["Check"])
     assert audit.set_index("Check").loc["audit passed", "Value"] == "yes"
-    assert data.audit_warnings({"passed": False, "unseen_pixels_in_training": 12}) == [
+    assert run_detail.audit_warnings({"passed": False, "unseen_pixels_in_training": 12}) == [
         "the leakage audit FAILED for this run", "unseen pixels seen in training: 12"]
-    head = data.headline_table(run["metrics"])
+    head = run_detail.headline_table(run["metrics"])
     assert {"semantic", "instance", "panoptic"} == set(head["Task"])
     first = head.iloc[0]
     assert (first["Task"], first["Eval split"]) == ("semantic", "test")
@@ -305,8 +309,9 @@ def test_app_leaderboard_filters_change_the_table_and_exports_match(app, filled)
     _no_failures(at)
     assert at.title[0].value == "Leaderboard"
     table = _table(at, "Seen ±")
-    assert len(table) and set(data.DEFAULT_METRICS) <= set(table["Metric"])
-    assert (table["Source"] == data.OURS).any() and (table["Source"] != data.OURS).any()
+    assert len(table) and set(leaderboard.DEFAULT_METRICS) <= set(table["Metric"])
+    assert ((table["Source"] == leaderboard.OURS).any()
+            and (table["Source"] != leaderboard.OURS).any())
 
     def exported(at) -> tuple[pd.DataFrame, str]:
         buttons = {b.label: b for b in at.get("download_button")}
@@ -346,7 +351,7 @@ def test_app_leaderboard_filters_change_the_table_and_exports_match(app, filled)
     assert set(zsl["Setting"]) == {"ZSL"} and zsl["Seen"].isna().all()
     at.multiselect(key="lb_embeddings").set_value(["word2vec"]).run()  # papers only, ZSL
     only = at.dataframe[0].value if at.dataframe else pd.DataFrame()
-    assert not (only.get("Source", pd.Series(dtype=str)) == data.OURS).any()
+    assert not (only.get("Source", pd.Series(dtype=str)) == leaderboard.OURS).any()
 
 
 def test_app_sweeps_page(app, filled):
@@ -478,7 +483,7 @@ def test_app_older_schema_or_bad_url_is_a_message(app, tmp_path, filled):
 
 
 def test_trial_knobs_are_the_swept_ones_not_the_whole_method_config():
-    from zeroseg.dashboards.data import trial_params
+    from zeroseg.dashboards.data.sweeps import trial_params
 
     config = {"params": {"steps": 200, "classifier": {"steps": 400, "lr": 0.01},
                          "num_primitives": 300},

@@ -475,10 +475,11 @@ def test_a_v1_store_migrates_keeps_its_runs_and_counts_a_stored_twice_run_once(t
     gmmn = next(ln for ln in out.splitlines() if ln.startswith("GMMN")).split()
     assert gmmn[1] == "2", out  # seeds 0 and 1, not 0, 0 and 1
     assert gmmn[3:5] == ["50.0±14.1", "20.0±14.1"]
-    from zeroseg.dashboards import data, queries
+    from zeroseg.dashboards.data import leaderboard
+    from zeroseg.platform.store import queries
 
-    board = data.leaderboard_runs(queries.summary_frame(store, "results"),
-                                  queries.runs_frame(store))
+    board = leaderboard.leaderboard_runs(queries.summary_frame(store, "results"),
+                                         queries.runs_frame(store))
     assert sorted(set(board["run_id"])) == [2, 3, 4]  # the dashboard skips the copy too
 
     # The migrated store enforces the identity from now on: storing seed 0 again reuses run 2.

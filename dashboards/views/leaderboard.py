@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from zeroseg.dashboards import data, ui
+from zeroseg.dashboards import ui
+from zeroseg.dashboards.data import labels as label_data
+from zeroseg.dashboards.data import leaderboard
 
 #: Numbers next to the method; the descriptive columns after them (the downloads keep the
 #: view's own column order, keys first).
@@ -29,13 +31,13 @@ revs = ui.revision(url)
 with st.sidebar:
     st.subheader("Leaderboard filters")
     kinds = st.multiselect("Run kinds", ["train", "reproduction", "eval", "trial"],
-                           default=list(data.DEFAULT_KINDS), key="lb_kinds",
+                           default=list(leaderboard.DEFAULT_KINDS), key="lb_kinds",
                            placeholder="all kinds",
                            help="Sweep trials are model selection, left out by default.")
 runs = ui.leaderboard_rows(url, not kinds or "trial" in kinds,
                           (revs["results"], revs["trials"] if "trial" in kinds or not kinds
                            else ("unused",)))
-options = data.filter_options(runs)
+options = leaderboard.filter_options(runs)
 
 with st.sidebar:
     setting = st.radio("Setting", ["gzsl", "zsl"], format_func=str.upper, horizontal=True,
@@ -48,9 +50,9 @@ with st.sidebar:
                                "protocol (held-out seen classes play unseen) that sweeps "
                                "select on. The papers report test only.")
     tasks = st.multiselect("Task", options["tasks"], key="lb_tasks",
-                           format_func=lambda t: f"{t} ({data.TASK_ABBREVIATIONS.get(t, t)})",
+                           format_func=lambda t: f"{t} ({label_data.TASK_ABBREVIATIONS.get(t, t)})",
                            placeholder="all tasks")
-    default_metrics = [m for m in data.DEFAULT_METRICS if m in options["metrics"]]
+    default_metrics = [m for m in leaderboard.DEFAULT_METRICS if m in options["metrics"]]
     metrics = st.multiselect("Metric", options["metrics"], default=default_metrics,
                              key="lb_metrics", placeholder="all metrics")
     methods = st.multiselect("Method", options["methods"], key="lb_methods",
@@ -64,13 +66,13 @@ with st.sidebar:
     finished_only = st.checkbox("Finished runs only", value=True, key="lb_finished")
     papers = st.checkbox("Show the papers' figures", value=True, key="lb_papers")
 
-f = data.LeaderboardFilter(
+f = leaderboard.LeaderboardFilter(
     setting=setting, eval_split=eval_split, tasks=tuple(tasks), metrics=tuple(metrics),
     methods=tuple(methods), splits=tuple(splits), embeddings=tuple(embeddings),
     backbones=tuple(backbones), kinds=tuple(kinds), finished_only=finished_only, papers=papers)
-view = data.leaderboard_view(runs, f)
+view = leaderboard.leaderboard_view(runs, f)
 
-ours = int((view["Source"] == data.OURS).sum()) if len(view) else 0
+ours = int((view["Source"] == leaderboard.OURS).sum()) if len(view) else 0
 c1, c2, c3 = st.columns(3)
 c1.metric("Rows of ours", ours)
 c2.metric("Paper rows", len(view) - ours)
@@ -102,8 +104,8 @@ else:
         st.caption("The papers report the test split only: switch the evaluation split to "
                    "test to see their rows.")
 caption = f"{setting.upper()}, {eval_split} split"
-csv_text = data.view_to_csv(view)
-latex_text = data.view_to_latex(view, caption=f"zeroseg leaderboard ({caption})")
+csv_text = leaderboard.view_to_csv(view)
+latex_text = leaderboard.view_to_latex(view, caption=f"zeroseg leaderboard ({caption})")
 st.session_state["leaderboard_csv"] = csv_text
 st.session_state["leaderboard_latex"] = latex_text
 d1, d2 = st.columns(2)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from zeroseg.dashboards import data, media, plots, ui
+from zeroseg.dashboards import media, plots, ui
+from zeroseg.dashboards.data import labels as label_data
+from zeroseg.dashboards.data import run_detail
 from zeroseg.platform.errors import ZerosegError
 
 MAX_CHOICES = 1000  # newest runs offered in the sidebar; others open by /run?run=ID
@@ -19,8 +21,8 @@ store, url = ui.page_store()
 rev = ui.revision(url)["live"]
 runs = ui.run_list(url, rev)
 
-labels = {int(r.id): (f"{r.id} · {r.kind} · {data.method_label(r.method)} · "
-                      f"{data.split_label(r.dataset, r.split)} · seed "
+labels = {int(r.id): (f"{r.id} · {r.kind} · {label_data.method_label(r.method)} · "
+                      f"{label_data.split_label(r.dataset, r.split)} · seed "
                       f"{'-' if r.seed is None or r.seed != r.seed else int(r.seed)} · "
                       f"{r.status}") for r in runs.itertuples(index=False)}
 ids = list(labels)[:MAX_CHOICES]
@@ -42,13 +44,13 @@ st.query_params["run"] = str(run_id)
 
 run = ui.run_detail(url, int(run_id), rev)
 dirty = {True: " (uncommitted changes)", False: "", None: ""}[run.get("code_dirty")]
-st.subheader(f"Run {run['id']} — {data.method_label(run.get('method'))} "
+st.subheader(f"Run {run['id']} — {label_data.method_label(run.get('method'))} "
              f"({run.get('kind')}, {run.get('status')})")
 if run.get("error"):
     st.error(f"This run failed: {run['error'].strip().splitlines()[0]}")
 
 facts = {
-    "method": run.get("method"), "dataset / split": data.split_label(run.get("dataset"),
+    "method": run.get("method"), "dataset / split": label_data.split_label(run.get("dataset"),
                                                                       run.get("split")),
     "embedding": run.get("embedding"), "backbone": run.get("backbone"),
     "tasks": ", ".join(run.get("tasks") or []) or None, "seed": run.get("seed"),
@@ -65,7 +67,7 @@ left, right = st.columns([3, 2])
 with left:
     st.markdown("**Results (percent)**")
     with ui.section("Results"):
-        head = data.headline_table(run.get("metrics") or [])
+        head = run_detail.headline_table(run.get("metrics") or [])
         if head.empty:
             ui.not_available("Metrics")
         else:
@@ -82,11 +84,11 @@ with right:
         if not audit:
             ui.not_available("Leakage audit")
         else:
-            for line in data.audit_warnings(audit):
+            for line in run_detail.audit_warnings(audit):
                 st.error(line, icon=":material/gpp_bad:")
             if audit.get("passed") is True:
                 st.success("Leakage audit passed.", icon=":material/verified_user:")
-            st.dataframe(data.audit_table(audit), hide_index=True, placeholder="–",
+            st.dataframe(run_detail.audit_table(audit), hide_index=True, placeholder="–",
                          column_config={"Check": st.column_config.TextColumn(width="medium"),
                                         "Value": st.column_config.TextColumn(width="large")})
 
@@ -109,14 +111,15 @@ with ui.section("Per-class metrics"):
                          for m in metrics}, key=lambda c: (c[2] != "test", c))
         combo = st.selectbox(
             "Evaluation", combos, key="rd_class_combo",
-            format_func=lambda c: f"{c[0]} {data.metric_label(c[3])} · {c[1].upper()} · "
+            format_func=lambda c: f"{c[0]} {label_data.metric_label(c[3])} · {c[1].upper()} · "
                                   f"{c[2]}")
-        table = data.per_class_table(metrics, roles.unseen, task=combo[0], setting=combo[1],
+        table = run_detail.per_class_table(metrics, roles.unseen, task=combo[0], setting=combo[1],
                                      eval_split=combo[2], metric=combo[3])
         if combo[2] == "val":
             st.caption("Validation split: held-out seen classes play unseen; the colours "
                        "show the test split's roles.")
-        st.plotly_chart(plots.per_class(table, data.metric_label(combo[3])), key="rd_per_class")
+        st.plotly_chart(plots.per_class(table, label_data.metric_label(combo[3])),
+                        key="rd_per_class")
         st.dataframe(table, hide_index=True, placeholder="–",
                      column_config=ui.pct_config(["Value"]))
     for note in roles_result.notes:
@@ -124,7 +127,7 @@ with ui.section("Per-class metrics"):
 
 st.subheader("Training curves")
 with ui.section("Training curves"):
-    curves = data.curves_table(run.get("curves") or [])
+    curves = run_detail.curves_table(run.get("curves") or [])
     if curves.empty:
         ui.not_available("Training curves")
     else:
@@ -143,7 +146,7 @@ with emb_col, ui.section("Embeddings"):
 with fid_col, ui.section("Generator fidelity"):
     st.markdown("**Generator fidelity** (validation protocol: held-out seen classes play "
                 "unseen)")
-    tables = data.fidelity_tables(run.get("artifacts"))
+    tables = run_detail.fidelity_tables(run.get("artifacts"))
     if tables is None:
         ui.not_available("Generator fidelity")
     else:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from zeroseg.dashboards import data, plots, ui
+from zeroseg.dashboards import plots, ui
+from zeroseg.dashboards.data import labels as label_data
+from zeroseg.dashboards.data import sweeps as sweep_data
 
 st.title("Sweeps")
 store, url = ui.page_store()
@@ -32,16 +34,16 @@ def render() -> None:
     rev = ui.revision(url)["live"]
     sweep = ui.sweeps(url, rev).set_index("name").loc[name]
     settings = sweep["settings"] if isinstance(sweep["settings"], dict) else {}
-    objective = data.parse_objective(sweep["objective"], sweep["mode"])
+    objective = sweep_data.parse_objective(sweep["objective"], sweep["mode"])
     label = objective.label
     table = ui.sweep_trials(url, name, objective.task, objective.setting, objective.eval_split,
                             objective.subset, objective.metric, rev)
 
-    st.caption(f"method **{data.method_label(sweep['method'])}** · objective **{label}** "
+    st.caption(f"method **{label_data.method_label(sweep['method'])}** · objective **{label}** "
                f"(`{objective.key}`, {objective.mode}) · searcher "
                f"{settings.get('searcher', '-')} · scheduler {settings.get('scheduler', '-')} "
                f"· status **{sweep['status']}**")
-    counts = data.status_counts(table, settings.get("trials") or settings.get("samples"))
+    counts = sweep_data.status_counts(table, settings.get("trials") or settings.get("samples"))
     cols = st.columns(5)
     for col, key in zip(cols, ("running", "finished", "stopped", "failed", "planned"),
                         strict=True):
@@ -54,13 +56,13 @@ def render() -> None:
         return
 
     with ui.section("Best so far"):
-        best = data.best_so_far(table, objective.mode)
+        best = sweep_data.best_so_far(table, objective.mode)
         if best.empty:
             st.info("No trial has reported the objective yet.")
         else:
             st.plotly_chart(plots.best_so_far(best, label), key="sw_best")
 
-    knobs = [c.removeprefix("knob:") for c in data.knob_columns(table)]
+    knobs = [c.removeprefix("knob:") for c in sweep_data.knob_columns(table)]
     if not knobs:
         st.info("The trials record no knobs (config['params']): knob charts not available.")
     else:
@@ -69,8 +71,8 @@ def render() -> None:
         left, right = st.columns(2)
         with left, ui.section("Number of primitives"):
             if "num_primitives" in knobs:
-                st.plotly_chart(plots.primitives(data.by_knob(table, "num_primitives"),
-                                                 data.primitives_table(), label),
+                st.plotly_chart(plots.primitives(sweep_data.by_knob(table, "num_primitives"),
+                                                 sweep_data.primitives_table(), label),
                                 key="sw_primitives")
             else:
                 st.caption("The sweep does not vary num_primitives (PADing's Table 3 "
@@ -107,9 +109,9 @@ def render() -> None:
         trial_ids = list(ranked["trial_id"].astype(str)) or list(table["trial_id"].astype(str))
         trial = st.selectbox("Trial", trial_ids, key="sw_trial",
                              help="Trials ranked by the objective, best first.")
-        st.code(data.reproduce_commands(name, trial, seeds=3), language="bash")
+        st.code(sweep_data.reproduce_commands(name, trial, seeds=3), language="bash")
         st.caption("The top trials, three seeds each:")
-        st.code(data.reproduce_commands(name, top=3, seeds=3), language="bash")
+        st.code(sweep_data.reproduce_commands(name, top=3, seeds=3), language="bash")
 
     with ui.section("Trial curves"):
         ids = tuple(int(i) for i in shown["run_id"].head(50))

@@ -26,8 +26,9 @@ import pandas as pd
 from sqlalchemy import Connection, func, select
 from sqlalchemy.exc import DBAPIError
 
-from zeroseg.platform.store import Store, StoreError
+from zeroseg.platform.store.records import StoreError
 from zeroseg.platform.store.schema import CurvePoint, Metric, Run, Sweep
+from zeroseg.platform.store.store import Store
 
 log = logging.getLogger(__name__)
 
