@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 from zeroseg.platform.data.classes import Split
-from zeroseg.platform.data.layout import CocoLayout, dataset_layout
+from zeroseg.platform.data.layout import dataset_layout
 from zeroseg.platform.data.leakage import filter_training
-from zeroseg.platform.data.registry import get_split, split_table
-from zeroseg.platform.data.synthetic.generate import SIZES, generate, load_classes_json
+from zeroseg.platform.data.registry import dataset_split, split_table
+from zeroseg.platform.data.synthetic.generate import SIZES, generate
 from zeroseg.platform.data.voc import convert_mmseg_context
 from zeroseg.platform.errors import ZerosegError
 from zeroseg.platform.progress import progress_bar
@@ -18,17 +18,10 @@ from zeroseg.platform.progress import progress_bar
 
 def command_split(gt: str | None, benchmark: str | None) -> Split:
     """The split to use: ``--benchmark NAME`` from the registry, else the dataset's classes.json."""
-    if benchmark:
-        return get_split(benchmark)
-    if gt:
-        path = CocoLayout(Path(gt), "train").classes_json
-        if path.is_file():
-            return load_classes_json(path)
-        raise ZerosegError(
-            f"{path}: no classes.json in the dataset; pass --benchmark NAME "
-            "(see `zeroseg data list`)"
-        )
-    raise ZerosegError("--benchmark: required when no dataset folder (--gt) is given")
+    if not benchmark and not gt:
+        raise ZerosegError("--benchmark: required when no dataset folder (--gt) is given")
+    return dataset_split(benchmark, gt or "", missing_hint="; pass --benchmark NAME (see "
+                                                           "`zeroseg data list`)")
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:

@@ -35,6 +35,7 @@ import re
 from collections.abc import Callable, Sequence
 from importlib.resources import files
 from importlib.resources.abc import Traversable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from zeroseg.platform.data.classes import (
@@ -43,6 +44,8 @@ from zeroseg.platform.data.classes import (
     ClassInfo,
     Split,
 )
+from zeroseg.platform.data.layout import CocoLayout
+from zeroseg.platform.data.synthetic.classes_file import load_classes_json
 from zeroseg.platform.data.synthetic.vocabulary import synthetic_split
 from zeroseg.platform.errors import ConfigError, DataError
 
@@ -450,6 +453,19 @@ def list_splits() -> list[Split]:
 
 def split_names() -> list[str]:
     return list(_registry())
+
+
+def dataset_split(benchmark: str | None, root: str | Path, data_split: str = "train", *,
+                  missing_hint: str) -> Split:
+    """The split a dataset folder is used with: the registry's ``benchmark``, else the one the
+    dataset was generated with (its ``classes.json``: the synthetic benchmark). Neither: a
+    one-line :class:`ConfigError`, ``missing_hint`` saying how to name a split."""
+    if benchmark:
+        return get_split(benchmark)
+    path = CocoLayout(Path(root), data_split).classes_json
+    if not path.is_file():
+        raise ConfigError(f"{path}: no classes.json in the dataset{missing_hint}")
+    return load_classes_json(path)
 
 
 def get_split(name: str) -> Split:

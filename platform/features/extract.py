@@ -33,14 +33,13 @@ from zeroseg.platform.compat import ensure_torchvision, ray_init_address, ray_ru
 from zeroseg.platform.data.classes import Split
 from zeroseg.platform.data.layout import CocoLayout, dataset_layout
 from zeroseg.platform.data.leakage import filter_training
-from zeroseg.platform.data.registry import get_split
+from zeroseg.platform.data.registry import dataset_split
 from zeroseg.platform.data.sources import (
     benchmark_sources,
     list_images,
     require_sources,
     target_reader,
 )
-from zeroseg.platform.data.synthetic.generate import load_classes_json
 from zeroseg.platform.errors import ConfigError, DataError, ZerosegError
 from zeroseg.platform.features.cache import (
     CACHE_FORMAT,
@@ -92,18 +91,6 @@ class ExtractResult:
 
 
 # -- inputs ------------------------------------------------------------------------------------
-def resolve_split(data: Path, benchmark: str | None) -> Split:
-    """The benchmark split: a registry name, else the dataset's ``classes.json``."""
-    if benchmark:
-        return get_split(benchmark)
-
-    path = CocoLayout(Path(data), "train").classes_json
-    if not path.is_file():
-        raise ConfigError(f"{path}: no classes.json in the dataset; set 'benchmark' to a split "
-                          "name (see `zeroseg data list`)")
-    return load_classes_json(path)
-
-
 def read_checkpoint_meta(checkpoint: Path) -> tuple[str, dict[str, Any]]:
     """The checkpoint's fingerprint and checked ``meta.json`` (the model itself is not loaded)."""
     from zeroseg.methods.segmenter.checkpoint import checkpoint_fingerprint, read_meta
@@ -422,7 +409,9 @@ class ExtractionPlan:
 
 def plan_extraction(config: ExtractConfig) -> ExtractionPlan:
     """Resolve the inputs of ``config`` and compute its cache key (reads only small files)."""
-    split = resolve_split(config.data, config.benchmark)
+    split = dataset_split(config.benchmark, config.data,
+                          missing_hint="; set 'benchmark' to a split name (see `zeroseg data "
+                                       "list`)")
     label_split = split.validation_view() if config.view == "validation" else split
     layout = dataset_layout(Path(config.data), config.split, split.dataset)
     fingerprint, meta = read_checkpoint_meta(config.checkpoint)
