@@ -4,18 +4,17 @@
 Streamlit in a child process (headless, usage statistics off, bound to 127.0.0.1 unless
 ``host`` says otherwise) and returns its exit code; Ctrl-C stops it and returns 0.
 
-``python -m zeroseg.dashboards.launch --store URL --port P`` does the same from a shell.
+``python -m zeroseg.dashboards.launch --store URL --port P`` is ``zeroseg dashboard --store URL
+--port P``.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 from zeroseg.platform.errors import ZerosegError
@@ -86,23 +85,7 @@ def main(store: str | None, port: int = DEFAULT_PORT, host: str = DEFAULT_HOST) 
             stop(proc)
 
 
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="zeroseg dashboard",
-                                description="The Streamlit dashboard on a results store "
-                                            "(read-only).")
-    p.add_argument("--store", default=None,
-                   help="SQLite file or database URL (default: $ZEROSEG_STORE or "
-                        ".zeroseg/results.db)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (default 8501)")
-    p.add_argument("--host", default=DEFAULT_HOST,
-                   help="address to bind (default 127.0.0.1: this machine only)")
-    return p.parse_args(argv)
+if __name__ == "__main__":  # the options are zeroseg dashboard's (zeroseg.platform.commands)
+    from zeroseg.platform.cli import main as zeroseg_main
 
-
-if __name__ == "__main__":
-    args = _parse(None)
-    try:
-        sys.exit(main(args.store, args.port, args.host))
-    except ZerosegError as e:
-        print(f"zeroseg dashboard: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(zeroseg_main(["dashboard", *sys.argv[1:]]))
