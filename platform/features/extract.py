@@ -14,6 +14,10 @@ not on which worker ran it: ``workers=1`` runs the extractor in this process (no
 ``workers=N`` runs N Ray actors (one checkpoint load each) and gives byte-identical shards.
 Actors return the shard bytes and the driver writes them, so workers need no shared filesystem;
 at most one shard per actor is in flight, which bounds the driver's memory.
+
+The segmenter (``zeroseg.methods.segmenter``: torch, the model) is imported by the functions that
+load it: ``zeroseg.platform.features`` also serves readers of finished caches (the dashboard, the
+methods' training data), which need neither.
 """
 
 from __future__ import annotations
