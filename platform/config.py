@@ -84,7 +84,7 @@ def from_dict(cls: type[T], data: Any, *, where: str = "config", prefix: str = "
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"{where}: missing required key {dotted!r}")
             continue
-        kwargs[name] = _coerce(hints[name], data[name], where, dotted)
+        kwargs[name] = coerce(hints[name], data[name], (where, dotted))
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if callable(validate):
@@ -105,7 +105,64 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
-def _coerce(tp: Any, value: Any, where: str, dotted: str) -> Any:
+#: Where a value sits: (the file or section, the dotted key within it).
+Location = tuple[str, str]
+
+
+class Wording:
+    """How a family of configs words a value that does not fit its type hint, and the checks
+    its field metadata asks for. This one is the experiment configs' (:func:`from_dict`):
+    ``WHERE: KEY must be an integer, got '3'``; the embedding providers' options word it their
+    own way (:class:`zeroseg.platform.embeddings.config.OptionWording`). :func:`coerce` is the
+    one walker both use."""
+
+    EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+                Path: "a path string", list: "a list", tuple: "a list", dict: "a mapping"}
+
+    def item(self, at: Location, index: int) -> Location:
+        return at[0], f"{at[1]}[{index}]"
+
+    def entry(self, at: Location, key: Any) -> Location:
+        return at[0], _join(at[1], key)
+
+    def entry_key(self, at: Location, key: Any) -> Location:
+        return self.entry(at, key)
+
+    def expected(self, tp: Any) -> str:
+        return self.EXPECTED.get(get_origin(tp) or tp) or _type_name(tp)
+
+    def wrong(self, at: Location, expected: str, value: Any) -> ConfigError:
+        return ConfigError(f"{at[0]}: {at[1]} must be {expected}, got {value!r}")
+
+    def wrong_length(self, at: Location, length: int, value: Any) -> ConfigError:
+        return ConfigError(f"{at[0]}: {at[1]} must have {length} items, got {value!r}")
+
+    def no_union_member(self, tp: Any, value: Any, at: Location,
+                        errors: list[ConfigError]) -> ConfigError:
+        return self.wrong(at, _type_name(tp), value)
+
+    def number(self, value: float, at: Location, metadata: typing.Mapping[str, Any]) -> float:
+        return value
+
+    def string(self, value: Any, at: Location, metadata: typing.Mapping[str, Any]) -> str:
+        if not isinstance(value, str):
+            raise self.wrong(at, self.expected(str), value)
+        return value
+
+    def mapping(self, items: dict[Any, Any]) -> typing.Mapping[Any, Any]:
+        return items
+
+
+EXPERIMENT_WORDING = Wording()
+
+
+def coerce(tp: Any, value: Any, at: Location, wording: Wording = EXPERIMENT_WORDING,
+           metadata: typing.Mapping[str, Any] | None = None) -> Any:
+    """``value`` (plain YAML data) checked against type hint ``tp`` and converted (ints to
+    floats, lists to tuples, mappings to nested dataclasses); a one-line :class:`ConfigError`,
+    worded by ``wording``, naming ``at`` when it does not fit. ``metadata``: the field's (e.g.
+    ``minimum``, ``choices``), for the checks ``wording`` makes."""
+    metadata = metadata or {}
     origin = get_origin(tp)
     if tp is Any:
         return value
@@ -118,57 +175,56 @@ def _coerce(tp: Any, value: Any, where: str, dotted: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(arg, value, where, dotted)
+                return coerce(arg, value, at, wording, metadata)
             except ConfigError as e:
                 errors.append(e)
-        raise ConfigError(f"{where}: {dotted} must be {_type_name(tp)}, got {value!r}")
+        raise wording.no_union_member(tp, value, at, errors)
     if origin is typing.Literal:
         allowed = get_args(tp)
         if value not in allowed:
-            raise ConfigError(f"{where}: {dotted} must be one of {list(allowed)}, got {value!r}")
+            raise wording.wrong(at, f"one of {list(allowed)}", value)
         return value
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, where=where, prefix=dotted)
+        return from_dict(tp, value, where=at[0], prefix=at[1])
     if origin in (list, tuple):
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: {dotted} must be a list, got {value!r}")
+            raise wording.wrong(at, wording.expected(tp), value)
         args = get_args(tp)
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
-                raise ConfigError(f"{where}: {dotted} must have {len(args)} items, got {value!r}")
-            return tuple(_coerce(a, v, where, f"{dotted}[{i}]")
+                raise wording.wrong_length(at, len(args), value)
+            return tuple(coerce(a, v, wording.item(at, i), wording)
                          for i, (a, v) in enumerate(zip(args, value, strict=True)))
         item = args[0] if args else Any
-        items = [_coerce(item, v, where, f"{dotted}[{i}]") for i, v in enumerate(value)]
+        items = [coerce(item, v, wording.item(at, i), wording) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: {dotted} must be a mapping, got {value!r}")
+        if not isinstance(value, typing.Mapping):
+            raise wording.wrong(at, wording.expected(tp), value)
         kt, vt = get_args(tp) or (Any, Any)
-        return {_coerce(kt, k, where, f"{dotted}.{k}"): _coerce(vt, v, where, f"{dotted}.{k}")
-                for k, v in value.items()}
+        return wording.mapping({coerce(kt, k, wording.entry_key(at, k), wording):
+                                coerce(vt, v, wording.entry(at, k), wording)
+                                for k, v in value.items()})
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: {dotted} must be true or false, got {value!r}")
+            raise wording.wrong(at, wording.expected(bool), value)
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: {dotted} must be an integer, got {value!r}")
-        return value
+            raise wording.wrong(at, wording.expected(int), value)
+        return wording.number(value, at, metadata)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}: {dotted} must be a number, got {value!r}")
-        return float(value)
+            raise wording.wrong(at, wording.expected(float), value)
+        return wording.number(float(value), at, metadata)
     if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: {dotted} must be a string, got {value!r}")
-        return value
+        return wording.string(value, at, metadata)
     if tp is Path:
         if not isinstance(value, str | Path):
-            raise ConfigError(f"{where}: {dotted} must be a path string, got {value!r}")
+            raise wording.wrong(at, wording.expected(Path), value)
         return Path(value)
     if isinstance(tp, type) and not isinstance(value, tp):
-        raise ConfigError(f"{where}: {dotted} must be {_type_name(tp)}, got {value!r}")
+        raise wording.wrong(at, _type_name(tp), value)
     return value
 
 

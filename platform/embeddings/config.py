@@ -20,12 +20,14 @@ Field metadata understood here:
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
 from pathlib import PurePath
 from typing import Any
 
+from zeroseg.platform.config import Location, Wording, coerce
 from zeroseg.platform.errors import ConfigError
 
 _MISSING = dataclasses.MISSING
@@ -99,7 +101,8 @@ def parse_provider_config(cls: type[ProviderConfig], data: Mapping[str, Any],
     values: dict[str, Any] = {}
     for name, f in fields.items():
         if name in data:
-            values[name] = _coerce(data[name], hints[name], f"{where}.{name}", f.metadata)
+            values[name] = coerce(hints[name], data[name], (f"{where}.{name}", ""),
+                                  OPTION_WORDING, f.metadata)
         elif f.default is _MISSING and f.default_factory is _MISSING:
             doc = f.metadata.get("doc") or "a value"
             raise ConfigError(f"{where}.{name}: required key is missing (expected {doc})")
@@ -135,69 +138,54 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {text}"
 
 
-def _coerce(value: Any, tp: Any, where: str, metadata: Mapping[str, Any]) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors: list[ConfigError] = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where, metadata)
-            except ConfigError as exc:
-                errors.append(exc)
-        if len(errors) == 1:
-            raise errors[0]
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {_describe(value)}")
-    if origin is tuple:
-        (item_tp, _ellipsis) = typing.get_args(tp)
-        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {_describe(value)}")
-        return tuple(_coerce(v, item_tp, f"{where}[{i}]", {}) for i, v in enumerate(value))
-    if origin is dict:
-        key_tp, val_tp = typing.get_args(tp)
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {_describe(value)}")
-        out = {}
-        for k, v in value.items():
-            out[_coerce(k, key_tp, f"{where} key", {})] = _coerce(v, val_tp, f"{where}[{k!r}]", {})
-        return FrozenDict(sorted(out.items()))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {_describe(value)}")
+class OptionWording(Wording):
+    """How provider options word a value that does not fit (``WHERE: expected an integer, got
+    str '64'``, the key already in ``WHERE``) and the checks their metadata asks for:
+    ``minimum`` of numbers, ``choices`` of strings; numbers must be finite, a path is a string,
+    mappings are :class:`FrozenDict` (configs are hashable)."""
+
+    def item(self, at: Location, index: int) -> Location:
+        return f"{at[0]}[{index}]", ""
+
+    def entry(self, at: Location, key: Any) -> Location:
+        return f"{at[0]}[{key!r}]", ""
+
+    def entry_key(self, at: Location, key: Any) -> Location:
+        return f"{at[0]} key", ""
+
+    def expected(self, tp: Any) -> str:
+        return _type_name(tp)
+
+    def wrong(self, at: Location, expected: str, value: Any) -> ConfigError:
+        return ConfigError(f"{at[0]}: expected {expected}, got {_describe(value)}")
+
+    def no_union_member(self, tp: Any, value: Any, at: Location,
+                        errors: list[ConfigError]) -> ConfigError:
+        return errors[0] if len(errors) == 1 else self.wrong(at, _type_name(tp), value)
+
+    def number(self, value: float, at: Location, metadata: Mapping[str, Any]) -> float:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{at[0]}: expected a finite number, got {value}")
+        minimum = metadata.get("minimum")
+        if minimum is not None and value < minimum:
+            raise ConfigError(f"{at[0]}: expected a value >= {minimum}, got {value}")
         return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {_describe(value)}")
-        _check_minimum(value, where, metadata)
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {_describe(value)}")
-        value = float(value)
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ConfigError(f"{where}: expected a finite number, got {value}")
-        _check_minimum(value, where, metadata)
-        return value
-    if tp is str:
+
+    def string(self, value: Any, at: Location, metadata: Mapping[str, Any]) -> str:
         if isinstance(value, PurePath):
             value = str(value)
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {_describe(value)}")
+            raise self.wrong(at, self.expected(str), value)
         choices = metadata.get("choices")
         if choices and value not in choices:
-            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}")
+            raise ConfigError(f"{at[0]}: {value!r} is not one of {', '.join(choices)}")
         return value
-    raise TypeError(f"unsupported option type {tp!r} at {where}")  # programming error
+
+    def mapping(self, items: dict[Any, Any]) -> Mapping[Any, Any]:
+        return FrozenDict(sorted(items.items()))
 
 
-def _check_minimum(value: float, where: str, metadata: Mapping[str, Any]) -> None:
-    minimum = metadata.get("minimum")
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"{where}: expected a value >= {minimum}, got {value}")
+OPTION_WORDING = OptionWording()
 
 
 def _plain(value: Any) -> Any:
