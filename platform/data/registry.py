@@ -455,6 +455,15 @@ def split_names() -> list[str]:
     return list(_registry())
 
 
+def as_split(split: str | Split) -> Split:
+    """``split`` itself, or the split registered under that name."""
+    if isinstance(split, Split):
+        return split
+    if not isinstance(split, str):
+        raise ConfigError(f"split: expected a split name or Split, got {type(split).__name__}")
+    return get_split(split)
+
+
 def dataset_split(benchmark: str | None, root: str | Path, data_split: str = "train", *,
                   missing_hint: str) -> Split:
     """The split a dataset folder is used with: the registry's ``benchmark``, else the one the

@@ -36,7 +36,7 @@ from zeroseg.platform.embeddings.providers import (
     provider_names,
     register_provider,
 )
-from zeroseg.platform.embeddings.summary import EmbedSummary, embed_command, resolve_split
+from zeroseg.platform.embeddings.summary import EmbedSummary, embed_command
 
 __all__ = [
     "EmbedSummary",
@@ -57,7 +57,6 @@ __all__ = [
     "provider_names",
     "register_provider",
     "resolve_embedding_config",
-    "resolve_split",
     "shipped_files",
     "validate_embeddings",
 ]

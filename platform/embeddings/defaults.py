@@ -29,10 +29,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from zeroseg.platform.data.classes import Split
+from zeroseg.platform.data.registry import as_split
 from zeroseg.platform.embeddings.core import compute_class_embeddings
 from zeroseg.platform.embeddings.files import default_file_for
 from zeroseg.platform.embeddings.providers import EmbeddingConfig
-from zeroseg.platform.embeddings.summary import resolve_split
 from zeroseg.platform.errors import ConfigError, ZerosegError
 
 #: ``{"provider": DEFAULT_PROVIDER}`` stands for the split's default
@@ -43,7 +43,7 @@ def default_embedding_config(split: Split | str) -> dict[str, Any]:
     """``{"provider": ..., **options}`` of ``split``'s default class vectors (module docstring);
     a validation view (``NAME:val``) has its split's default. ConfigError for a split that has
     none (a user's dataset without attributes): it names what to give instead."""
-    the_split = resolve_split(split)
+    the_split = as_split(split)
     if any(c.attributes for c in the_split.classes):
         return {"provider": "attributes"}
     shipped = default_file_for(the_split.name)
@@ -83,7 +83,7 @@ def check_embeddings(split: Split | str,
     :class:`DataError`, prefixed with the split and provider and ending with the split's default
     when the config is not the default.
     """
-    the_split = resolve_split(split)
+    the_split = as_split(split)
     config = resolve_embedding_config(the_split, provider_config)
     name = (config.provider if isinstance(config, EmbeddingConfig)
             else config.get("provider") if isinstance(config, Mapping) else None)

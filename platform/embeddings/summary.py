@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from zeroseg.platform.data.classes import Split
-from zeroseg.platform.data.registry import get_split
+from zeroseg.platform.data.registry import as_split
 from zeroseg.platform.embeddings.core import compute_class_embeddings
 from zeroseg.platform.embeddings.providers import EmbeddingConfig
 from zeroseg.platform.errors import ConfigError
@@ -70,16 +70,6 @@ class EmbedSummary:
         return self.format()
 
 
-def resolve_split(split: str | Split) -> Split:
-    """A :class:`Split` object, or a registry name looked up in ``zeroseg.platform.data``."""
-    if isinstance(split, Split):
-        return split
-    if not isinstance(split, str):
-        raise ConfigError(f"split: expected a split name or Split, got {type(split).__name__}")
-
-    return get_split(split)
-
-
 def _nearest_seen(matrix: np.ndarray, split: Split) -> list[tuple[str, str, float]]:
     seen = np.flatnonzero(split.seen_mask)
     unseen = np.flatnonzero(split.unseen_mask)
@@ -123,7 +113,7 @@ def embed_command(split_name_or_split: str | Split, config: Mapping[str, Any] | 
     rows in the split's class order; either way ``<out_path>.json`` names the rows. The returned
     summary's ``format()`` is what ``zeroseg embed`` prints.
     """
-    the_split = resolve_split(split_name_or_split)
+    the_split = as_split(split_name_or_split)
     result = compute_class_embeddings(the_split, config, cache_dir)
     matrix = result.matrix
     written = None
