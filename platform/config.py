@@ -260,7 +260,9 @@ def config_hash(config: Any, length: int = 16) -> str:
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
-    """``["train.steps=10"]`` -> ``{"train.steps": 10}`` (values parsed as JSON if they can)."""
+    """``["train.steps=10"]`` -> ``{"train.steps": 10}``. Values are parsed as JSON if they can
+    be; a list or mapping may also be written as in the YAML files (``evaluation.protocols=[test]``,
+    ``a={b: 1}``); anything else stays a string."""
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -269,5 +271,18 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
-            out[key] = value
+            out[key] = _flow_collection(item, value)
     return out
+
+
+def _flow_collection(item: str, value: str) -> Any:
+    """A YAML flow list / mapping (``[a, b]``, ``{k: v}``) as the config files write them; any
+    other value is returned as the string it is."""
+    if not value.strip().startswith(("[", "{")):
+        return value
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ConfigError(f"--set {item!r}: the value is neither JSON nor a YAML list/mapping "
+                          f"({problem})") from None

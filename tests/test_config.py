@@ -64,3 +64,14 @@ def test_load_config_with_overrides_and_stable_hash(tmp_path):
     path.write_text("name: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(Job, path)
+
+
+def test_set_values_are_json_or_yaml_flow_collections():
+    from zeroseg.platform.config import parse_overrides
+
+    got = parse_overrides(["a=10", "b=paper", 'c=["test"]', "d=[test, validation]",
+                           "e={steps: 5}", "f=1e-3"])
+    assert got == {"a": 10, "b": "paper", "c": ["test"], "d": ["test", "validation"],
+                   "e": {"steps": 5}, "f": 1e-3}
+    with pytest.raises(ConfigError, match=r"--set 'g=\[a, b': the value is neither JSON nor a YAML"):
+        parse_overrides(["g=[a, b"])
