@@ -31,11 +31,28 @@ from typing import Any
 import numpy as np
 import torch
 
-from zeroseg.methods.registry import MethodHooks, MethodInputs, MethodSpec, get_method
+from zeroseg.methods.common import seeded
+from zeroseg.methods.registry import (
+    MethodHooks,
+    MethodInputs,
+    MethodSpec,
+    StopTrial,
+    get_method,
+)
 from zeroseg.platform.errors import LeakageError, ZerosegError
 from zeroseg.platform.io import atomic_write_bytes
 from zeroseg.platform.pipeline.config import EVAL_SPLIT, run_config_hash, run_identity
 from zeroseg.platform.pipeline.stages import TEXT_ENCODER_PRETRAINING, Pipeline, ProtocolContext
+from zeroseg.platform.store import (
+    CurveRecord,
+    MetricRecord,
+    RunRecord,
+    code_version,
+    open_store,
+    run_key,
+)
+from zeroseg.platform.training.generator import GeneratorTrainer
+from zeroseg.platform.training.ray_runner import ensure_ray
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +147,6 @@ def identity_key(pipeline: Pipeline, method: str, seed: int, *, kind: str = "tra
                  ) -> str | None:
     """The run's identity in the store (:func:`~zeroseg.platform.store.run_key`); ``None`` for
     a sweep trial, which its sweep and trial id identify."""
-    from zeroseg.platform.store import code_version, run_key
-
     if kind == "trial":
         return None
     spec = get_method(method)
@@ -144,8 +159,6 @@ def identity_key(pipeline: Pipeline, method: str, seed: int, *, kind: str = "tra
 
 def stored_outcome(store: Any, key: str | None, method: str, seed: int) -> RunOutcome | None:
     """The outcome of a finished run already stored under ``key``, if there is one."""
-    from zeroseg.platform.store import MetricRecord, RunRecord
-
     found = store.finished_run(key) if key else None
     if found is None:
         return None
@@ -183,8 +196,6 @@ def run_one(pipeline: Pipeline, method: str, seed: int, *, kind: str = "train",
     ``failed`` and carries its record. Method stages run with ``config.threads`` torch threads,
     so the same config and seed give the same numbers. ``run_key``: the identity the caller
     computed (:func:`run_many` passes the driver's to its tasks)."""
-    from zeroseg.methods.registry import StopTrial
-
     config = pipeline.config
     spec = get_method(method)
     method_config = config.method_config(method)
@@ -250,20 +261,12 @@ def run_context(pipeline: Pipeline, spec: MethodSpec, protocol: str) -> Protocol
 def _fit_and_evaluate(pipeline: Pipeline, spec: MethodSpec, method_config: Any,
                       ctx: ProtocolContext, seed: int, run_dir: Path, hooks: MethodHooks
                       ) -> ProtocolResult:
-    from zeroseg.methods.common import seeded
-
     started = time.perf_counter()
     work = run_dir / ctx.protocol
     work.mkdir(parents=True, exist_ok=True)
     if spec.features:
         check_no_leakage(ctx)
-    inputs = MethodInputs(split=ctx.label_split, class_embeddings=ctx.class_embeddings,
-                          features=ctx.features, segmenter_head=ctx.segmenter_head,
-                          embed_dim=ctx.embed_dim, seed=seed, work_dir=work,
-                          training=pipeline.config.method_training,
-                          train_cache=ctx.train_cache.path if ctx.train_cache else None,
-                          heldout=(ctx.evaluation().unseen_query_embeddings
-                                   if ctx.protocol == "validation" else None))
+    inputs = method_inputs(pipeline, spec, method_config, ctx, seed, work)
     with seeded(seed):
         output = spec.fit(method_config, inputs, hooks)
     if output.classifier is None:
@@ -282,6 +285,33 @@ def _fit_and_evaluate(pipeline: Pipeline, spec: MethodSpec, method_config: Any,
                                   evaluation.keep_predictions, evaluation.empty_classes)
     return ProtocolResult(ctx.protocol, results, output, predictions,
                           time.perf_counter() - started)
+
+
+def method_inputs(pipeline: Pipeline, spec: MethodSpec, method_config: Any, ctx: ProtocolContext,
+                  seed: int, work: Path) -> MethodInputs:
+    """What ``spec``'s fit receives on ``ctx``'s protocol: the shared stages, its own extra
+    stages (built or reused) and, for a generative method, the platform's generator trainer."""
+    stages = {stage.name: pipeline.method_stage(stage, method_config, ctx)
+              for stage in spec.stages}
+    trainer = None
+    if spec.generator_recipe is not None:
+        trainer = GeneratorTrainer(
+            method=spec.name, features=ctx.features, class_embeddings=ctx.class_embeddings,
+            seen_idx=_indices(ctx.label_split, unseen=False),
+            unseen_idx=_indices(ctx.label_split, unseen=True), seed=seed,
+            training=pipeline.config.method_training,
+            cache_path=ctx.train_cache.path if ctx.train_cache is not None else None,
+            work_dir=work)
+    return MethodInputs(split=ctx.label_split, class_embeddings=ctx.class_embeddings,
+                        features=ctx.features, segmenter_head=ctx.segmenter_head,
+                        embed_dim=ctx.embed_dim, seed=seed, work_dir=work, stages=stages,
+                        train_generator=trainer,
+                        heldout=(ctx.evaluation().unseen_query_embeddings
+                                 if ctx.protocol == "validation" else None))
+
+
+def _indices(split: Any, *, unseen: bool) -> np.ndarray:
+    return np.array([c.index for c in split.classes if c.unseen == unseen], dtype=np.int64)
 
 
 # -- the store record -----------------------------------------------------------------------------
@@ -347,8 +377,6 @@ def build_record(pipeline: Pipeline, spec: MethodSpec, method_config: Any, outco
                  curves: Iterable[tuple[str, int, float]], *, kind: str, sweep: str | None,
                  trial_id: str | None, source_run_id: int | None,
                  run_key: str | None = None) -> Any:
-    from zeroseg.platform.store import CurveRecord, RunRecord
-
     config = pipeline.config
     split = pipeline.split
     artifacts: dict[str, Any] = {
@@ -403,8 +431,6 @@ def _dedupe(curves: Iterable[tuple[str, int, float]]) -> list[tuple[str, int, fl
 @contextlib.contextmanager
 def _opened(pipeline: Pipeline, store: Any = None) -> Iterator[Any]:
     """``store``, or the pipeline's store opened for the block."""
-    from zeroseg.platform.store import open_store
-
     if store is not None:
         yield store
         return
@@ -457,8 +483,6 @@ def run_many(pipeline: Pipeline, jobs: Sequence[RunJob], *,
     raised after all have ended (and been stored). A single job runs in this process. Numbers
     do not depend on how runs are spread: each run sets its own seed and ``threads``."""
     import ray
-
-    from zeroseg.platform.training.ray_runner import ensure_ray
 
     pipelines = [pipeline.derive(job.config) for job in jobs]  # each shares the built stages
     keys = [identity_key(derived, job.method, job.seed, kind=job.kind,

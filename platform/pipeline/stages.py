@@ -12,6 +12,9 @@
                      ``eval`` over the evaluation images (platform/features cache)
     eval dataset     the evaluation images as the protocol scores them (the test split as is;
                      the validation view with the test unseen classes erased)
+    method stages    the extra stages a method declares (MethodSpec.stages), per protocol:
+                     WORK/stages/<name>-<protocol>-<hash>/, hash = the stage's params and
+                     version + dataset fingerprint + label space + class embeddings
 
 :class:`Pipeline` resolves these lazily and keeps them in memory, so the runs of one ``zeroseg
 run`` and the trials of a sweep worker share one segmenter, one cache and one copy of the
@@ -21,6 +24,7 @@ training features. Methods, inference and evaluation are in :mod:`.runner`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -30,11 +34,12 @@ from typing import Any
 
 import numpy as np
 
+from zeroseg.methods.registry import StageInputs, StageSpec
 from zeroseg.platform.config import config_hash, to_dict
 from zeroseg.platform.data.classes import Split
 from zeroseg.platform.data.layout import CocoLayout
 from zeroseg.platform.errors import ConfigError
-from zeroseg.platform.io import atomic_write_json
+from zeroseg.platform.io import atomic_directory, atomic_write_json
 from zeroseg.platform.pipeline.config import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]  # one human-readable line per stage event
 
 SEGMENTER_STAMP = "zeroseg_stage.json"
+METHOD_STAGE_STAMP = "zeroseg_stage.json"
 
 #: What each embedding provider's text encoder was (pre)trained on (the leakage audit).
 TEXT_ENCODER_PRETRAINING = {
@@ -385,3 +391,30 @@ class Pipeline:
                                   eval_cache=eval_cache, train_cache=train_cache)
             self._contexts[(protocol, kind)] = ctx
         return ctx
+
+    # -- a method's extra stages -------------------------------------------------------------
+    def method_stage(self, stage: StageSpec, method_config: Any, ctx: ProtocolContext) -> Path:
+        """The folder ``stage`` was built into for ``ctx``'s protocol: built (atomically) on
+        first use, found by the hash of its inputs after."""
+        split = ctx.label_split
+        key = config_hash({
+            "stage": stage.name, "version": stage.version,
+            "params": to_dict(dict(stage.params(method_config))),
+            "dataset": self.dataset_fingerprint,
+            "classes": [[c.name, bool(c.unseen)] for c in split.classes],
+            "class_embeddings": hashlib.sha256(
+                np.ascontiguousarray(ctx.class_embeddings, dtype=np.float32).tobytes()
+            ).hexdigest()})
+        folder = self.work / "stages" / f"{stage.name}-{ctx.protocol}-{key}"
+        stamp = folder / METHOD_STAGE_STAMP
+        if stamp.is_file() and json.loads(stamp.read_text()).get("key") == key:
+            self.progress(f"stage {stage.name} ({ctx.protocol} protocol): reusing {folder}")
+            return folder
+        self.progress(f"stage {stage.name} ({ctx.protocol} protocol): building {folder}")
+        inputs = StageInputs(config=method_config, split=split,
+                             class_embeddings=ctx.class_embeddings, data_root=self.data_root,
+                             train_split=self.config.data.train_split)
+        with atomic_directory(folder, overwrite=True) as tmp:
+            stage.build(inputs, tmp)
+            atomic_write_json(tmp / METHOD_STAGE_STAMP, {"key": key, "stage": stage.name})
+        return folder
