@@ -55,27 +55,31 @@ process or on ``method_training.workers`` Ray Train + DeepSpeed workers, with pe
 snapshots in both cases.
 
 **Model methods** (``kind="model"``, e.g. a detector with its own network). The method owns a
-model: ``model=ModelSpec(train=..., predict=...)``. The platform runs ``train(context)`` on every
-worker of a Ray Train job (``method_training.workers``; DeepSpeed engine, checkpoints and
-``FailureConfig`` as for the segmenter): ``context`` gives the rank, the world size, the
-config, the seed, the inputs' arrays, ``context.engine(model, optimizer)`` and
-``context.report(epoch, metrics, state)`` after each epoch (rank 0's ``state`` becomes the
-checkpoint). ``predict(config, inputs, state) -> Predictions`` then turns the last state into
-COCO results (instance segmentation results with RLE masks, semantic label maps, panoptic
-PNG + segments) that the platform scores with its evaluators::
+model: ``model=ModelSpec(train=..., predict=...)`` (see :class:`ModelSpec`). The platform runs
+``train(context)`` on every worker of a Ray Train job (``method_training.workers``; DeepSpeed
+engine, checkpoints and ``FailureConfig`` as for the segmenter; ``context.report(epoch,
+metrics, state)`` after each epoch checkpoints rank 0's state and lets a sweep's ASHA stop the
+trial). ``predict(config, context, state, setting)`` then turns the last state into COCO results
+(:class:`Predictions`: instance segmentation results with RLE masks, semantic label maps,
+panoptic segment maps + segments) that the platform scores with its evaluators::
 
     def _train(context):
         model = TinyNet(...)
+        if context.state is not None:
+            model.load_state_dict(context.state)  # resumed after a worker failure
         engine = context.engine(model, torch.optim.Adam(model.parameters(), lr=1e-3))
-        for epoch in range(1, context.epochs + 1):
-            ...  # steps on context.data
+        for epoch in range(context.start_epoch + 1, context.config.epochs + 1):
+            ...  # steps on context.training_images()
             context.report(epoch, {"loss": loss}, model.state_dict())
 
-    def _predict(config, inputs, state):
+    def _predict(config, context, state, setting):
+        ...  # the model on context.evaluation_images()
         return Predictions(semantic={image_id: label_map, ...})
 
     METHODS = [MethodSpec(name="tiny-det", label="TinyDet", config_class=TinyConfig, fit=None,
                           kind="model", model=ModelSpec(train=_train, predict=_predict))]
+
+(``tests/example_methods.py``'s ``example-pixels`` is a complete one.)
 
 **Extra stages** (any kind). A method lists the stages it needs (``stages=(StageSpec(...),)``);
 the platform builds each one into a folder keyed by the hash of its config (``stage.params(
@@ -194,6 +198,43 @@ Fit = Callable[[Any, MethodInputs, MethodHooks], MethodOutput]
 
 
 @dataclass
+class Predictions:
+    """A model method's predictions on the evaluation images, in COCO result formats.
+
+    - ``semantic``: image id -> ``[H, W]`` label map of contiguous class indices of the label
+      space (what a semantic PNG holds once mapped; every evaluation image needs one when the
+      semantic task is scored);
+    - ``instances``: COCO instance-segmentation results, ``{"image_id", "category_id"`` (the
+      dataset's category id), ``"segmentation"`` (an RLE), ``"score"``, optionally ``"bbox"``
+      (xywh; derived from the RLE when absent) ``}``;
+    - ``panoptic``: image id -> (``[H, W]`` int32 segment ids, 0 = VOID; the COCO
+      ``segments_info`` list with ``id`` and ``category_id``).
+    """
+
+    semantic: dict[int, np.ndarray] = field(default_factory=dict)
+    instances: list[dict[str, Any]] = field(default_factory=list)
+    panoptic: dict[int, tuple[np.ndarray, list[dict[str, Any]]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model method's own model (``kind="model"``).
+
+    ``train(context)`` runs on every Ray Train worker (platform/training/model.py
+    :class:`~zeroseg.platform.training.model.ModelContext`: ``rank``, ``world_size``,
+    ``config``, ``seed``, the label space's indices, ``training_images()`` -- leakage-filtered
+    training images with their semantic labels, unseen classes already ignored --
+    ``engine(model, optimizer)``, the resumed ``state`` and ``start_epoch``, and
+    ``report(epoch, metrics, state)`` after each epoch, which checkpoints rank 0's ``state``
+    and may raise :class:`StopTrial`). ``predict(config, context, state, setting)`` turns a
+    state into :class:`Predictions` of ``context.evaluation_images()`` for a setting (``gzsl``:
+    every class; ``zsl``: unseen classes only)."""
+
+    train: Callable[[Any], None]
+    predict: Callable[[Any, Any, Mapping[str, Any], str], Predictions]
+
+
+@dataclass
 class StageInputs:
     """What the platform hands a stage's ``build``."""
 
@@ -222,7 +263,7 @@ class MethodSpec:
     name: str  # registry key, also the store's runs.method
     label: str  # how tables name it (PADing Table 1 labels)
     config_class: type | None  # None: the method has no knobs
-    fit: Fit
+    fit: Fit | None  # None for a model method (model.train / model.predict instead)
     segmenter: SegmenterKind = "zero-shot"
     features: tuple[FeatureKind, ...] = ()
     defaults: Mapping[str, Any] = field(default_factory=dict)  # applied under user values
@@ -235,6 +276,14 @@ class MethodSpec:
     # seen_idx, unseen_idx, config, *, classifier_data, init_weight, init_bias)`` ->
     # GeneratorRecipe (methods/common.py), built under the run's seed. The platform trains it.
     generator_recipe: Callable[..., Any] | None = None
+    model: ModelSpec | None = None  # kind "model": its training and prediction
+
+    def __post_init__(self) -> None:
+        if (self.kind == "model") != (self.model is not None):
+            raise ConfigError(f"method {self.name!r}: a model method (kind 'model') needs "
+                              f"model=ModelSpec(...), and only a model method has one")
+        if self.kind == "classifier" and self.fit is None:
+            raise ConfigError(f"method {self.name!r}: a classifier method needs fit")
 
     def build_config(self, params: Mapping[str, Any] | None, where: str = "params") -> Any:
         """The method's typed config from ``defaults`` + ``params`` (dotted keys allowed);

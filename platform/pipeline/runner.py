@@ -35,10 +35,14 @@ from zeroseg.methods.common import seeded
 from zeroseg.methods.registry import (
     MethodHooks,
     MethodInputs,
+    MethodOutput,
     MethodSpec,
     StopTrial,
     get_method,
 )
+from zeroseg.platform.data.classes import IGNORE_LABEL
+from zeroseg.platform.data.leakage import filter_training, unseen_png_lut
+from zeroseg.platform.data.sources import benchmark_sources, list_images
 from zeroseg.platform.errors import LeakageError, ZerosegError
 from zeroseg.platform.io import atomic_write_bytes
 from zeroseg.platform.pipeline.config import EVAL_SPLIT, run_config_hash, run_identity
@@ -52,6 +56,7 @@ from zeroseg.platform.store import (
     run_key,
 )
 from zeroseg.platform.training.generator import GeneratorTrainer
+from zeroseg.platform.training.model import ModelContext, ModelData, train_model
 from zeroseg.platform.training.ray_runner import ensure_ray
 
 log = logging.getLogger(__name__)
@@ -264,6 +269,9 @@ def _fit_and_evaluate(pipeline: Pipeline, spec: MethodSpec, method_config: Any,
     started = time.perf_counter()
     work = run_dir / ctx.protocol
     work.mkdir(parents=True, exist_ok=True)
+    if spec.kind == "model":
+        return _train_and_evaluate_model(pipeline, spec, method_config, ctx, seed, run_dir,
+                                         hooks)
     if spec.features:
         check_no_leakage(ctx)
     inputs = method_inputs(pipeline, spec, method_config, ctx, seed, work)
@@ -285,6 +293,74 @@ def _fit_and_evaluate(pipeline: Pipeline, spec: MethodSpec, method_config: Any,
                                   evaluation.keep_predictions, evaluation.empty_classes)
     return ProtocolResult(ctx.protocol, results, output, predictions,
                           time.perf_counter() - started)
+
+
+def _train_and_evaluate_model(pipeline: Pipeline, spec: MethodSpec, method_config: Any,
+                              ctx: ProtocolContext, seed: int, run_dir: Path,
+                              hooks: MethodHooks) -> ProtocolResult:
+    """A model method: its ``train`` on Ray Train (per-epoch GZSL predictions to
+    ``hooks.on_epoch``, metrics as ``model/<name>`` curves), its predictions of the last state
+    scored by the platform's evaluators in every task and setting."""
+    started = time.perf_counter()
+    work = run_dir / ctx.protocol
+    data = model_data(pipeline, spec, method_config, ctx)
+    context = ModelContext(spec.name, method_config, seed, data)
+
+    def on_epoch(epoch: int, state: dict[str, Any]) -> None:
+        hooks.epoch(epoch, spec.model.predict(method_config, context, state, "gzsl"))
+
+    def on_metrics(epoch: int, metrics: dict[str, float]) -> None:
+        for name, value in metrics.items():
+            hooks.curve(f"model/{name}", epoch, value)
+
+    with seeded(seed):
+        state = train_model(spec.name, method_config, seed, data,
+                            pipeline.config.method_training, work / "ray",
+                            on_epoch=on_epoch if hooks.on_epoch is not None else None,
+                            on_metrics=on_metrics)
+    path = work / "model.pt"
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    evaluation = pipeline.config.evaluation
+    predictions = run_dir / "predictions" / ctx.protocol
+    results = ctx.evaluation().evaluate_predictions(
+        lambda setting: spec.model.predict(method_config, context, state, setting),
+        evaluation.tasks, evaluation.settings, out_dir=predictions,
+        keep=evaluation.keep_predictions, empty_classes=evaluation.empty_classes)
+    output = MethodOutput(classifier=None, artifacts={"model": str(path)},
+                          info={"training_images": len(data.train_images)})
+    return ProtocolResult(ctx.protocol, results, output, predictions,
+                          time.perf_counter() - started)
+
+
+def model_data(pipeline: Pipeline, spec: MethodSpec, method_config: Any, ctx: ProtocolContext
+               ) -> ModelData:
+    """What a model method's workers read: the protocol's leakage-filtered training images
+    (labels mapped to the label space, every excluded class ignored), the evaluation images,
+    the label space and the method's stages."""
+    split, label_split = pipeline.split, ctx.label_split
+    validation = ctx.protocol == "validation"
+    layout = pipeline.layout(pipeline.config.data.train_split)
+    kept = set(filter_training(layout, split, validation=validation).kept_image_ids)
+    images = list_images(layout, benchmark_sources(split))
+    train = [(str(layout.images / info.file_name),
+              str(layout.semantic_pngs / f"{Path(info.file_name).stem}.png"))
+             for image_id, info in sorted(images.items()) if image_id in kept]
+    lut = label_split.png_lut()[unseen_png_lut(split, validation)]
+    unseen = _indices(label_split, unseen=True)
+    lut[np.isin(lut, unseen)] = IGNORE_LABEL
+    listing = ctx.evaluation().listing
+    evaluation = [(image_id, str(ctx.eval_layout.images / info.file_name))
+                  for image_id, info in sorted(listing.images.items())]
+    stages = {stage.name: pipeline.method_stage(stage, method_config, ctx)
+              for stage in spec.stages}
+    return ModelData(num_classes=int(label_split.num_classes),
+                     category_ids=[int(c.id) for c in label_split.classes],
+                     things=[bool(c.isthing) for c in label_split.classes],
+                     seen_idx=_indices(label_split, unseen=False), unseen_idx=unseen,
+                     class_embeddings=ctx.class_embeddings, train_images=train, label_lut=lut,
+                     eval_images=evaluation, stages=stages)
 
 
 def method_inputs(pipeline: Pipeline, spec: MethodSpec, method_config: Any, ctx: ProtocolContext,

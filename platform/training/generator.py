@@ -39,7 +39,6 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,6 +61,7 @@ from zeroseg.platform.config import from_dict, to_dict
 from zeroseg.platform.errors import ConfigError, ZerosegError
 from zeroseg.platform.features import FeatureCache
 from zeroseg.platform.training import deepspeed_engine as dse
+from zeroseg.platform.training.channel import FitThread, epoch_verdict, open_channel, serve
 from zeroseg.platform.training.config import MethodTrainingConfig
 from zeroseg.platform.training.loop import seed_everything
 from zeroseg.platform.training.ray_runner import ensure_ray
@@ -166,7 +166,6 @@ class GeneratorTrainer:
     def _distributed(self, config: Any, on_step: StepCallback | None,
                      on_snapshot: SnapshotCallback | None, snapshot_every: int | None,
                      head_init: tuple[Any, Any]) -> TrainedGenerator:
-        import ray
         from ray.train import FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
 
@@ -179,7 +178,7 @@ class GeneratorTrainer:
         with seeded(self.seed):  # the same architecture on this process, for the snapshots
             recipe = _build(self.method, config, self.features, self.class_embeddings,
                             self.seen_idx, self.unseen_idx, head_init)
-        channel = _channel()
+        channel = open_channel()
         loop = {"method": self.method, "config": to_dict(config), "cache": str(self.cache_path),
                 "class_embeddings": self.class_embeddings, "seen_idx": self.seen_idx,
                 "unseen_idx": self.unseen_idx, "seed": int(self.seed),
@@ -198,36 +197,23 @@ class GeneratorTrainer:
             run_config=RunConfig(name="generator", storage_path=str(storage),
                                  failure_config=FailureConfig(
                                      max_failures=training.max_failures)))
-        job = _Job(trainer)
+        job = FitThread(trainer)
         job.start()
         stopped = False
-        seen = 0
-        try:
-            while True:
-                done = not job.is_alive()
-                records = ray.get(channel.read.remote(seen))
-                seen += len(records)
-                for record in records:
-                    if record["event"] == "step" and on_step is not None:
-                        on_step(int(record["step"]), record["metrics"])
-                    elif record["event"] == "snapshot":
-                        if on_snapshot is not None and not stopped:
-                            snapshot = _load_states(recipe, record["net"], record["head"],
-                                                    str(storage))
-                            try:
-                                on_snapshot(int(record["step"]), snapshot)
-                            except StopTrial:
-                                stopped = True
-                        channel.verdict.remote(int(record["step"]), stopped)
-                if done:
-                    break
-                time.sleep(0.2)
-        except BaseException:
-            channel.abort.remote()  # rank 0 may be waiting for a verdict: stop it
-            raise
-        finally:
-            job.join()
-            ray.kill(channel)
+
+        def on_record(record: dict[str, Any]) -> bool:
+            nonlocal stopped
+            if record["event"] == "step" and on_step is not None:
+                on_step(int(record["step"]), record["metrics"])
+            elif record["event"] == "epoch" and on_snapshot is not None and not stopped:
+                snapshot = _load_states(recipe, record["net"], record["head"], str(storage))
+                try:
+                    on_snapshot(int(record["key"]), snapshot)
+                except StopTrial:
+                    stopped = True
+            return stopped
+
+        serve(channel, job, on_record)
         if job.error is not None:
             exc = job.error
             first = " ".join(str(exc).strip().splitlines()[:2])[:300]
@@ -246,53 +232,6 @@ class GeneratorTrainer:
             head = (torch.load(head_path, map_location="cpu", weights_only=True)
                     if head_path.exists() else None)
         return _load_states(recipe, net, head, str(storage))
-
-
-class _Job(threading.Thread):
-    """``trainer.fit()`` in a thread, so that the calling thread serves the snapshots (a sweep
-    trial reports to Tune from its own thread)."""
-
-    def __init__(self, trainer: Any):
-        super().__init__(daemon=True, name="zeroseg-generator")
-        self.trainer = trainer
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.result = self.trainer.fit()
-        except BaseException as exc:  # handed to the calling thread
-            self.error = exc
-
-
-def _channel() -> Any:
-    """A Ray actor between rank 0 and this process: rank 0's logged steps and snapshots one way,
-    the verdict on each snapshot (go on, or stop) the other."""
-    import ray
-
-    @ray.remote(num_cpus=0)
-    class GeneratorChannel:
-        def __init__(self) -> None:
-            self.records: list[dict[str, Any]] = []
-            self.verdicts: dict[int, bool] = {}
-            self.aborted = False
-
-        def push(self, record: dict[str, Any]) -> None:
-            self.records.append(record)
-
-        def read(self, start: int) -> list[dict[str, Any]]:
-            return self.records[start:]
-
-        def verdict(self, step: int, stop: bool) -> None:
-            self.verdicts[step] = stop
-
-        def abort(self) -> None:
-            self.aborted = True
-
-        def wait_verdict(self, step: int) -> bool | None:
-            return self.verdicts.get(step, True if self.aborted else None)
-
-    return GeneratorChannel.remote()
 
 
 def generator_train_func(loop: dict[str, Any]) -> None:
@@ -331,16 +270,9 @@ def generator_train_func(loop: dict[str, Any]) -> None:
                 channel.push.remote({"event": "step", "step": step, "metrics": metrics})
 
         def on_snapshot(step: int, generator: TrainedGenerator) -> None:
-            stop = torch.zeros(1)
-            if rank == 0:
-                net, head = _states(recipe)
-                ray.get(channel.push.remote({"event": "snapshot", "step": step, "net": net,
-                                             "head": head}))
-                while (verdict := ray.get(channel.wait_verdict.remote(step))) is None:
-                    time.sleep(0.05)
-                stop[0] = float(verdict)
-            torch.distributed.broadcast(stop, src=0)
-            if bool(stop[0]):
+            net, head = _states(recipe) if rank == 0 else (None, None)
+            if epoch_verdict(channel, rank, {"event": "epoch", "key": step, "net": net,
+                                             "head": head}):
                 raise StopTrial()
 
         try:
