@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from zeroseg.methods.registry import get_method
 from zeroseg.methods.segmenter.inference import TASKS, InferenceConfig
 from zeroseg.methods.segmenter.model import SegmenterConfig
 from zeroseg.platform.config import (
@@ -167,8 +168,6 @@ class PipelineConfig:
     smoke: bool = added_field(False, since="issue 12")
 
     def validate(self) -> None:
-        from zeroseg.methods.registry import get_method
-
         if not self.methods:
             raise ConfigError("methods: expected at least one method name")
         if len(set(self.methods)) != len(self.methods):
@@ -186,8 +185,6 @@ class PipelineConfig:
             self.method_config(name)  # typos in params fail here, naming the key
 
     def method_config(self, name: str) -> Any:
-        from zeroseg.methods.registry import get_method
-
         return get_method(name).build_config(self.params.get(name), where=f"params.{name}")
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from zeroseg.platform.config import from_dict, set_dotted, to_dict
 from zeroseg.platform.pipeline.config import PipelineConfig
 
 SMOKE_STEPS = 4
@@ -53,8 +54,6 @@ def _shrunk_knobs(config: Any, prefix: str = "") -> dict[str, int]:
 
 def smoke_config(config: PipelineConfig) -> PipelineConfig:
     """``config`` at a minute's size (see the module docstring); validated like any config."""
-    from zeroseg.platform.config import set_dotted, to_dict
-
     seg = config.segmenter
     resolved = seg.model.resolved()
     model = dataclasses.replace(seg.model, image_size=min(seg.model.image_size, SMOKE_CROP))
@@ -90,7 +89,6 @@ def smoke_config(config: PipelineConfig) -> PipelineConfig:
             set_dotted(knobs, dotted, value)
         params[name] = knobs
     work = config.work_dir / "smoke"
-    from zeroseg.platform.config import from_dict
 
     smoke = dataclasses.replace(
         config, name=f"{config.name or 'run'}-smoke", seeds=config.seeds[:1],
