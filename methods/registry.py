@@ -37,8 +37,8 @@ label space + no-object; the platform runs the segmenter's inference with it and
         temperature: float = 0.1
 
     def _fit(config, inputs, hooks):
-        weights = torch.nn.functional.normalize(torch.as_tensor(inputs.class_embeddings), dim=1)
-        ...  # a [C + 1, D] head from the class embeddings
+        queries = inputs.features("train_all")  # every query embedding with its target
+        head = ...  # an nn.Module [Q, D] -> [Q, C + 1] from inputs.class_embeddings, trained
         classifier = TorchClassifier(head, inputs.num_classes, inputs.embed_dim)
         hooks.epoch(hooks.epochs, classifier)
         return MethodOutput(classifier=classifier)
@@ -48,16 +48,20 @@ label space + no-object; the platform runs the segmenter's inference with it and
 
 A *generative* classifier method also declares its generator recipe
 (``generator_recipe=...``, see :func:`zeroseg.methods.gmmn.generator_recipe`): the network, the
-step loss and what each step samples. Its ``fit`` calls
+step loss and what each step samples. Its ``fit`` is
 :func:`zeroseg.methods.generative.fit_generative`, which asks ``inputs.train_generator`` for the
 generator; the platform (``platform/training/generator.py``) trains the spec's recipe in this
 process or on ``method_training.workers`` Ray Train + DeepSpeed workers, with per-epoch
-snapshots in both cases.
+snapshots in both cases::
+
+    METHODS = [MethodSpec(name="gmmn", label="GMMN", config_class=GMMNConfig,
+                          fit=fit_generative, generator_recipe=generator_recipe,
+                          features=("train", "train_all"))]
 
 **Model methods** (``kind="model"``, e.g. a detector with its own network). The method owns a
 model: ``model=ModelSpec(train=..., predict=...)`` (see :class:`ModelSpec`). The platform runs
-``train(context)`` on every worker of a Ray Train job (``method_training.workers``; DeepSpeed
-engine, checkpoints and ``FailureConfig`` as for the segmenter; ``context.report(epoch,
+``train(context)`` on every worker of a Ray Train job (``method_training.workers``; a DeepSpeed
+engine, Ray Train checkpoints and ``FailureConfig`` as the segmenter has; ``context.report(epoch,
 metrics, state)`` after each epoch checkpoints rank 0's state and lets a sweep's ASHA stop the
 trial). ``predict(config, context, state, setting)`` then turns the last state into COCO results
 (:class:`Predictions`: instance segmentation results with RLE masks, semantic label maps,

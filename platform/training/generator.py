@@ -71,10 +71,6 @@ log = logging.getLogger(__name__)
 GENERATOR_FILE = "generator.pt"
 HEAD_FILE = "classifier.pt"
 
-__all__ = ["GeneratorTrainer", "MethodTrainingConfig", "generator_recipe_of",
-           "generator_train_func"]
-
-
 def generator_recipe_of(method: str) -> Callable[..., Any]:
     """The generator recipe ``method`` declares on its spec; a one-line error for a method
     that is unknown or declares none."""
