@@ -28,11 +28,6 @@ from zeroseg.platform.errors import ConfigError
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
-# Ray workers (sweep trials, Ray Train workers) find the example methods too: they inherit
-# this environment when this module's Ray starts.
-os.environ[EXTRA_MODULES_ENV] = "example_methods"
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [str(TESTS), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]])
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
@@ -40,6 +35,23 @@ import example_methods  # noqa: E402
 
 for _spec in example_methods.METHODS:
     register(_spec)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _example_methods_on_every_ray_worker():
+    """Ray workers (sweep trials, Ray Train workers) find the example methods too: they inherit
+    this environment when this module's Ray starts (conftest shuts it down after the module);
+    the environment is put back afterwards."""
+    saved = {k: os.environ.get(k) for k in (EXTRA_MODULES_ENV, "PYTHONPATH")}
+    os.environ[EXTRA_MODULES_ENV] = "example_methods"
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(TESTS), *[p for p in (saved["PYTHONPATH"] or "").split(os.pathsep) if p]])
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def tiny_config(root: Path, work: Path, methods: list[str]) -> dict[str, Any]:
