@@ -291,3 +291,24 @@ def test_a_model_method_trains_on_ray_train_and_its_predictions_are_scored(tiny)
 def test_a_model_method_is_swept_and_reproduced(tiny):
     _sweep_and_reproduce(tiny, "example-pixels",
                          {"lr": {"type": "loguniform", "low": 0.01, "high": 0.1}}, "pixels")
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_generative_method_is_swept_on_two_deepspeed_workers(tiny):
+    """method_training.workers = 2: every trial's generator trains on two Ray Train workers and
+    still reports its validation objective after each epoch (ASHA sees every epoch). Half a CPU
+    per worker: with the trial's token share, two workers fit a two-CPU machine."""
+    doc = dict(tiny["doc"], methods=["gmmn"],
+               method_training={"workers": 2, "zero_stage": 1, "cpus_per_worker": 0.5},
+               params={"gmmn": {"steps": 20, "batch_size": 64, "log_every": 10,
+                                "classifier": {"batch_size": 128, "lr": 0.02}}})
+    config = tiny["base"] / "exp-two-workers.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    trials = _sweep_and_reproduce(dict(tiny, config=config), "gmmn",
+                                  {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-3}},
+                                  "gmmn-two-workers")
+    for trial in trials:
+        assert trial["config"]["method_training"]["workers"] == 2
+        losses = [c for c in trial["curves"] if c["name"] == "val/generator/loss"]
+        assert len(losses) >= 2  # every logged step of rank 0, not one point per job
