@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zeroseg.platform.config import added_field
+from zeroseg.platform.config import added_field, to_dict
 from zeroseg.platform.errors import ConfigError, DataError, LeakageError
 from zeroseg.platform.io import atomic_write_bytes
 
@@ -319,6 +319,21 @@ def check_real_features(embeddings: Any, labels: Any, roles: ClassRoles, *,
     return x, y
 
 
+def prepare_class_embeddings(class_embeddings: Any, normalize: bool) -> Tensor:
+    """float32 ``[C, d]`` class embeddings, L2-normalised per row when ``normalize`` (the paper
+    normalises CLIP and word2vec vectors)."""
+    a = as_float_tensor(class_embeddings, "class_embeddings", dim=2)
+    if len(a) == 0:
+        raise DataError("class_embeddings: expected at least one class")
+    if normalize:
+        norms = a.norm(dim=1, keepdim=True)
+        if bool((norms == 0).any()):
+            row = int(torch.nonzero(norms.flatten() == 0)[0])
+            raise DataError(f"class_embeddings: row {row} is all zeros; cannot normalise")
+        a = a / norms
+    return a
+
+
 # ------------------------------------------------------------------------------------------------
 # Seeding and batching
 # ------------------------------------------------------------------------------------------------
@@ -468,8 +483,6 @@ class GeneratorRecipe:
     head: HeadTrainer | None = None  # the interleaved classifier (one step per generator step)
 
     def trained(self) -> TrainedGenerator:
-        from zeroseg.platform.config import to_dict
-
         return TrainedGenerator(net=self.net, class_embeddings=self.class_embeddings,
                                 kind=self.kind, config=to_dict(self.config),
                                 classifier=self.head.snapshot() if self.head else None)
@@ -776,6 +789,21 @@ def head_trainer(query_embeddings: Any, targets: Any, roles: ClassRoles,
     return HeadTrainer(x, y, roles, config, rng, init_weight, init_bias)
 
 
+def interleaved_head(x: Tensor, y: Tensor, roles: ClassRoles, config: Any, out_dim: int,
+                     classifier_data: Any, init_weight: Any, init_bias: Any
+                     ) -> HeadTrainer | None:
+    """The classifier trained alongside the generator (``classifier.schedule: interleaved``),
+    on ``classifier_data`` or else the real rows; its random stream is seeded from the global
+    RNG (the caller runs under :func:`~zeroseg.methods.common.seeded`)."""
+    if config.classifier.schedule != "interleaved":
+        return None
+    queries, targets = classifier_data if classifier_data is not None else (x, y)
+    head_seed = int(torch.randint(0, 2**62, (1,)))
+    return head_trainer(queries, targets, roles, config.classifier,
+                        torch.Generator().manual_seed(head_seed), out_dim=out_dim,
+                        init_weight=init_weight, init_bias=init_bias)
+
+
 def retrain_classifier(query_embeddings: Any, targets: Any, generator: TrainedGenerator,
                        unseen_idx: Any, config: ClassifierConfig | None = None, seed: int = 0, *,
                        seen_idx: Any = None, init_weight: Any = None, init_bias: Any = None,
@@ -869,6 +897,15 @@ def save_classifier(path: str | Path, linear: nn.Linear) -> None:
     save_state(path, dict(linear.state_dict()), meta)
 
 
+def save_generator(path: str | Path, generator: TrainedGenerator) -> None:
+    """Write a trained generator (weights, class embeddings, config) atomically."""
+    state = {f"net.{k}": v for k, v in generator.net.state_dict().items()}
+    state["class_embeddings"] = generator.class_embeddings
+    meta = {"format": 1, "kind": generator.kind, "embed_dim": int(generator.net.embed_dim),
+            "out_dim": int(generator.out_dim), "config": generator.config}
+    save_state(path, state, meta)
+
+
 def load_classifier(path: str | Path) -> TorchClassifier:
     """The classifier callable of a head written by :func:`save_classifier`."""
     state, meta = load_state(path)
@@ -881,121 +918,3 @@ def load_classifier(path: str | Path) -> TorchClassifier:
         raise DataError(f"{path}: weights do not match the recorded shape "
                         f"({str(exc).splitlines()[0]})") from None
     return TorchClassifier(linear, int(meta["num_classes"]), int(meta["in_dim"]))
-
-
-# ------------------------------------------------------------------------------------------------
-# The generative methods' fit (GMMN, PADing and its ablations): generator, then classifier
-# ------------------------------------------------------------------------------------------------
-
-#: Synthetic unseen embeddings kept per unseen class (the dashboard's Fig. 5 view).
-SYNTHETIC_PER_CLASS = 64
-
-
-def fit_generative(train: Callable[..., Any], config: Any, inputs: Any, hooks: Any,
-                   save: Callable[[Path, TrainedGenerator], None], kind: str) -> Any:
-    """Algorithm 1 steps 3-4 for any generator trainer with the ``train_generator`` signature.
-
-    ``train(real, labels, class_embeddings, seen_idx, unseen_idx, config, seed, on_step=...,
-    on_snapshot=..., snapshot_every=..., classifier_data=..., init_weight=..., init_bias=...)``
-    returns a result with ``.generator``. Real features are the matched query embeddings
-    (``train`` cache); the classifier trains on every query (``train_all``), no-object included.
-    With ``classifier.schedule: interleaved`` the head trains inside the generator's loop, one
-    step per generator step, and comes back with the generator; with ``sequential`` it is
-    retrained from the frozen generator afterwards. Training is cut into ``hooks.epochs`` rounds;
-    after each, the classifier as it is then (interleaved) or retrained from the generator as it
-    is then (sequential) goes to ``hooks.on_epoch`` (the last round's classifier is the output).
-    With ``inputs.training.workers > 1`` the generator trains on Ray Train + DeepSpeed (``kind``:
-    gmmn or pading) and the rounds collapse into one.
-
-    On the validation protocol (``inputs.heldout`` given: real query embeddings of the held-out
-    classes) the run's generator fidelity is measured (:func:`zeroseg.methods.fidelity.fidelity`)
-    and returned in ``info["fidelity"]``.
-    """
-    from zeroseg.methods.registry import MethodOutput
-
-    real = inputs.features("train")
-    queries = inputs.features("train_all")
-    seen_idx, unseen_idx = inputs.seen_idx, inputs.unseen_idx
-    init_w = init_b = None
-    if config.classifier.init == "segmenter":
-        init_w, init_b, _ = inputs.segmenter_head()
-    interleaved = config.classifier.schedule == "interleaved"
-    epochs = max(1, int(hooks.epochs))
-    every = max(1, math.ceil(config.steps / epochs)) if epochs > 1 else None
-
-    def classifier_for(generator: TrainedGenerator) -> ClassifierResult:
-        return retrain_classifier(queries.embeddings, queries.class_index, generator, unseen_idx,
-                                  config.classifier, inputs.seed, seen_idx=seen_idx,
-                                  init_weight=init_w, init_bias=init_b)
-
-    def on_snapshot(step: int, generator: TrainedGenerator) -> None:
-        head = generator.classifier if interleaved else classifier_for(generator).classifier
-        hooks.epoch(step // every, head)
-
-    head_curve: list[tuple[int, float]] = []
-
-    def on_step(step: int, metrics: dict[str, float]) -> None:
-        hooks.curve("generator/loss", step, metrics.get("total", metrics.get("gen", math.nan)))
-        if "mmd" in metrics:
-            hooks.curve(MMD_CURVE, step, metrics["mmd"])
-        if "head" in metrics:
-            head_curve.append((step, metrics["head"]))
-
-    training = getattr(inputs, "training", None)
-    if training is not None and training.distributed:
-        # Ray Train + DeepSpeed workers; no per-epoch snapshots in this mode (one report).
-        from zeroseg.platform.training.generator import train_generator_distributed
-
-        generator, history = train_generator_distributed(kind, config, inputs, training,
-                                                         inputs.train_cache,
-                                                         head_init=(init_w, init_b))
-        for point in history:
-            on_step(int(point["step"]), point)
-    else:
-        generator = train(real.embeddings, real.class_index, inputs.class_embeddings, seen_idx,
-                          unseen_idx, config, inputs.seed, on_step=on_step,
-                          on_snapshot=on_snapshot, snapshot_every=every,
-                          classifier_data=(queries.embeddings, queries.class_index),
-                          init_weight=init_w, init_bias=init_b).generator
-    if interleaved:
-        if generator.classifier is None:
-            raise DataError(f"{kind}: the interleaved schedule returned no classifier")
-        linear = generator.classifier.module
-        head = ClassifierResult(linear, generator.classifier,
-                                [{"step": float(s), "loss": v} for s, v in head_curve])
-        classifier_steps = int(config.steps)
-    else:
-        head = classifier_for(generator)
-        classifier_steps = int(config.classifier.steps)
-    for point in head.history:
-        hooks.curve("classifier/loss", int(point["step"]), point["loss"])
-    work = Path(inputs.work_dir)
-    save(work / "generator.pt", generator)
-    save_classifier(work / "classifier.pt", head.linear)
-    with seeded(inputs.seed + 1) as rng:
-        labels = torch.as_tensor(unseen_idx).repeat_interleave(SYNTHETIC_PER_CLASS)
-        fakes = generator.sample(labels, rng).numpy()
-    info: dict[str, Any] = {"real_features": len(real), "classifier_rows": len(queries),
-                            "generator_steps": int(config.steps),
-                            "classifier_steps": classifier_steps,
-                            "classifier_schedule": config.classifier.schedule}
-    heldout = getattr(inputs, "heldout", None)
-    if heldout is not None:
-        from zeroseg.methods.fidelity import fidelity
-
-        x_h, y_h = heldout()
-        names = [c.name for c in inputs.split.classes]
-        found = len(np.unique(np.asarray(y_h)))
-        if found >= 2:
-            info["fidelity"] = fidelity(generator, x_h, y_h, unseen_idx, class_names=names,
-                                        seed=inputs.seed)
-        else:  # a diagnostic, never a reason to fail the run
-            log.warning("fidelity diagnostics not computed: real embeddings of %d held-out "
-                        "classes in the evaluation images (at least 2 needed)", found)
-    hooks.epoch(epochs, head.classifier)
-    return MethodOutput(
-        classifier=head.classifier,
-        artifacts={"generator": str(work / "generator.pt"),
-                   "classifier": str(work / "classifier.pt")},
-        synthetic=(fakes.astype(np.float32), labels.numpy().astype(np.int64)),
-        info=info)

@@ -76,13 +76,16 @@ from zeroseg.methods.common import (
     SnapshotCallback,
     StepCallback,
     TrainedGenerator,
-    as_float_tensor,
     check_real_features,
     grouped_mmd_loss,
+    interleaved_head,
+    prepare_class_embeddings,
     resolve_sigmas,
     run_generator_loop,
     seeded,
 )
+from zeroseg.methods.generative import fit_generative
+from zeroseg.methods.registry import MethodSpec
 from zeroseg.platform.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -181,21 +184,6 @@ class GMMNResult:
     history: list[dict[str, float]]
 
 
-def prepare_class_embeddings(class_embeddings: Any, normalize: bool) -> Tensor:
-    """float32 ``[C, d]`` class embeddings, L2-normalised per row when ``normalize`` (the paper
-    normalises CLIP and word2vec vectors)."""
-    a = as_float_tensor(class_embeddings, "class_embeddings", dim=2)
-    if len(a) == 0:
-        raise DataError("class_embeddings: expected at least one class")
-    if normalize:
-        norms = a.norm(dim=1, keepdim=True)
-        if bool((norms == 0).any()):
-            row = int(torch.nonzero(norms.flatten() == 0)[0])
-            raise DataError(f"class_embeddings: row {row} is all zeros; cannot normalise")
-        a = a / norms
-    return a
-
-
 def train_gmmn(real_embeddings: Any, real_labels: Any, class_embeddings: Any, seen_idx: Any,
                unseen_idx: Any, config: GMMNConfig | None = None, seed: int | None = None, *,
                on_step: StepCallback | None = None, on_snapshot: SnapshotCallback | None = None,
@@ -247,14 +235,10 @@ def generator_recipe(real_embeddings: Any, real_labels: Any, class_embeddings: A
                                kernel_scale=config.kernel_scale, form=config.mmd_form)
         return mmd, {"gen": mmd}
 
-    from zeroseg.methods.pading import interleaved_head
-
     head = interleaved_head(x, y, roles, config, x.shape[1], classifier_data, init_weight,
                             init_bias)
     return GeneratorRecipe(kind="gmmn", model=net, net=net, class_embeddings=a, x=x, y=y,
                            loss=loss, config=config, head=head)
-
-
 
 
 # ------------------------------------------------------------------------------------------------
@@ -262,24 +246,7 @@ def generator_recipe(real_embeddings: Any, real_labels: Any, class_embeddings: A
 # ------------------------------------------------------------------------------------------------
 
 
-def save_gmmn(path: Any, generator: TrainedGenerator) -> None:
-    from zeroseg.methods.pading import save_generator
-
-    save_generator(path, generator)
-
-
-def _fit(config: GMMNConfig, inputs: Any, hooks: Any) -> Any:
-    from zeroseg.methods.common import fit_generative
-
-    return fit_generative(train_gmmn, config, inputs, hooks, save_gmmn, "gmmn")
-
-
-def _methods() -> list[Any]:
-    from zeroseg.methods.registry import MethodSpec
-
-    return [MethodSpec(name="gmmn", label="GMMN", config_class=GMMNConfig, fit=_fit,
-                       features=("train", "train_all"), order=30,
-                       description="ZS3Net's GMMN generator (MMD) + classifier retraining")]
-
-
-METHODS = _methods()
+METHODS = [MethodSpec(name="gmmn", label="GMMN", config_class=GMMNConfig, fit=fit_generative,
+                      generator_recipe=generator_recipe, features=("train", "train_all"),
+                      order=30,
+                      description="ZS3Net's GMMN generator (MMD) + classifier retraining")]

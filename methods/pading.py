@@ -119,7 +119,6 @@ from zeroseg.methods.common import (
     ClassifierConfig,
     ClassRoles,
     GeneratorRecipe,
-    HeadTrainer,
     KernelScale,
     KLDirection,
     MMDForm,
@@ -132,15 +131,17 @@ from zeroseg.methods.common import (
     check_real_features,
     cosine_similarity_matrix,
     grouped_mmd_loss,
-    head_trainer,
+    interleaved_head,
     load_state,
+    prepare_class_embeddings,
     resolve_sigmas,
     run_generator_loop,
-    save_state,
     seeded,
     softmax_kl,
 )
-from zeroseg.methods.gmmn import GMMNGenerator, GMMNNetConfig, prepare_class_embeddings
+from zeroseg.methods.generative import fit_generative
+from zeroseg.methods.gmmn import GMMNGenerator, GMMNNetConfig
+from zeroseg.methods.registry import MethodSpec
 from zeroseg.platform.config import added_field, from_dict
 from zeroseg.platform.errors import ConfigError, DataError
 
@@ -820,21 +821,6 @@ def train_generator(real_embeddings: Any, real_labels: Any, class_embeddings: An
     return PADingResult(trained, recipe.model, history, trained.classifier)
 
 
-def interleaved_head(x: Tensor, y: Tensor, roles: ClassRoles, config: Any, out_dim: int,
-                     classifier_data: Any, init_weight: Any, init_bias: Any
-                     ) -> HeadTrainer | None:
-    """The classifier trained alongside the generator (``classifier.schedule: interleaved``),
-    on ``classifier_data`` or else the real rows; its random stream is seeded from the global
-    RNG (the caller runs under :func:`~zeroseg.methods.common.seeded`)."""
-    if config.classifier.schedule != "interleaved":
-        return None
-    queries, targets = classifier_data if classifier_data is not None else (x, y)
-    head_seed = int(torch.randint(0, 2**62, (1,)))
-    return head_trainer(queries, targets, roles, config.classifier,
-                        torch.Generator().manual_seed(head_seed), out_dim=out_dim,
-                        init_weight=init_weight, init_bias=init_bias)
-
-
 def generator_recipe(real_embeddings: Any, real_labels: Any, class_embeddings: Any,
                      seen_idx: Any, unseen_idx: Any, config: PADingConfig, *,
                      classifier_data: Any = None, init_weight: Any = None,
@@ -870,15 +856,6 @@ def generator_recipe(real_embeddings: Any, real_labels: Any, class_embeddings: A
 # ------------------------------------------------------------------------------------------------
 
 
-def save_generator(path: str | Path, generator: TrainedGenerator) -> None:
-    """Write a trained generator (weights, class embeddings, config) atomically."""
-    state = {f"net.{k}": v for k, v in generator.net.state_dict().items()}
-    state["class_embeddings"] = generator.class_embeddings
-    meta = {"format": 1, "kind": generator.kind, "embed_dim": int(generator.net.embed_dim),
-            "out_dim": int(generator.out_dim), "config": generator.config}
-    save_state(path, state, meta)
-
-
 def load_generator(path: str | Path) -> TrainedGenerator:
     """Read a generator written by :func:`save_generator` (``weights_only`` loading)."""
     state, meta = load_state(path)
@@ -909,19 +886,11 @@ def load_generator(path: str | Path) -> TrainedGenerator:
 # ------------------------------------------------------------------------------------------------
 
 
-def _fit(config: PADingConfig, inputs: Any, hooks: Any) -> Any:
-    from zeroseg.methods.common import fit_generative
-
-    return fit_generative(train_generator, config, inputs, hooks, save_generator, "pading")
-
-
-def _spec(name: str, label: str, row: str, order: int, description: str) -> Any:
-    from zeroseg.methods.registry import MethodSpec
-
+def _spec(name: str, label: str, row: str, order: int, description: str) -> MethodSpec:
     switches = {k: v for k, v in ABLATIONS[row].items()}
-    return MethodSpec(name=name, label=label, config_class=PADingConfig, fit=_fit,
-                      features=("train", "train_all"), fixed=switches, order=order,
-                      description=description)
+    return MethodSpec(name=name, label=label, config_class=PADingConfig, fit=fit_generative,
+                      generator_recipe=generator_recipe, features=("train", "train_all"),
+                      fixed=switches, order=order, description=description)
 
 
 METHODS = [

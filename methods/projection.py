@@ -19,6 +19,7 @@ a seen class: the bias towards seen classes that the generative methods address.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -36,11 +37,13 @@ from zeroseg.methods.common import (
     check_real_features,
     class_weights,
     frozen_rng,
+    prepare_class_embeddings,
     record_step,
+    save_state,
     seeded,
     snapshot_due,
 )
-from zeroseg.methods.gmmn import prepare_class_embeddings
+from zeroseg.methods.registry import MethodHooks, MethodInputs, MethodOutput, MethodSpec
 from zeroseg.platform.config import to_dict
 from zeroseg.platform.errors import ConfigError
 
@@ -162,12 +165,7 @@ def train_projection(query_embeddings: Any, targets: Any, class_embeddings: Any,
 # ------------------------------------------------------------------------------------------------
 
 
-def _fit(config: ProjectionConfig, inputs: Any, hooks: Any) -> Any:
-    import math
-
-    from zeroseg.methods.common import save_state
-    from zeroseg.methods.registry import MethodOutput
-
+def _fit(config: ProjectionConfig, inputs: MethodInputs, hooks: MethodHooks) -> MethodOutput:
     queries = inputs.features("train_all")
     epochs = max(1, int(hooks.epochs))
     every = max(1, math.ceil(config.steps / epochs)) if epochs > 1 else None
@@ -184,13 +182,7 @@ def _fit(config: ProjectionConfig, inputs: Any, hooks: Any) -> Any:
                         info={"classifier_rows": len(queries), "steps": int(config.steps)})
 
 
-def _methods() -> list[Any]:
-    from zeroseg.methods.registry import MethodSpec
-
-    return [MethodSpec(name="projection", label="Projection", config_class=ProjectionConfig,
-                       fit=_fit, features=("train_all",), order=20,
-                       description="classifier = projected class embeddings, trained on seen "
-                                   "classes (ZegFormer-seg / SPNet style)")]
-
-
-METHODS = _methods()
+METHODS = [MethodSpec(name="projection", label="Projection", config_class=ProjectionConfig,
+                      fit=_fit, features=("train_all",), order=20,
+                      description="classifier = projected class embeddings, trained on seen "
+                                  "classes (ZegFormer-seg / SPNet style)")]

@@ -143,7 +143,7 @@ def _segmenter_like_head(data) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _untrained(cfg: PADingConfig, data) -> TrainedGenerator:
-    from zeroseg.methods.gmmn import prepare_class_embeddings
+    from zeroseg.methods.common import prepare_class_embeddings
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

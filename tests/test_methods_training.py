@@ -20,13 +20,13 @@ from zeroseg.methods.common import (
     load_classifier,
     retrain_classifier,
     save_classifier,
+    save_generator,
 )
 from zeroseg.methods.gmmn import GMMNConfig, train_gmmn
 from zeroseg.methods.pading import (
     PADingConfig,
     ablation_config,
     load_generator,
-    save_generator,
     train_generator,
 )
 from zeroseg.methods.projection import ProjectionConfig, train_projection

@@ -447,7 +447,7 @@ def test_generator_trains_on_two_deepspeed_workers(pipeline_runs):
     import dataclasses
 
     from zeroseg.platform.pipeline.runner import run_one
-    from zeroseg.platform.training.generator import MethodTrainingConfig
+    from zeroseg.platform.training.config import MethodTrainingConfig
 
     pipeline = pipeline_runs["pipeline"]
     config = dataclasses.replace(pipeline.config, method_training=MethodTrainingConfig(

@@ -45,6 +45,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from zeroseg.platform.data.layout import CocoLayout
+from zeroseg.platform.data.sources import PanopticTargets
 from zeroseg.platform.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -128,8 +129,6 @@ class SegmentationDataset(Dataset):
                  image_ids: Sequence[int] | None = None, *, image_size: int,
                  augment: bool = False, seed: int = 0, targets: Any = None,
                  resize: Resize | None = None, train: bool = True):
-        from zeroseg.platform.data.sources import PanopticTargets
-
         self.layout = layout
         self.targets = targets if targets is not None else PanopticTargets(layout, None)
         self.class_ids = [int(c) for c in class_ids]

@@ -59,10 +59,13 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torch import Tensor
 
+from zeroseg.methods.segmenter.data import normalize_image, read_image
+from zeroseg.methods.segmenter.model import Segmenter
 from zeroseg.platform.data.classes import Split
 from zeroseg.platform.data.coco import ImageInfo, load_json
 from zeroseg.platform.data.layout import CocoLayout
 from zeroseg.platform.data.panoptic_png import id2rgb
+from zeroseg.platform.data.sources import SOURCES, benchmark_sources, list_images
 from zeroseg.platform.errors import ConfigError, DataError
 from zeroseg.platform.io import atomic_directory, atomic_write_json
 
@@ -386,8 +389,6 @@ def layout_listing(layout: CocoLayout, split: Split | None = None) -> LayoutList
     """The images of a layout (listed from ``split``'s benchmark sources, see
     :func:`~zeroseg.platform.data.sources.list_images`), with what inference needs to name and
     restrict its outputs."""
-    from zeroseg.platform.data.sources import SOURCES, benchmark_sources, list_images
-
     images = list_images(layout, benchmark_sources(split) if split is not None else SOURCES)
     instance_cats: set[int] | None = None
     if layout.instances_json.is_file():
@@ -416,8 +417,6 @@ class InferenceImages(torch.utils.data.Dataset):
         return len(self.image_ids)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from zeroseg.methods.segmenter.data import normalize_image, read_image
-
         info = self.images[self.image_ids[index]]
         path = self.layout.images / info.file_name
         image = read_image(path)
@@ -715,8 +714,6 @@ def predict_dataset(source: Any, classifier: Classifier | None, layout: CocoLayo
     Returns ``{task: path}`` for the evaluators: ``evaluate_semantic(layout, split,
     paths["semantic"])`` and likewise.
     """
-    from zeroseg.methods.segmenter.model import Segmenter
-
     config = config or InferenceConfig()
     config.validate()
     tasks = tuple(dict.fromkeys(tasks))

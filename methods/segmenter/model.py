@@ -78,6 +78,7 @@ from zeroseg.methods.segmenter.loss import (
     resize_targets,
 )
 from zeroseg.methods.segmenter.pixel_decoder import ATTENTION_ORDERS, FPNPixelDecoder
+from zeroseg.platform.compat import ensure_torchvision
 from zeroseg.platform.config import added_field
 from zeroseg.platform.errors import ConfigError
 
@@ -297,7 +298,6 @@ class Segmenter(nn.Module):
     def __init__(self, config: SegmenterConfig, num_classes: int, *,
                  load_backbone_weights: bool = True):
         super().__init__()
-        from zeroseg.platform.compat import ensure_torchvision
 
         ensure_torchvision()
         from transformers import Mask2FormerForUniversalSegmentation

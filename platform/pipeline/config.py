@@ -43,11 +43,11 @@ from zeroseg.platform.config import (
 from zeroseg.platform.errors import ConfigError
 from zeroseg.platform.training.config import (
     DistributedConfig,
+    MethodTrainingConfig,
     OptimConfig,
     SyntheticDataConfig,
     TrainLoopConfig,
 )
-from zeroseg.platform.training.generator import MethodTrainingConfig
 
 Protocol = Literal["test", "validation"]
 PROTOCOLS: tuple[str, ...] = ("test", "validation")
@@ -157,7 +157,8 @@ class PipelineConfig:
     work_dir: Path = Path(".zeroseg")
     store: str | None = None
     threads: int = 1  # torch threads of the method stages (fixed: same config + seed, same numbers)
-    # workers > 1: generators train on Ray Train + DeepSpeed (platform/training/generator.py)
+    # workers > 1: generators train on Ray Train + DeepSpeed (platform/training/generator.py);
+    # model methods train on that many Ray Train workers (platform/training/model.py)
     method_training: MethodTrainingConfig = field(default_factory=MethodTrainingConfig)
     # How the method knobs were chosen (recorded in the leakage audit): "fixed config" for a
     # hand-written file; reproductions of a sweep say which sweep and split chose them.

@@ -24,13 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
+from zeroseg.methods.registry import Predictions
 from zeroseg.methods.segmenter.inference import (
     INSTANCES_JSON,
     PANOPTIC_DIR,
     SEMANTIC_DIR,
     ImagePrediction,
     InferenceConfig,
+    InstanceResults,
     Predictor,
     UpsampledChunk,
     cached_outputs,
@@ -226,28 +229,90 @@ class CachedEvaluation:
             predictor = Predictor(split, tasks, inference, self.listing.instance_categories)
             clf = setting_classifier(classifier, split, setting)
             predictions = (p for chunk in self.chunks() for p in predictor.predict(chunk, clf))
-            sink = _Scores(self, tasks, setting, empty_classes)
-            target = out_dir / setting if out_dir is not None else None
-            if keep == "all" and target is not None:
-                write_predictions(sink.feed(predictions), split, self.listing, tasks,
-                                  _targets(target))
-            elif keep == "sample" and target is not None and "semantic" in tasks:
-                sample = self.unseen_image_ids(SAMPLE_IMAGES)
-                kept = [p for p in sink.feed(predictions) if p.info.id in sample]
-                only = [ImagePrediction(p.info, semantic=p.semantic) for p in kept]
-                write_predictions(only, split, self.listing, ["semantic"], _targets(target))
-            else:
-                for _ in sink.feed(predictions):
-                    pass
-            results.update({(task, setting): r for task, r in sink.results().items()})
+            results.update(self._score(predictions, tasks, setting, out_dir, keep,
+                                       empty_classes))
         return results
 
-    def semantic_miou(self, classifier: Callable[[Any], Any]) -> Any:
-        """GZSL semantic EvalResult only (the per-epoch objective of sweeps)."""
-        predictor = Predictor(self.split, ["semantic"], InferenceConfig())
+    def evaluate_predictions(self, predict: Callable[[str], Predictions], tasks: Sequence[str],
+                             settings: Sequence[str], *, out_dir: Path | None = None,
+                             keep: str = "sample", empty_classes: str = "zero"
+                             ) -> dict[tuple[str, str], Any]:
+        """As :meth:`evaluate`, for a model method's own predictions: ``predict(setting)``
+        gives its COCO results (:class:`~zeroseg.methods.registry.Predictions`) of the
+        evaluation images, scored by the same evaluators."""
+        if keep not in KEEP_PREDICTIONS:
+            raise ConfigError(f"evaluation.keep_predictions: expected one of "
+                              f"{list(KEEP_PREDICTIONS)}, got {keep!r}")
+        tasks = [t for t in tasks if not self.split.tasks or t in self.split.tasks]
+        results: dict[tuple[str, str], Any] = {}
+        for setting in settings:
+            images = self.image_predictions(predict(setting), tasks)
+            results.update(self._score(images, tasks, setting, out_dir, keep, empty_classes))
+        return results
+
+    def image_predictions(self, predictions: Predictions, tasks: Sequence[str]
+                          ) -> Iterator[ImagePrediction]:
+        """``predictions`` per evaluation image, as inference would have produced them."""
+        by_image: dict[int, list[dict[str, Any]]] = {}
+        for entry in predictions.instances:
+            by_image.setdefault(int(entry["image_id"]), []).append(entry)
+        unknown = sorted(set(by_image) - set(self.listing.images))
+        if unknown:
+            raise DataError(f"model predictions: instance results for image {unknown[0]}, which "
+                            f"is not an evaluation image")
+        for image_id, info in sorted(self.listing.images.items()):
+            semantic = predictions.semantic.get(image_id)
+            if "semantic" in tasks:
+                if semantic is None:
+                    raise DataError(f"model predictions: no semantic label map for evaluation "
+                                    f"image {image_id}")
+                if semantic.shape != (info.height, info.width):
+                    raise DataError(f"model predictions: image {image_id}'s label map is "
+                                    f"{semantic.shape}, the image {(info.height, info.width)}")
+            panoptic, segments = predictions.panoptic.get(
+                image_id, (np.zeros((info.height, info.width), np.int32), []))
+            entries = by_image.get(image_id, [])
+            rles = [e["segmentation"] for e in entries]
+            boxes = [e.get("bbox") or mask_utils.toBbox(e["segmentation"]).tolist()
+                     for e in entries]
+            instances = InstanceResults(
+                image_id, np.array([int(e["category_id"]) for e in entries], np.int64),
+                np.array([float(e["score"]) for e in entries], np.float64),
+                np.array(boxes, np.float64).reshape(-1, 4), rles)
+            yield ImagePrediction(info, semantic=semantic,
+                                  instances=instances if "instance" in tasks else None,
+                                  panoptic=panoptic if "panoptic" in tasks else None,
+                                  segments=segments if "panoptic" in tasks else None)
+
+    def _score(self, predictions: Iterable[ImagePrediction], tasks: Sequence[str], setting: str,
+               out_dir: Path | None, keep: str, empty_classes: str) -> dict[tuple[str, str], Any]:
+        sink = _Scores(self, tasks, setting, empty_classes)
+        target = out_dir / setting if out_dir is not None else None
+        if keep == "all" and target is not None:
+            write_predictions(sink.feed(predictions), self.split, self.listing, tasks,
+                              _targets(target))
+        elif keep == "sample" and target is not None and "semantic" in tasks:
+            sample = self.unseen_image_ids(SAMPLE_IMAGES)
+            kept = [p for p in sink.feed(predictions) if p.info.id in sample]
+            only = [ImagePrediction(p.info, semantic=p.semantic) for p in kept]
+            write_predictions(only, self.split, self.listing, ["semantic"], _targets(target))
+        else:
+            for _ in sink.feed(predictions):
+                pass
+        return {(task, setting): r for task, r in sink.results().items()}
+
+    def semantic_miou(self, classifier: Callable[[Any], Any] | Predictions) -> Any:
+        """GZSL semantic EvalResult only (the per-epoch objective of sweeps), of a classifier
+        or of a model method's GZSL predictions."""
         sink = _Scores(self, ["semantic"], "gzsl")
-        for _ in sink.feed(p for chunk in self.chunks()
-                           for p in predictor.predict(chunk, classifier)):
+        if isinstance(classifier, Predictions):
+            predictions: Iterable[ImagePrediction] = self.image_predictions(classifier,
+                                                                            ["semantic"])
+        else:
+            predictor = Predictor(self.split, ["semantic"], InferenceConfig())
+            predictions = (p for chunk in self.chunks()
+                           for p in predictor.predict(chunk, classifier))
+        for _ in sink.feed(predictions):
             pass
         return sink.results()["semantic"]
 

@@ -31,11 +31,33 @@ from typing import Any
 import numpy as np
 import torch
 
-from zeroseg.methods.registry import MethodHooks, MethodInputs, MethodSpec, get_method
+from zeroseg.methods.common import seeded
+from zeroseg.methods.registry import (
+    MethodHooks,
+    MethodInputs,
+    MethodOutput,
+    MethodSpec,
+    StopTrial,
+    get_method,
+)
+from zeroseg.platform.data.classes import IGNORE_LABEL
+from zeroseg.platform.data.leakage import filter_training, unseen_png_lut
+from zeroseg.platform.data.sources import benchmark_sources, list_images
 from zeroseg.platform.errors import LeakageError, ZerosegError
 from zeroseg.platform.io import atomic_write_bytes
 from zeroseg.platform.pipeline.config import EVAL_SPLIT, run_config_hash, run_identity
 from zeroseg.platform.pipeline.stages import TEXT_ENCODER_PRETRAINING, Pipeline, ProtocolContext
+from zeroseg.platform.store import (
+    CurveRecord,
+    MetricRecord,
+    RunRecord,
+    code_version,
+    open_store,
+    run_key,
+)
+from zeroseg.platform.training.generator import GeneratorTrainer
+from zeroseg.platform.training.model import ModelContext, ModelData, train_model
+from zeroseg.platform.training.ray_runner import ensure_ray
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +152,6 @@ def identity_key(pipeline: Pipeline, method: str, seed: int, *, kind: str = "tra
                  ) -> str | None:
     """The run's identity in the store (:func:`~zeroseg.platform.store.run_key`); ``None`` for
     a sweep trial, which its sweep and trial id identify."""
-    from zeroseg.platform.store import code_version, run_key
-
     if kind == "trial":
         return None
     spec = get_method(method)
@@ -144,8 +164,6 @@ def identity_key(pipeline: Pipeline, method: str, seed: int, *, kind: str = "tra
 
 def stored_outcome(store: Any, key: str | None, method: str, seed: int) -> RunOutcome | None:
     """The outcome of a finished run already stored under ``key``, if there is one."""
-    from zeroseg.platform.store import MetricRecord, RunRecord
-
     found = store.finished_run(key) if key else None
     if found is None:
         return None
@@ -183,8 +201,6 @@ def run_one(pipeline: Pipeline, method: str, seed: int, *, kind: str = "train",
     ``failed`` and carries its record. Method stages run with ``config.threads`` torch threads,
     so the same config and seed give the same numbers. ``run_key``: the identity the caller
     computed (:func:`run_many` passes the driver's to its tasks)."""
-    from zeroseg.methods.registry import StopTrial
-
     config = pipeline.config
     spec = get_method(method)
     method_config = config.method_config(method)
@@ -250,20 +266,15 @@ def run_context(pipeline: Pipeline, spec: MethodSpec, protocol: str) -> Protocol
 def _fit_and_evaluate(pipeline: Pipeline, spec: MethodSpec, method_config: Any,
                       ctx: ProtocolContext, seed: int, run_dir: Path, hooks: MethodHooks
                       ) -> ProtocolResult:
-    from zeroseg.methods.common import seeded
-
     started = time.perf_counter()
     work = run_dir / ctx.protocol
     work.mkdir(parents=True, exist_ok=True)
+    if spec.kind == "model":
+        return _train_and_evaluate_model(pipeline, spec, method_config, ctx, seed, run_dir,
+                                         hooks)
     if spec.features:
         check_no_leakage(ctx)
-    inputs = MethodInputs(split=ctx.label_split, class_embeddings=ctx.class_embeddings,
-                          features=ctx.features, segmenter_head=ctx.segmenter_head,
-                          embed_dim=ctx.embed_dim, seed=seed, work_dir=work,
-                          training=pipeline.config.method_training,
-                          train_cache=ctx.train_cache.path if ctx.train_cache else None,
-                          heldout=(ctx.evaluation().unseen_query_embeddings
-                                   if ctx.protocol == "validation" else None))
+    inputs = method_inputs(pipeline, spec, method_config, ctx, seed, work)
     with seeded(seed):
         output = spec.fit(method_config, inputs, hooks)
     if output.classifier is None:
@@ -282,6 +293,101 @@ def _fit_and_evaluate(pipeline: Pipeline, spec: MethodSpec, method_config: Any,
                                   evaluation.keep_predictions, evaluation.empty_classes)
     return ProtocolResult(ctx.protocol, results, output, predictions,
                           time.perf_counter() - started)
+
+
+def _train_and_evaluate_model(pipeline: Pipeline, spec: MethodSpec, method_config: Any,
+                              ctx: ProtocolContext, seed: int, run_dir: Path,
+                              hooks: MethodHooks) -> ProtocolResult:
+    """A model method: its ``train`` on Ray Train (per-epoch GZSL predictions to
+    ``hooks.on_epoch``, metrics as ``model/<name>`` curves), its predictions of the last state
+    scored by the platform's evaluators in every task and setting."""
+    started = time.perf_counter()
+    work = run_dir / ctx.protocol
+    data = model_data(pipeline, spec, method_config, ctx)
+    context = ModelContext(spec.name, method_config, seed, data)
+
+    def on_epoch(epoch: int, state: dict[str, Any]) -> None:
+        hooks.epoch(epoch, spec.model.predict(method_config, context, state, "gzsl"))
+
+    def on_metrics(epoch: int, metrics: dict[str, float]) -> None:
+        for name, value in metrics.items():
+            hooks.curve(f"model/{name}", epoch, value)
+
+    with seeded(seed):
+        state = train_model(spec.name, method_config, seed, data,
+                            pipeline.config.method_training, work / "ray",
+                            on_epoch=on_epoch if hooks.on_epoch is not None else None,
+                            on_metrics=on_metrics)
+    path = work / "model.pt"
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    evaluation = pipeline.config.evaluation
+    predictions = run_dir / "predictions" / ctx.protocol
+    results = ctx.evaluation().evaluate_predictions(
+        lambda setting: spec.model.predict(method_config, context, state, setting),
+        evaluation.tasks, evaluation.settings, out_dir=predictions,
+        keep=evaluation.keep_predictions, empty_classes=evaluation.empty_classes)
+    output = MethodOutput(classifier=None, artifacts={"model": str(path)},
+                          info={"training_images": len(data.train_images)})
+    return ProtocolResult(ctx.protocol, results, output, predictions,
+                          time.perf_counter() - started)
+
+
+def model_data(pipeline: Pipeline, spec: MethodSpec, method_config: Any, ctx: ProtocolContext
+               ) -> ModelData:
+    """What a model method's workers read: the protocol's leakage-filtered training images
+    (labels mapped to the label space, every excluded class ignored), the evaluation images,
+    the label space and the method's stages."""
+    split, label_split = pipeline.split, ctx.label_split
+    validation = ctx.protocol == "validation"
+    layout = pipeline.layout(pipeline.config.data.train_split)
+    kept = set(filter_training(layout, split, validation=validation).kept_image_ids)
+    images = list_images(layout, benchmark_sources(split))
+    train = [(str(layout.images / info.file_name),
+              str(layout.semantic_pngs / f"{Path(info.file_name).stem}.png"))
+             for image_id, info in sorted(images.items()) if image_id in kept]
+    lut = label_split.png_lut()[unseen_png_lut(split, validation)]
+    unseen = _indices(label_split, unseen=True)
+    lut[np.isin(lut, unseen)] = IGNORE_LABEL
+    listing = ctx.evaluation().listing
+    evaluation = [(image_id, str(ctx.eval_layout.images / info.file_name))
+                  for image_id, info in sorted(listing.images.items())]
+    stages = {stage.name: pipeline.method_stage(stage, method_config, ctx)
+              for stage in spec.stages}
+    return ModelData(num_classes=int(label_split.num_classes),
+                     category_ids=[int(c.id) for c in label_split.classes],
+                     things=[bool(c.isthing) for c in label_split.classes],
+                     seen_idx=_indices(label_split, unseen=False), unseen_idx=unseen,
+                     class_embeddings=ctx.class_embeddings, train_images=train, label_lut=lut,
+                     eval_images=evaluation, stages=stages)
+
+
+def method_inputs(pipeline: Pipeline, spec: MethodSpec, method_config: Any, ctx: ProtocolContext,
+                  seed: int, work: Path) -> MethodInputs:
+    """What ``spec``'s fit receives on ``ctx``'s protocol: the shared stages, its own extra
+    stages (built or reused) and, for a generative method, the platform's generator trainer."""
+    stages = {stage.name: pipeline.method_stage(stage, method_config, ctx)
+              for stage in spec.stages}
+    trainer = None
+    if spec.generator_recipe is not None:
+        trainer = GeneratorTrainer(
+            method=spec.name, features=ctx.features, class_embeddings=ctx.class_embeddings,
+            seen_idx=_indices(ctx.label_split, unseen=False),
+            unseen_idx=_indices(ctx.label_split, unseen=True), seed=seed,
+            training=pipeline.config.method_training,
+            cache_path=ctx.train_cache.path if ctx.train_cache is not None else None,
+            work_dir=work)
+    return MethodInputs(split=ctx.label_split, class_embeddings=ctx.class_embeddings,
+                        features=ctx.features, segmenter_head=ctx.segmenter_head,
+                        embed_dim=ctx.embed_dim, seed=seed, work_dir=work, stages=stages,
+                        train_generator=trainer,
+                        heldout=(ctx.evaluation().unseen_query_embeddings
+                                 if ctx.protocol == "validation" else None))
+
+
+def _indices(split: Any, *, unseen: bool) -> np.ndarray:
+    return np.array([c.index for c in split.classes if c.unseen == unseen], dtype=np.int64)
 
 
 # -- the store record -----------------------------------------------------------------------------
@@ -347,8 +453,6 @@ def build_record(pipeline: Pipeline, spec: MethodSpec, method_config: Any, outco
                  curves: Iterable[tuple[str, int, float]], *, kind: str, sweep: str | None,
                  trial_id: str | None, source_run_id: int | None,
                  run_key: str | None = None) -> Any:
-    from zeroseg.platform.store import CurveRecord, RunRecord
-
     config = pipeline.config
     split = pipeline.split
     artifacts: dict[str, Any] = {
@@ -403,8 +507,6 @@ def _dedupe(curves: Iterable[tuple[str, int, float]]) -> list[tuple[str, int, fl
 @contextlib.contextmanager
 def _opened(pipeline: Pipeline, store: Any = None) -> Iterator[Any]:
     """``store``, or the pipeline's store opened for the block."""
-    from zeroseg.platform.store import open_store
-
     if store is not None:
         yield store
         return
@@ -457,8 +559,6 @@ def run_many(pipeline: Pipeline, jobs: Sequence[RunJob], *,
     raised after all have ended (and been stored). A single job runs in this process. Numbers
     do not depend on how runs are spread: each run sets its own seed and ``threads``."""
     import ray
-
-    from zeroseg.platform.training.ray_runner import ensure_ray
 
     pipelines = [pipeline.derive(job.config) for job in jobs]  # each shares the built stages
     keys = [identity_key(derived, job.method, job.seed, kind=job.kind,

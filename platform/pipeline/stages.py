@@ -12,6 +12,9 @@
                      ``eval`` over the evaluation images (platform/features cache)
     eval dataset     the evaluation images as the protocol scores them (the test split as is;
                      the validation view with the test unseen classes erased)
+    method stages    the extra stages a method declares (MethodSpec.stages), per protocol:
+                     WORK/stages/<name>-<protocol>-<hash>/, hash = the stage's params and
+                     version + dataset fingerprint + label space + class embeddings
 
 :class:`Pipeline` resolves these lazily and keeps them in memory, so the runs of one ``zeroseg
 run`` and the trials of a sweep worker share one segmenter, one cache and one copy of the
@@ -21,6 +24,7 @@ training features. Methods, inference and evaluation are in :mod:`.runner`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -30,18 +34,35 @@ from typing import Any
 
 import numpy as np
 
+from zeroseg.methods.registry import StageInputs, StageSpec
+from zeroseg.methods.segmenter.checkpoint import class_head_in_split
 from zeroseg.platform.config import config_hash, to_dict
 from zeroseg.platform.data.classes import Split
-from zeroseg.platform.data.layout import CocoLayout
+from zeroseg.platform.data.layout import CocoLayout, dataset_layout
+from zeroseg.platform.data.leakage import validation_eval_dataset
+from zeroseg.platform.data.registry import get_split
+from zeroseg.platform.data.sources import check_dataset
+from zeroseg.platform.data.synthetic.generate import generate, load_classes_json
+from zeroseg.platform.embeddings import (
+    check_embeddings,
+    compute_class_embeddings,
+    resolve_embedding_config,
+)
 from zeroseg.platform.errors import ConfigError
-from zeroseg.platform.io import atomic_write_json
+from zeroseg.platform.features import ExtractConfig, get_features
+from zeroseg.platform.io import atomic_directory, atomic_write_json, check_writable_dir
 from zeroseg.platform.pipeline.config import PipelineConfig
+from zeroseg.platform.pipeline.evaluate import CachedEvaluation
+from zeroseg.platform.store import open_writable_store
+from zeroseg.platform.training.config import DataConfig, OutputConfig, SegmenterTrainConfig
+from zeroseg.platform.training.ray_runner import dataset_fingerprint, run_training
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]  # one human-readable line per stage event
 
 SEGMENTER_STAMP = "zeroseg_stage.json"
+METHOD_STAGE_STAMP = "zeroseg_stage.json"
 
 #: What each embedding provider's text encoder was (pre)trained on (the leakage audit).
 TEXT_ENCODER_PRETRAINING = {
@@ -83,8 +104,6 @@ class ProtocolContext:
         """The in-memory evaluation of this protocol (:class:`.evaluate.CachedEvaluation`):
         cached outputs and ground truth read once, shared by every run and trial here."""
         if self._evaluation is None:
-            from zeroseg.platform.pipeline.evaluate import CachedEvaluation
-
             self._evaluation = CachedEvaluation(self.eval_cache, self.eval_layout,
                                                 self.label_split)
         return self._evaluation
@@ -102,8 +121,6 @@ class ProtocolContext:
         return self._features[kind]
 
     def segmenter_head(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        from zeroseg.methods.segmenter.checkpoint import class_head_in_split
-
         if self._head is None:
             self._head = class_head_in_split(self.segmenter.checkpoint, self.label_split)
         return self._head
@@ -149,8 +166,6 @@ class Pipeline:
 
     def layout(self, data_split: str) -> CocoLayout:
         """Where ``data_split`` lives: the COCO layout, or the VOC tree of a VOC benchmark."""
-        from zeroseg.platform.data.layout import dataset_layout
-
         return dataset_layout(self.data_root, data_split, self.split.dataset)
 
     @property
@@ -165,9 +180,6 @@ class Pipeline:
         the dataset is still to be generated, data.root's folder must be writable, and the
         results store must open (found or created, a zeroseg store of this schema version)
         and take a write. Each failure is one line naming the path or store."""
-        from zeroseg.platform.io import check_writable_dir
-        from zeroseg.platform.store import open_writable_store
-
         check_writable_dir(self.work, "work_dir (segmenters, feature caches, runs)")
         if not self.data_root.exists() and self.config.data.synthetic is not None:
             check_writable_dir(self.data_root.parent, "synthetic dataset (data.root)")
@@ -178,9 +190,6 @@ class Pipeline:
         (training and evaluation splits, :func:`~zeroseg.platform.data.sources.check_dataset`)
         and a class vector for every class of the split, each a one-line error naming the file
         / provider and what was expected."""
-        from zeroseg.platform.data.sources import check_dataset
-        from zeroseg.platform.embeddings import check_embeddings
-
         d = self.config.data
         check_dataset(self.layout(d.train_split), self.split, "training")
         check_dataset(self.layout(d.eval_split), self.split, "evaluation")
@@ -195,7 +204,6 @@ class Pipeline:
         if d.synthetic is None:
             raise ConfigError(f"data.root: {self.data_root} not found (give data.synthetic "
                               f"{{size, seed}} to generate the synthetic benchmark there)")
-        from zeroseg.platform.data.synthetic.generate import generate
 
         self.progress(f"generating the synthetic benchmark '{d.synthetic.size}' (seed "
                       f"{d.synthetic.seed}) into {self.data_root}")
@@ -207,12 +215,8 @@ class Pipeline:
             self.ensure_dataset()
             d = self.config.data
             if d.benchmark:
-                from zeroseg.platform.data.registry import get_split
-
                 self._split = get_split(d.benchmark)
             else:
-                from zeroseg.platform.data.synthetic.generate import load_classes_json
-
                 path = CocoLayout(self.data_root, d.train_split).classes_json
                 if not path.is_file():
                     raise ConfigError(f"{path}: no classes.json in the dataset, so it is not a "
@@ -225,8 +229,6 @@ class Pipeline:
     @property
     def dataset_fingerprint(self) -> str:
         if self._fingerprint is None:
-            from zeroseg.platform.training.ray_runner import dataset_fingerprint
-
             # The files first: a fingerprint taken before the synthetic benchmark exists would
             # hash nothing, and key the segmenters by it (a re-run would not find them).
             self.ensure_dataset()
@@ -239,11 +241,6 @@ class Pipeline:
     def embeddings(self) -> Any:
         """EmbeddingResult for every class of the split (views take their rows)."""
         if self._embeddings is None:
-            from zeroseg.platform.embeddings import (
-                compute_class_embeddings,
-                resolve_embedding_config,
-            )
-
             self._embeddings = compute_class_embeddings(
                 self.split, resolve_embedding_config(self.split,
                                                      self.config.embedding.as_config()),
@@ -263,12 +260,6 @@ class Pipeline:
 
     # -- segmenter ---------------------------------------------------------------------------
     def segmenter_config(self, protocol: str, kind: str, run_dir: Path) -> Any:
-        from zeroseg.platform.training.config import (
-            DataConfig,
-            OutputConfig,
-            SegmenterTrainConfig,
-        )
-
         if kind == "oracle" and protocol != "test":
             raise ConfigError("evaluation.protocols: the supervised oracle trains on every "
                               "class; it has no validation protocol (nothing to tune)")
@@ -287,8 +278,6 @@ class Pipeline:
                                     output=OutputConfig(run_dir=run_dir))
 
     def segmenter(self, protocol: str, kind: str) -> SegmenterArtifact:
-        from zeroseg.platform.training.ray_runner import run_training
-
         probe = self.segmenter_config(protocol, kind, Path("unused"))
         key = config_hash({"identity": probe.resume_identity(), "steps": probe.train.steps,
                            "dataset": self.dataset_fingerprint})
@@ -341,8 +330,6 @@ class Pipeline:
 
     # -- features ----------------------------------------------------------------------------
     def features(self, segmenter: SegmenterArtifact, kind: str, data_split: str) -> Any:
-        from zeroseg.platform.features import ExtractConfig, get_features
-
         f = self.config.features
         config = ExtractConfig(
             checkpoint=segmenter.checkpoint, data=self.data_root, split=data_split,
@@ -362,7 +349,6 @@ class Pipeline:
         layout = self.layout(self.config.data.eval_split)
         if protocol == "test":
             return layout
-        from zeroseg.platform.data.leakage import validation_eval_dataset
 
         key = config_hash({"dataset": self.dataset_fingerprint, "split": self.split.name})
         return validation_eval_dataset(layout, self.split,
@@ -385,3 +371,30 @@ class Pipeline:
                                   eval_cache=eval_cache, train_cache=train_cache)
             self._contexts[(protocol, kind)] = ctx
         return ctx
+
+    # -- a method's extra stages -------------------------------------------------------------
+    def method_stage(self, stage: StageSpec, method_config: Any, ctx: ProtocolContext) -> Path:
+        """The folder ``stage`` was built into for ``ctx``'s protocol: built (atomically) on
+        first use, found by the hash of its inputs after."""
+        split = ctx.label_split
+        key = config_hash({
+            "stage": stage.name, "version": stage.version,
+            "params": to_dict(dict(stage.params(method_config))),
+            "dataset": self.dataset_fingerprint,
+            "classes": [[c.name, bool(c.unseen)] for c in split.classes],
+            "class_embeddings": hashlib.sha256(
+                np.ascontiguousarray(ctx.class_embeddings, dtype=np.float32).tobytes()
+            ).hexdigest()})
+        folder = self.work / "stages" / f"{stage.name}-{ctx.protocol}-{key}"
+        stamp = folder / METHOD_STAGE_STAMP
+        if stamp.is_file() and json.loads(stamp.read_text()).get("key") == key:
+            self.progress(f"stage {stage.name} ({ctx.protocol} protocol): reusing {folder}")
+            return folder
+        self.progress(f"stage {stage.name} ({ctx.protocol} protocol): building {folder}")
+        inputs = StageInputs(config=method_config, split=split,
+                             class_embeddings=ctx.class_embeddings, data_root=self.data_root,
+                             train_split=self.config.data.train_split)
+        with atomic_directory(folder, overwrite=True) as tmp:
+            stage.build(inputs, tmp)
+            atomic_write_json(tmp / METHOD_STAGE_STAMP, {"key": key, "stage": stage.name})
+        return folder

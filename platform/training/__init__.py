@@ -1,4 +1,5 @@
-"""Distributed segmenter training: Ray Train + DeepSpeed (``zeroseg train segmenter``).
+"""Distributed training on Ray Train + DeepSpeed: the segmenter (``zeroseg train segmenter``), the
+generative methods' generators and the model methods' own models.
 
 - :mod:`.config`: the typed config (:class:`SegmenterTrainConfig`), validated before Ray starts;
 - :mod:`.loop`: :func:`train_func`, the per-worker loop (same code for 1 or N workers);
@@ -6,7 +7,12 @@
 - :mod:`.checkpoints`: training checkpoints with per-rank manifests, verified before loading;
 - :mod:`.ray_runner`: :func:`run_training`, the driver (data, leakage filter, TorchTrainer,
   export, evaluation, ``results.json``);
-- :mod:`.evaluate`: seen / unseen / HM of a trained segmenter's own classifier.
+- :mod:`.evaluate`: seen / unseen / HM of a trained segmenter's own classifier;
+- :mod:`.dataset`: the run's split and where each data split lives (driver and workers);
+- :mod:`.generator`: a generative method's recipe (declared on its spec), trained in one
+  process or on Ray Train + DeepSpeed workers, per-epoch snapshots either way;
+- :mod:`.model`: a model method's own ``train`` on Ray Train + DeepSpeed workers;
+- :mod:`.channel`: rank 0's per-epoch records to the calling thread, its verdicts back.
 
 Heavy modules (ray, deepspeed, transformers) load when used, not at import.
 """

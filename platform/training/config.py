@@ -186,3 +186,36 @@ def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None
 
 def train_config_from_dict(data: dict[str, Any], where: str = "config") -> SegmenterTrainConfig:
     return from_dict(SegmenterTrainConfig, data, where=where)
+
+
+@dataclass
+class MethodTrainingConfig:
+    """Where the method stages train (``method_training`` of a pipeline config). ``workers: 1``
+    (default): generators in the calling process; ``workers > 1``: a Ray Train job of that many
+    workers with DeepSpeed (platform/training/generator.py). A model method's ``train``
+    (platform/training/model.py) always runs on Ray Train, ``workers`` of them."""
+
+    workers: int = 1
+    zero_stage: int = 0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    # Ray Train's FailureConfig: restarts of a failed job (from its last checkpoint)
+    max_failures: int = added_field(0, since="issue 16")
+
+    def validate(self) -> None:
+        if self.workers < 1:
+            raise ConfigError(f"method_training.workers must be >= 1, got {self.workers}")
+        if self.zero_stage not in (0, 1, 2):
+            raise ConfigError(f"method_training.zero_stage must be 0, 1 or 2 (generators are "
+                              f"small; ZeRO-3 is not supported), got {self.zero_stage}")
+        if not self.cpus_per_worker > 0:
+            raise ConfigError(f"method_training.cpus_per_worker must be > 0, got "
+                              f"{self.cpus_per_worker}")
+        if self.max_failures < 0:
+            raise ConfigError(f"method_training.max_failures must be >= 0, got "
+                              f"{self.max_failures}")
+
+    @property
+    def distributed(self) -> bool:
+        return self.workers > 1

@@ -15,9 +15,16 @@ from typing import Any
 
 import torch
 
+from zeroseg.methods.segmenter.checkpoint import load_segmenter
+from zeroseg.methods.segmenter.inference import predict_dataset, segmenter_classifier
 from zeroseg.platform.data.classes import Split
 from zeroseg.platform.data.layout import CocoLayout
-from zeroseg.platform.evaluation import EvalResult
+from zeroseg.platform.evaluation import (
+    EvalResult,
+    evaluate_instance,
+    evaluate_panoptic,
+    evaluate_semantic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +40,6 @@ def evaluate_segmenter(segmenter_dir: str | Path, layout: CocoLayout, split: Spl
     Predictions go to ``out_dir`` (``semantic/``, ``panoptic/``, ``instances_results.json``).
     Tasks the split does not define are skipped.
     """
-    from zeroseg.methods.segmenter.checkpoint import load_segmenter
-    from zeroseg.methods.segmenter.inference import predict_dataset, segmenter_classifier
-    from zeroseg.platform.evaluation import (
-        evaluate_instance,
-        evaluate_panoptic,
-        evaluate_semantic,
-    )
-
     tasks = tuple(t for t in tasks if t in split.tasks) if split.tasks else tasks
     model, meta = load_segmenter(segmenter_dir, map_location=device)
     classifier = segmenter_classifier(model, [int(c) for c in meta["class_ids"]], split)

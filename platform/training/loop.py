@@ -44,9 +44,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from zeroseg.methods.segmenter.checkpoint import save_segmenter
+from zeroseg.methods.segmenter.data import SegmentationDataset, collate_segmentation
+from zeroseg.methods.segmenter.model import Segmenter
 from zeroseg.platform.config import to_dict
+from zeroseg.platform.data.sources import target_reader
 from zeroseg.platform.errors import ConfigError, ZerosegError
 from zeroseg.platform.io import dir_mode
+from zeroseg.platform.training import deepspeed_engine as dse
 from zeroseg.platform.training.checkpoints import (
     EXPORT_DIR,
     CheckpointError,
@@ -59,6 +64,7 @@ from zeroseg.platform.training.checkpoints import (
     write_manifest,
 )
 from zeroseg.platform.training.config import SegmenterTrainConfig, train_config_from_dict
+from zeroseg.platform.training.dataset import data_layout, resolve_split
 
 log = logging.getLogger(__name__)
 
@@ -228,8 +234,6 @@ def train_func(loop_config: dict[str, Any]) -> dict[str, Any]:
     persistent folder for checkpoints), ``local`` (Ray Train's local mode), ``resume`` (the
     checkpoint the driver chose) and ``fault`` (tests).
     """
-    from zeroseg.platform.training import deepspeed_engine as dse
-
     config = train_config_from_dict(loop_config["config"], where="train_loop_config")
     dist_cfg = config.distributed
     rank, world = _context()
@@ -252,13 +256,6 @@ def train_func(loop_config: dict[str, Any]) -> dict[str, Any]:
 def _train(loop_config: dict[str, Any], config: SegmenterTrainConfig, rank: int, world: int,
            sink: Any, class_ids: list[int]) -> dict[str, Any]:
     import ray.train
-
-    from zeroseg.methods.segmenter.checkpoint import save_segmenter
-    from zeroseg.methods.segmenter.data import SegmentationDataset, collate_segmentation
-    from zeroseg.methods.segmenter.model import Segmenter
-    from zeroseg.platform.data.sources import target_reader
-    from zeroseg.platform.training import deepspeed_engine as dse
-    from zeroseg.platform.training.ray_runner import data_layout, resolve_split
 
     t, dist_cfg = config.train, config.distributed
     seed_everything(t.seed)

@@ -35,10 +35,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from zeroseg.methods.segmenter.checkpoint import checkpoint_fingerprint, load_segmenter
+from zeroseg.platform.compat import ray_init_address, ray_runtime_env
 from zeroseg.platform.config import config_hash, to_dict
 from zeroseg.platform.data.classes import PROTOCOL_DROP_IMAGES, Split
 from zeroseg.platform.data.layout import CocoLayout, dataset_layout
-from zeroseg.platform.data.sources import benchmark_sources, check_dataset, list_images
+from zeroseg.platform.data.leakage import filter_training
+from zeroseg.platform.data.sources import (
+    INSTANCES,
+    PANOPTIC,
+    SEMANTIC,
+    benchmark_sources,
+    check_dataset,
+    list_images,
+)
+from zeroseg.platform.data.synthetic.generate import generate
 from zeroseg.platform.errors import ConfigError, DataError, ZerosegError
 from zeroseg.platform.io import atomic_directory, atomic_write_json, atomic_write_text
 from zeroseg.platform.training.checkpoints import (
@@ -50,6 +61,9 @@ from zeroseg.platform.training.checkpoints import (
     verify_checkpoint,
 )
 from zeroseg.platform.training.config import SegmenterTrainConfig
+from zeroseg.platform.training.dataset import data_layout, resolve_split
+from zeroseg.platform.training.evaluate import evaluate_segmenter
+from zeroseg.platform.training.loop import train_func
 
 log = logging.getLogger(__name__)
 
@@ -112,32 +126,10 @@ def ensure_dataset(config: SegmenterTrainConfig) -> None:
     if config.data.synthetic is None:
         raise DataError(f"{root}: data.root not found (give data.synthetic {{size, seed}} to "
                         f"generate the synthetic benchmark there)")
-    from zeroseg.platform.data.synthetic.generate import generate
 
     syn = config.data.synthetic
     log.info("generating the synthetic benchmark %r (seed %d) into %s", syn.size, syn.seed, root)
     generate(syn.size, syn.seed, root)
-
-
-def resolve_split(config: SegmenterTrainConfig) -> Split:
-    if config.data.benchmark:
-        from zeroseg.platform.data.registry import get_split
-
-        return get_split(config.data.benchmark)
-    from zeroseg.platform.data.synthetic.generate import load_classes_json
-
-    path = CocoLayout(config.data.root, config.data.train_split).classes_json
-    if not path.is_file():
-        raise ConfigError(f"{path}: no classes.json in the dataset (not a synthetic benchmark); "
-                          f"for real data set data.benchmark to a registry split (see "
-                          f"`zeroseg data list`)")
-    return load_classes_json(path)
-
-
-def data_layout(config: SegmenterTrainConfig, data_split: str, split: Split) -> CocoLayout:
-    """Where ``data_split`` of the run's dataset lives: the COCO layout, or the VOC tree for the
-    VOC / Pascal-Context benchmarks."""
-    return dataset_layout(config.data.root, data_split, split.dataset)
 
 
 def training_classes(split: Split, oracle: bool, validation: bool) -> list[int]:
@@ -152,8 +144,6 @@ def dataset_fingerprint(root: Path, splits: tuple[str, ...], split: Split | None
     """sha256 over the annotation files of ``splits`` that ``split``'s benchmark reads (its
     instances / panoptic jsons; for a benchmark of semantic PNGs alone, their names and sizes
     and the VOC image set) and classes.json (``split`` None: every json source)."""
-    from zeroseg.platform.data.sources import INSTANCES, PANOPTIC, SEMANTIC
-
     sources = benchmark_sources(split) if split is not None else (PANOPTIC, INSTANCES)
     dataset = split.dataset if split is not None else None
     digest = hashlib.sha256()
@@ -236,8 +226,6 @@ def _resume_checkpoint(config: SegmenterTrainConfig, world: int, fingerprint: st
 
 def prepare(config: SegmenterTrainConfig) -> PreparedRun:
     """Resolve data, classes, training images and the checkpoint to resume (no Ray)."""
-    from zeroseg.platform.data.leakage import filter_training
-
     config = _absolute(config)
     if config.distributed.use_gpu and config.distributed.workers == 0:
         import torch
@@ -308,8 +296,6 @@ def loop_config(prepared: PreparedRun, *, progress: Any = None,
 def ensure_ray(address: str | None = None, *, verbose: bool = False) -> bool:
     """``ray.init`` unless Ray is already initialised; returns True if this call started it."""
     import ray
-
-    from zeroseg.platform.compat import ray_init_address, ray_runtime_env
 
     if ray.is_initialized():
         return False
@@ -430,8 +416,6 @@ def _fit(prepared: PreparedRun, progress: Progress | None, fault: dict[str, Any]
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from zeroseg.platform.training.loop import train_func
-
     cfg = prepared.config
     dist_cfg = cfg.distributed
     local = dist_cfg.workers == 0
@@ -494,8 +478,6 @@ def run_training(config: SegmenterTrainConfig, *, progress: Progress | None = No
     "checkpoint", "step", "steps", "loss", "images_per_s", ...}``. ``fault`` (tests only) makes
     one worker kill itself: ``{"rank", "step", "marker"}``.
     """
-    from zeroseg.methods.segmenter.checkpoint import checkpoint_fingerprint, load_segmenter
-
     started = time.perf_counter()
     prepared = prepare(config)
     cfg = prepared.config
@@ -549,8 +531,6 @@ def run_training(config: SegmenterTrainConfig, *, progress: Progress | None = No
     }
     if cfg.train.eval:
         import torch
-
-        from zeroseg.platform.training.evaluate import evaluate_segmenter
 
         device = eval_device or ("cuda" if cfg.distributed.use_gpu and torch.cuda.is_available()
                                  else "cpu")

@@ -24,6 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zeroseg.platform.errors import ZerosegError
+from zeroseg.platform.pipeline import Pipeline, pipeline_config_from_dict
+from zeroseg.platform.pipeline.config import PROTOCOLS
+from zeroseg.platform.pipeline.runner import RunJob, run_many
+from zeroseg.platform.store import open_store
 from zeroseg.platform.tuning.sweep import SweepError, best_trials
 
 log = logging.getLogger(__name__)
@@ -62,8 +66,6 @@ class Reproduction:
 
 def trial_document(run: dict[str, Any], sweep: dict[str, Any]) -> dict[str, Any]:
     """The experiment config (plain data) of a stored trial."""
-    from zeroseg.platform.pipeline.config import PROTOCOLS
-
     config = copy.deepcopy(run["config"])
     method = config.pop("method")
     params = config.pop("params")
@@ -127,10 +129,6 @@ def plan_reproductions(store_url: str, sweep: str, *, top: int = 1, seeds: int =
                        progress: Callable[[str], None] | None = None) -> ReproductionPlan:
     """The K best finished trials of ``sweep`` (or ``trial``), each to be re-run with ``seeds``
     seeds from the trial's own; refuses a bad request before anything runs."""
-    from zeroseg.platform.pipeline import Pipeline, pipeline_config_from_dict
-    from zeroseg.platform.pipeline.runner import RunJob
-    from zeroseg.platform.store import open_store
-
     say = progress or (lambda line: log.info("%s", line))
     if top < 1 or seeds < 1:
         raise SweepError(f"--top and --seeds must be >= 1, got {top}, {seeds}")
@@ -174,8 +172,6 @@ def reproduce(store_url: str, sweep: str, *, top: int = 1, seeds: int = 3,
     """Plan the reproductions and run all seeds of all trials side by side (as many at once as
     Ray has CPUs for); each run is stored as it ends. Reproductions stored before are reused
     (``force``: re-run and replaced)."""
-    from zeroseg.platform.pipeline.runner import run_many
-
     plan = plan_reproductions(store_url, sweep, top=top, seeds=seeds, trial=trial,
                               progress=progress)
     plan.pipeline.check_outputs()

@@ -38,8 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zeroseg.methods.registry import get_method
 from zeroseg.platform.config import load_yaml, set_dotted, to_dict
 from zeroseg.platform.errors import ConfigError
+from zeroseg.platform.evaluation.summary import INSTANCE_METRICS, PANOPTIC_METRICS, SEMANTIC_METRICS
+from zeroseg.platform.pipeline.config import load_pipeline_config, pipeline_config_from_dict
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
 PIPELINE_SECTIONS = ("evaluation", "segmenter", "features", "embedding", "data", "threads")
@@ -242,8 +245,6 @@ def parse_knob(name: str, spec: Any, where: str) -> Knob:
 def load_space(path: str | Path, *, config: str | Path | None = None) -> SearchSpace:
     """Read and validate a search space (see the module docstring). ``config`` overrides the
     space's ``config`` (the experiment the trials start from)."""
-    from zeroseg.methods.registry import get_method
-
     path = Path(path)
     where = str(path)
     data = load_yaml(path)
@@ -308,12 +309,6 @@ def load_space(path: str | Path, *, config: str | Path | None = None) -> SearchS
 
 
 def _check_objective(objective: Objective, where: str) -> None:
-    from zeroseg.platform.evaluation.summary import (
-        INSTANCE_METRICS,
-        PANOPTIC_METRICS,
-        SEMANTIC_METRICS,
-    )
-
     metrics = {"semantic": SEMANTIC_METRICS, "instance": INSTANCE_METRICS,
                "panoptic": PANOPTIC_METRICS}
     if objective.task not in metrics:
@@ -332,8 +327,6 @@ def _check_objective(objective: Objective, where: str) -> None:
 
 def base_document(space: SearchSpace, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The experiment config the trials start from, as plain data (validated)."""
-    from zeroseg.platform.pipeline.config import load_pipeline_config
-
     config = load_pipeline_config(space.config_path, overrides)
     doc = to_dict(config)
     if "validation" not in config.evaluation.protocols:
@@ -344,8 +337,6 @@ def base_document(space: SearchSpace, overrides: dict[str, Any] | None = None) -
 
 def validate_against_config(space: SearchSpace, overrides: dict[str, Any] | None = None) -> None:
     """Every knob's extreme values must give a valid experiment config (typos, types, ranges)."""
-    from zeroseg.platform.pipeline.config import pipeline_config_from_dict
-
     base = base_document(space, overrides)
     sample = {name: knob.extremes()[0] for name, knob in space.knobs.items()}
     for name, knob in space.knobs.items():

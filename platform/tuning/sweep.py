@@ -46,7 +46,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from zeroseg.methods.registry import get_method
+from zeroseg.platform.config import config_hash
 from zeroseg.platform.errors import ConfigError, ZerosegError
+from zeroseg.platform.pipeline import Pipeline, pipeline_config_from_dict, run_identity
+from zeroseg.platform.pipeline.config import run_config_hash
+from zeroseg.platform.pipeline.runner import OBJECTIVE_CURVE, run_one
+from zeroseg.platform.store import RunRecord, open_store, trial_uid
+from zeroseg.platform.training.ray_runner import ensure_ray
+from zeroseg.platform.tuning.sampler import make_sampler
 from zeroseg.platform.tuning.space import SearchSpace, base_document, load_space
 
 log = logging.getLogger(__name__)
@@ -105,9 +113,6 @@ _WORKER: dict[str, Any] = {}
 def _worker_pipeline(job: SweepJob) -> Any:
     """This worker process's pipeline for the job (stages resolved once, kept for later trials).
     """
-    from zeroseg.platform.config import config_hash
-    from zeroseg.platform.pipeline import Pipeline, pipeline_config_from_dict
-
     key = config_hash(job.base)
     if _WORKER.get("key") != key:
         config = pipeline_config_from_dict(job.base, where=f"sweep {job.name}")
@@ -130,10 +135,6 @@ def trial_function(knobs: dict[str, Any], job: SweepJob) -> None:
     """One trial: the method on the validation protocol (per-epoch reports), then the test
     protocol; the final report carries the store record."""
     from ray import tune
-
-    from zeroseg.platform.pipeline import pipeline_config_from_dict
-    from zeroseg.platform.pipeline.runner import run_one
-    from zeroseg.platform.store import trial_uid
 
     context = tune.get_context()
     trial_id = context.get_trial_id()
@@ -211,14 +212,10 @@ def _callback_class() -> type:
 
         @contextlib.contextmanager
         def _store(self) -> Iterator[Any]:
-            from zeroseg.platform.store import open_store
-
             with open_store(self.job.store_url) as store:
                 yield store
 
         def _run_id(self, store: Any, trial: Any) -> int:
-            from zeroseg.platform.store import trial_uid
-
             if trial.trial_id not in self.run_ids:
                 uid = trial_uid(self.job.name, trial.trial_id)
                 try:
@@ -228,10 +225,6 @@ def _callback_class() -> type:
             return self.run_ids[trial.trial_id]
 
         def _running(self, trial: Any, uid: str) -> Any:
-            from zeroseg.platform.pipeline import pipeline_config_from_dict, run_identity
-            from zeroseg.platform.pipeline.config import run_config_hash
-            from zeroseg.platform.store import RunRecord
-
             space = self.job.space
             values = space.decode(trial.config)
             config = pipeline_config_from_dict(space.apply(self.job.base, values))
@@ -254,9 +247,6 @@ def _callback_class() -> type:
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                             **info: Any) -> None:
-            from zeroseg.platform.pipeline.runner import OBJECTIVE_CURVE
-            from zeroseg.platform.store import RunRecord
-
             value = float(result[OBJECTIVE_KEY]) if result.get("defined", True) else None
             self.last[trial.trial_id] = (int(result[EPOCH_KEY]), value)
             with self._store() as store:
@@ -329,7 +319,8 @@ def prepare_job(space_path: str | Path, name: str, *, config: str | Path | None 
     store_url = store or base.get("store") or os.environ.get("ZEROSEG_STORE") or str(
         work / "results.db")
     base["store"] = store_url
-    if (base.get("method_training") or {}).get("workers", 1) > 1:
+    if (base.get("method_training") or {}).get("workers", 1) > 1 or \
+            get_method(space.method).kind == "model":
         # The trial only drives a Ray Train job whose workers hold the CPUs (STACK.md: a
         # zero share is refused, a small one lets the workers be placed).
         cpus_per_trial = 0.01
@@ -338,8 +329,6 @@ def prepare_job(space_path: str | Path, name: str, *, config: str | Path | None 
 
 
 def validate_space_with_base(space: SearchSpace, base: dict[str, Any]) -> None:
-    from zeroseg.platform.pipeline import pipeline_config_from_dict
-
     sample = {name: knob.extremes()[-1] for name, knob in space.knobs.items()}
     pipeline_config_from_dict(space.apply(base, sample), where=str(space.path))
 
@@ -348,9 +337,6 @@ def run_sweep(job: SweepJob, *, trials: int, concurrency: int, address: str | No
               resume: bool = False, progress: Callable[[str], None] | None = None,
               verbose: bool = False) -> SweepResult:
     """Run (or resume) sweep ``job.name`` with ``trials`` trials, ``concurrency`` at a time."""
-    from zeroseg.platform.pipeline import Pipeline, pipeline_config_from_dict
-    from zeroseg.platform.store import open_store
-
     say = progress or (lambda line: log.info("%s", line))
     # Tune's automatic CSV / JSON / TensorBoard loggers would copy every record into the
     # experiment folder; the results store is where trials go.
@@ -388,7 +374,6 @@ def run_sweep(job: SweepJob, *, trials: int, concurrency: int, address: str | No
     # The shared stages, once, before any trial: segmenters and feature caches.
     for protocol in config.evaluation.protocols:
         pipeline.context(protocol, "zero-shot")
-    from zeroseg.platform.training.ray_runner import ensure_ray
 
     remaining = trials - len(past.ended)
     if resume:
@@ -434,8 +419,6 @@ class PastTrials:
 
 
 def _past_trials(store: Any, job: SweepJob) -> PastTrials:
-    from zeroseg.platform.pipeline.runner import OBJECTIVE_CURVE
-
     past = PastTrials()
     for run in store.runs(sweep=job.name, kind="trial", full=True, newest_first=False):
         (past.lost if run["status"] == "running" else past.ended).append(run)
@@ -485,8 +468,6 @@ def _tuner(job: SweepJob, *, trials: int, concurrency: int, exp_dir: Path, past:
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from zeroseg.platform.tuning.sampler import make_sampler
-
     space = job.space
     trainable = tune.with_resources(tune.with_parameters(trial_function, job=job),
                                     {"cpu": job.cpus_per_trial})
@@ -519,8 +500,6 @@ def _tuner(job: SweepJob, *, trials: int, concurrency: int, exp_dir: Path, past:
 
 
 def _summary(job: SweepJob, exp_dir: Path, seconds: float, resumed: bool) -> SweepResult:
-    from zeroseg.platform.store import open_store
-
     with open_store(job.store_url) as store:
         runs = store.runs(sweep=job.name, kind="trial")
         best = best_trials(store, job.name, top=1)
