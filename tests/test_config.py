@@ -73,5 +73,5 @@ def test_set_values_are_json_or_yaml_flow_collections():
                            "e={steps: 5}", "f=1e-3"])
     assert got == {"a": 10, "b": "paper", "c": ["test"], "d": ["test", "validation"],
                    "e": {"steps": 5}, "f": 1e-3}
-    with pytest.raises(ConfigError, match=r"--set 'g=\[a, b': the value is neither JSON nor a YAML"):
+    with pytest.raises(ConfigError, match=r"--set 'g=\[a, b': the value is neither JSON"):
         parse_overrides(["g=[a, b"])

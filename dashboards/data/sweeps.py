@@ -23,8 +23,8 @@ from zeroseg.dashboards.data.labels import (
     reference_text,
 )
 from zeroseg.platform.store import PRIMARY_METRIC, resolve_url
-from zeroseg.platform.tuning.space import Objective
-from zeroseg.platform.tuning.sweep import optuna_storage_url as tuning_optuna_storage_url
+from zeroseg.platform.tuning.objective import Objective
+from zeroseg.platform.tuning.objective import optuna_storage_url as tuning_optuna_storage_url
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +37,14 @@ def primitives_table() -> pd.DataFrame:
 
 
 # -- sweeps -------------------------------------------------------------------------------------
-#: What a sweep optimises by default (:class:`zeroseg.platform.tuning.space.Objective` owns it).
+#: What a sweep optimises by default (:class:`zeroseg.platform.tuning.objective.Objective` owns it).
 _DEFAULT = Objective()
 
 
 @dataclass(frozen=True)
 class SweepObjective:
     """The objective a stored sweep recorded, ``eval_split/task/setting/subset/metric`` (the
-    :attr:`~zeroseg.platform.tuning.space.Objective.name` of its space), and its mode."""
+    :attr:`~zeroseg.platform.tuning.objective.Objective.name` of its space), and its mode."""
 
     eval_split: str = _DEFAULT.name.split("/")[0]
     task: str = _DEFAULT.task
@@ -219,9 +219,10 @@ class Importance:
 
 
 def optuna_storage_url(store_url: str | None) -> str | None:
-    """The sweep's Optuna storage (where :func:`zeroseg.platform.tuning.sweep.optuna_storage_url`
-    puts it: next to a SQLite results store), opened read-only; ``None`` for other databases or
-    when the file does not exist."""
+    """The sweep's Optuna storage (where
+    :func:`zeroseg.platform.tuning.objective.optuna_storage_url` puts it: next to a SQLite
+    results store), opened read-only; ``None`` for other databases or when the file does not
+    exist."""
     if not store_url:
         return None
     url = resolve_url(store_url)

@@ -40,9 +40,9 @@ from zeroseg.platform.config import config_hash, to_dict
 from zeroseg.platform.data.classes import Split
 from zeroseg.platform.data.layout import CocoLayout, dataset_layout
 from zeroseg.platform.data.leakage import validation_eval_dataset
-from zeroseg.platform.data.registry import get_split
+from zeroseg.platform.data.registry import dataset_split
 from zeroseg.platform.data.sources import check_dataset
-from zeroseg.platform.data.synthetic.generate import generate, load_classes_json
+from zeroseg.platform.data.synthetic.generate import generate
 from zeroseg.platform.embeddings import (
     check_embeddings,
     compute_class_embeddings,
@@ -55,7 +55,7 @@ from zeroseg.platform.pipeline.config import PipelineConfig
 from zeroseg.platform.pipeline.evaluate import CachedEvaluation
 from zeroseg.platform.store import open_writable_store
 from zeroseg.platform.training.config import DataConfig, OutputConfig, SegmenterTrainConfig
-from zeroseg.platform.training.ray_runner import dataset_fingerprint, run_training
+from zeroseg.platform.training.ray_runner import run_training, training_annotations_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -214,16 +214,11 @@ class Pipeline:
         if self._split is None:
             self.ensure_dataset()
             d = self.config.data
-            if d.benchmark:
-                self._split = get_split(d.benchmark)
-            else:
-                path = CocoLayout(self.data_root, d.train_split).classes_json
-                if not path.is_file():
-                    raise ConfigError(f"{path}: no classes.json in the dataset, so it is not a "
-                                      f"synthetic benchmark; for real data run the benchmark's "
-                                      f"config (configs/<split>.yaml, README 'Real data') or "
-                                      f"set data.benchmark to a split of `zeroseg data list`")
-                self._split = load_classes_json(path)
+            self._split = dataset_split(
+                d.benchmark, self.data_root, d.train_split,
+                missing_hint=", so it is not a synthetic benchmark; for real data run the "
+                             "benchmark's config (configs/<split>.yaml, README 'Real data') or "
+                             "set data.benchmark to a split of `zeroseg data list`")
         return self._split
 
     @property
@@ -233,7 +228,7 @@ class Pipeline:
             # hash nothing, and key the segmenters by it (a re-run would not find them).
             self.ensure_dataset()
             d = self.config.data
-            self._fingerprint = dataset_fingerprint(self.data_root, (d.train_split,
+            self._fingerprint = training_annotations_fingerprint(self.data_root, (d.train_split,
                                                                      d.eval_split), self.split)
         return self._fingerprint
 

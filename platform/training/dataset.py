@@ -5,22 +5,17 @@ from __future__ import annotations
 
 from zeroseg.platform.data.classes import Split
 from zeroseg.platform.data.layout import CocoLayout, dataset_layout
-from zeroseg.platform.data.registry import get_split
-from zeroseg.platform.data.synthetic.generate import load_classes_json
-from zeroseg.platform.errors import ConfigError
+from zeroseg.platform.data.registry import dataset_split
 from zeroseg.platform.training.config import SegmenterTrainConfig
 
 
 def resolve_split(config: SegmenterTrainConfig) -> Split:
-    if config.data.benchmark:
-        return get_split(config.data.benchmark)
-
-    path = CocoLayout(config.data.root, config.data.train_split).classes_json
-    if not path.is_file():
-        raise ConfigError(f"{path}: no classes.json in the dataset (not a synthetic benchmark); "
-                          f"for real data set data.benchmark to a registry split (see "
-                          f"`zeroseg data list`)")
-    return load_classes_json(path)
+    """The run's split: ``data.benchmark`` from the registry, else the synthetic dataset's
+    ``classes.json``."""
+    return dataset_split(config.data.benchmark, config.data.root, config.data.train_split,
+                         missing_hint=" (not a synthetic benchmark); for real data set "
+                                      "data.benchmark to a registry split (see `zeroseg data "
+                                      "list`)")
 
 
 def data_layout(config: SegmenterTrainConfig, data_split: str, split: Split) -> CocoLayout:

@@ -140,7 +140,8 @@ def training_classes(split: Split, oracle: bool, validation: bool) -> list[int]:
     return [c.id for c in split.classes if not c.unseen and not (validation and c.val_unseen)]
 
 
-def dataset_fingerprint(root: Path, splits: tuple[str, ...], split: Split | None = None) -> str:
+def training_annotations_fingerprint(root: Path, splits: tuple[str, ...],
+                                     split: Split | None = None) -> str:
     """sha256 over the annotation files of ``splits`` that ``split``'s benchmark reads (its
     instances / panoptic jsons; for a benchmark of semantic PNGs alone, their names and sizes
     and the VOC image set) and classes.json (``split`` None: every json source)."""
@@ -260,7 +261,7 @@ def prepare(config: SegmenterTrainConfig) -> PreparedRun:
     if len(image_ids) // world < config.train.batch_size:
         raise ConfigError(f"train.batch_size: {len(image_ids)} training images cannot fill a "
                           f"batch of {config.train.batch_size} on each of {world} workers")
-    fingerprint = dataset_fingerprint(d.root, (d.train_split, d.eval_split), split)
+    fingerprint = training_annotations_fingerprint(d.root, (d.train_split, d.eval_split), split)
 
     # A checkpoint we would resume from must fit this run: check it before Ray starts.
     resume, skipped = _resume_checkpoint(config, world, fingerprint, class_ids)

@@ -43,6 +43,7 @@ from zeroseg.platform.config import load_yaml, set_dotted, to_dict
 from zeroseg.platform.errors import ConfigError
 from zeroseg.platform.evaluation.summary import INSTANCE_METRICS, PANOPTIC_METRICS, SEMANTIC_METRICS
 from zeroseg.platform.pipeline.config import load_pipeline_config, pipeline_config_from_dict
+from zeroseg.platform.tuning.objective import Objective
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
 PIPELINE_SECTIONS = ("evaluation", "segmenter", "features", "embedding", "data", "threads")
@@ -110,19 +111,6 @@ class Knob:
             if self.log:
                 out["log"] = True
         return out
-
-
-@dataclass(frozen=True)
-class Objective:
-    task: str = "semantic"
-    metric: str = "iou"
-    setting: str = "gzsl"
-    subset: str = "hm"
-
-    @property
-    def name(self) -> str:
-        """The store's key for it: ``val/<task>/<setting>/<subset>/<metric>``."""
-        return f"val/{self.task}/{self.setting}/{self.subset}/{self.metric}"
 
 
 @dataclass

@@ -54,6 +54,7 @@ from zeroseg.platform.pipeline.config import run_config_hash
 from zeroseg.platform.pipeline.runner import OBJECTIVE_CURVE, run_one
 from zeroseg.platform.store import RunRecord, open_store, trial_uid
 from zeroseg.platform.training.ray_runner import ensure_ray
+from zeroseg.platform.tuning.objective import optuna_storage_url
 from zeroseg.platform.tuning.sampler import make_sampler
 from zeroseg.platform.tuning.space import SearchSpace, base_document, load_space
 
@@ -79,15 +80,6 @@ class SweepJob:
     @property
     def objective(self) -> Any:
         return self.space.objective
-
-
-def optuna_storage_url(store_url: str) -> str:
-    """The Optuna study's SQLite file, next to a SQLite results store (or in the work dir)."""
-    if "://" in store_url and not store_url.startswith("sqlite:///"):
-        return ""
-    path = Path(store_url[len("sqlite:///"):] if store_url.startswith("sqlite:///")
-                else store_url)
-    return f"sqlite:///{path.with_name('optuna.db').resolve()}"
 
 
 def check_address(address: str | None, timeout: float = 5.0) -> None:
