@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import io
 import logging
 import math
@@ -622,7 +623,12 @@ class ClassifierConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     steps: int = 2000  # sequential schedule only; interleaved: one per generator step
-    batch_size: int = 1200  # real query embeddings per step
+    # Real query rows per step. None (the default): every query of ``images_per_step`` images,
+    # as the authors' loop feeds the queries of its IMS_PER_BATCH = 12 images (12 x 100 = 1,200
+    # rows for their 100-query Mask2Former): with a segmenter of fewer queries a fixed 1,200
+    # rows would be several times the authors' images per step, and so several times the seen
+    # rows that each step's fakes (one per unseen class) are weighed against.
+    batch_size: int | None = None
     num_choose: int = 17  # unseen classes drawn per step (all of them when >= their number)
     fakes_per_class: int = 1  # synthetic embeddings per drawn unseen class
     unseen_weight: float = 5.0  # CLASS_ECO: CE weight of the unseen classes
@@ -633,10 +639,12 @@ class ClassifierConfig:
     init: Literal["segmenter", "random"] = "segmenter"
     log_every: int = 50
     schedule: Literal["interleaved", "sequential"] = added_field("interleaved", since="issue 13")
+    images_per_step: int = added_field(12, since="issue 13")  # IMS_PER_BATCH (batch_size None)
 
     def validate(self) -> None:
-        for name in ("steps", "batch_size", "num_choose", "fakes_per_class", "log_every"):
-            if getattr(self, name) < 1:
+        for name in ("steps", "batch_size", "num_choose", "fakes_per_class", "log_every",
+                     "images_per_step"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lr", "unseen_weight", "no_object_weight"):
             if not getattr(self, name) > 0:
@@ -724,6 +732,23 @@ def frozen_rng() -> Iterator[None]:
         yield
 
 
+#: Mask2Former's NUM_OBJECT_QUERIES in the authors' configs.
+AUTHORS_QUERIES_PER_IMAGE = 100
+
+
+def classifier_rows(config: ClassifierConfig, image_id: Any) -> ClassifierConfig:
+    """``config`` with ``batch_size`` resolved: as given, or every query of
+    ``images_per_step`` images, the queries per image read off the training rows' image ids."""
+    if config.batch_size is not None:
+        return config
+    ids = np.asarray(image_id)
+    images = len(np.unique(ids))
+    if images == 0:
+        raise DataError("classifier: no training queries to take a batch from")
+    per_image = max(1, round(len(ids) / images))
+    return dataclasses.replace(config, batch_size=config.images_per_step * per_image)
+
+
 class HeadTrainer:
     """PADing's ``new_fc`` and its SGD (Algorithm 1 step 4; ``forward_train_classifier`` of the
     authors' code). Each :meth:`step` takes ``batch_size`` real query rows (no-object included)
@@ -739,7 +764,10 @@ class HeadTrainer:
         self.optimizer = torch.optim.SGD(self.linear.parameters(), lr=config.lr,
                                          momentum=config.momentum,
                                          weight_decay=config.weight_decay)
-        self.sampler = EpochSampler(len(x), config.batch_size, rng)
+        rows = config.batch_size  # resolved by classifier_rows on the platform's path
+        if rows is None:  # bare rows, images unknown: the authors' 100 queries per image
+            rows = config.images_per_step * AUTHORS_QUERIES_PER_IMAGE
+        self.sampler = EpochSampler(len(x), rows, rng)
         self.weights = class_weights(roles, config.unseen_weight, config.no_object_weight)
         self.choose = min(config.num_choose, len(roles.unseen))
         self.linear.train()

@@ -9,6 +9,7 @@ the classifier the platform evaluates.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -21,6 +22,7 @@ from zeroseg.methods.common import (
     MMD_CURVE,
     ClassifierResult,
     TrainedGenerator,
+    classifier_rows,
     retrain_classifier,
     save_classifier,
     save_generator,
@@ -57,6 +59,8 @@ def fit_generative(config: Any, inputs: MethodInputs, hooks: MethodHooks) -> Met
                           "(MethodSpec.generator_recipe unset?)")
     real = inputs.features("train")
     queries = inputs.features("train_all")
+    config = dataclasses.replace(config, classifier=classifier_rows(config.classifier,
+                                                                    queries.image_id))
     seen_idx, unseen_idx = inputs.seen_idx, inputs.unseen_idx
     init_w = init_b = None
     if config.classifier.init == "segmenter":
@@ -104,6 +108,7 @@ def fit_generative(config: Any, inputs: MethodInputs, hooks: MethodHooks) -> Met
         labels = torch.as_tensor(unseen_idx).repeat_interleave(SYNTHETIC_PER_CLASS)
         fakes = generator.sample(labels, rng).numpy()
     info: dict[str, Any] = {"real_features": len(real), "classifier_rows": len(queries),
+                            "classifier_rows_per_step": int(config.classifier.batch_size),
                             "generator_steps": int(config.steps),
                             "classifier_steps": classifier_steps,
                             "classifier_schedule": config.classifier.schedule}

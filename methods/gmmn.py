@@ -44,6 +44,7 @@ lr                     --               Adam 2e-4, unscheduled        2e-4      
 steps                  --               30 epochs of VOC              2000               S
 classifier.schedule    --               interleaved                   interleaved        code
 classifier (the rest)  --               pixel-level, see ``Z``        PADing's (object)  Z
+classifier.batch_size  --               8 images' feature maps        12 images' queries Z
 ====================== ================ ============================= ================== ===
 
 ZS3Net draws the 128 pairs with replacement and with the same indices for fakes and reals;

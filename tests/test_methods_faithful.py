@@ -48,6 +48,7 @@ from zeroseg.methods.pading import (
     unrelated_kl_loss,
 )
 from zeroseg.platform.config import to_dict
+from zeroseg.platform.errors import ConfigError
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -117,7 +118,8 @@ SEMANTIC_CLASSIFIER = {
     "unseen_weight": (5.0, "Y CLASS_ECO 5"),
     "no_object_weight": (0.1, "PM L452-457 NO_OBJECT_WEIGHT 0.1"),
     "sample_in_train_mode": (True, "TL L455: the model stays in train mode"),
-    "batch_size": (1200, "12 images x 100 queries (IMS_PER_BATCH 12)"),
+    "batch_size": (None, "rows per step: every query of images_per_step images"),
+    "images_per_step": (12, "IMS_PER_BATCH 12 (x 100 queries = 1,200 rows in the code)"),
     "steps": (2000, "one per generator step"),
 }
 #: zeroseg's own, each a row of the module table (or not a recipe value).
@@ -548,3 +550,16 @@ def test_paper_benchmark_configs_run_the_authors_recipe_of_their_task(path, task
     want = authors_code_config(task)
     assert dataclasses.replace(got, classifier=dataclasses.replace(
         got.classifier, steps=want.classifier.steps)) == want
+
+
+def test_classifier_batch_is_the_queries_of_twelve_images_of_the_segmenter_at_hand():
+    from zeroseg.methods.common import classifier_rows
+
+    tiny = np.repeat(np.arange(30), 20)  # 30 images x 20 queries (the tiny segmenter)
+    assert classifier_rows(ClassifierConfig(), tiny).batch_size == 12 * 20
+    authors = np.repeat(np.arange(30), 100)  # Mask2Former's 100 queries: the code's 1,200 rows
+    assert classifier_rows(ClassifierConfig(), authors).batch_size == 1200
+    assert classifier_rows(ClassifierConfig(images_per_step=2), tiny).batch_size == 40
+    assert classifier_rows(ClassifierConfig(batch_size=500), tiny).batch_size == 500
+    with pytest.raises(ConfigError, match="images_per_step must be >= 1"):
+        ClassifierConfig(images_per_step=0).validate()
