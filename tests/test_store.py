@@ -903,3 +903,31 @@ def test_cli_table_counts_a_seed_re_run_under_another_code_version_once(tmp_path
     gmmn = next(ln for ln in out.splitlines() if ln.startswith("GMMN")).split()
     assert gmmn[1] == "2" and gmmn[3] == "50.0±14.1", out  # 40 and 60; the 20 is older
     assert "1 older run(s) of a config and seed that has a newer run" in out
+
+
+def test_cli_table_leaves_sweep_trials_and_reproductions_out_unless_asked(tmp_path, capsys):
+    path = str(tmp_path / "results.db")
+    store = open_store(path)
+    store.upsert_sweep("s1", method="gmmn", space={}, objective="val/semantic/gzsl/hm/iou",
+                       mode="max")
+    ids = {}
+    for kind, seed, value in (("train", 0, 0.2), ("train", 1, 0.4), ("trial", 0, 0.9),
+                              ("reproduction", 0, 0.8)):
+        links = ({"sweep": "s1", "trial_id": "t0"} if kind == "trial" else
+                 {"source_run_id": ids["trial"]} if kind == "reproduction" else {})
+        ids[kind] = store.record_run(RunRecord(
+            kind=kind, method="gmmn", seed=seed, config={"kind": kind}, **links,
+            metrics=[MetricRecord("semantic", "gzsl", "test", s, "iou", value)
+                     for s in ("seen", "unseen", "hm")]))
+
+    def gmmn_row(*extra: str) -> list[str]:
+        code, out, err = cli(capsys, "results", "table", "--store", path, "--settings", "gzsl",
+                             *extra)
+        assert code == 0, err
+        return next(ln for ln in out.splitlines() if ln.startswith("GMMN")).split() + [out]
+
+    row = gmmn_row()
+    assert row[1] == "2" and row[3] == "30.0±14.1"  # the config's two seeds only
+    assert "1 sweep trial(s) and 1 reproduction(s) left out" in row[-1]
+    assert gmmn_row("--kind", "reproduction")[1:4] == ["1", "|", "80.0"]
+    assert gmmn_row("--kind", "trial")[1:4] == ["1", "|", "90.0"]

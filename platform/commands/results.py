@@ -121,8 +121,16 @@ def cmd_results_table(args: argparse.Namespace) -> int:
     args._store = store
     filters = _run_filters(args)
     filters.setdefault("status", "finished")
-    rows, older = newest_per_seed(store.metrics_frame(per_class=False,
-                                                      eval_split=args.eval_split, **filters))
+    frame = store.metrics_frame(per_class=False, eval_split=args.eval_split, **filters)
+    # Without --kind / --sweep a row is a config's seeds: a sweep's trials (other knobs each)
+    # and reproductions (the best trial's knobs) would mix other configs into the mean.
+    tuned: dict[str, set[int]] = {}
+    if "kind" not in filters and "sweep" not in filters:
+        tuned = {kind: {r["id"] for r in store.runs(kind=kind, **filters)}
+                 for kind in ("trial", "reproduction")}
+        left_out = set().union(*tuned.values())
+        frame = [r for r in frame if r["run_id"] not in left_out]
+    rows, older = newest_per_seed(frame)
     if args.methods:
         rows = [r for r in rows if r["method"] in args.methods]
     if not rows:
@@ -141,6 +149,10 @@ def cmd_results_table(args: argparse.Namespace) -> int:
         for run_id, method in runs)
     if fidelity:
         print(f"\n{fidelity}")
+    if any(tuned.values()):
+        print(f"\n{len(tuned['trial'])} sweep trial(s) and {len(tuned['reproduction'])} "
+              "reproduction(s) left out: they ran other knobs than the config's (--kind trial, "
+              "--kind reproduction or --sweep NAME shows them)")
     if older:
         print(f"\n{older} older run(s) of a config and seed that has a newer run (another code "
               "version) left out: each seed counts once")
