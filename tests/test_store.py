@@ -303,6 +303,7 @@ def _writer_main(argv: list[str]) -> None:
     retrying some writes (as a client whose reply got lost would) and racing the others on one
     shared uid."""
     url, worker, count, go = argv[0], int(argv[1]), int(argv[2]), Path(argv[3])
+    workers = int(argv[4])
     store = open_store(url)
     (go.parent / f"ready-{worker}").touch()
     deadline = time.monotonic() + 120
@@ -311,6 +312,11 @@ def _writer_main(argv: list[str]) -> None:
     ids = {}
     shared = None
     for i in range(count):
+        if i == count // 2:  # halfway, wait for the others: the writers overlap by construction
+            (go.parent / f"half-{worker}").touch()
+            while (sum((go.parent / f"half-{w}").exists() for w in range(workers)) < workers
+                   and time.monotonic() < deadline):
+                time.sleep(0.002)
         record = make_record(worker, i)
         ids[record.uid] = store.record_run(record)
         if i % 5 == 0:
@@ -326,8 +332,9 @@ def run_parallel_writers(url: str, workers: int, count: int, tmp_path: Path) -> 
             "test_store._writer_main(sys.argv[2:])")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-c", code, str(TESTS), url, str(w), str(count),
-                               str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=env) for w in range(workers)]
+                               str(go), str(workers)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for w in range(workers)]
     deadline = time.monotonic() + 120  # start them together, once every one is ready
     while (sum((tmp_path / f"ready-{w}").exists() for w in range(workers)) < workers
            and time.monotonic() < deadline and all(p.poll() is None for p in procs)):
@@ -343,8 +350,8 @@ def run_parallel_writers(url: str, workers: int, count: int, tmp_path: Path) -> 
     runs = store.runs(kind="trial", newest_first=False)
     assert len(runs) == workers * count
     assert len({r["uid"] for r in runs}) == workers * count
-    # The writers really overlapped: in id order their runs interleave (serial writers would
-    # switch workers-1 times).
+    # The writers really overlapped: every writer waits halfway for all the others, so in id
+    # order the runs switch writer at least 2 * workers - 1 times (serial writers: workers - 1).
     order = [r["uid"][:3] for r in runs]
     assert sum(a != b for a, b in zip(order, order[1:], strict=False)) > workers
     by_uid = {r["uid"]: r["id"] for r in runs}
