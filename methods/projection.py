@@ -14,6 +14,28 @@ softmax over the *seen* classes and no-object only; at inference the unseen clas
 join the classifier and every query is labelled among all ``C`` classes + no-object. Nothing
 pushes unseen scores up during training, so queries of unseen classes tend to be labelled with
 a seen class: the bias towards seen classes that the generative methods address.
+
+**Every switch, one table.** PADing's Table 1 names this row but gives no recipe, and its
+repository has no projection baseline, so the ``code`` column is SPNet's idea (fixed class
+vectors, a learned projection of the visual feature) rather than a line-by-line source; the
+values are zeroseg's, chosen a priori and swept by ``search_spaces/projection.yaml``.
+
+========================== ================= ===================== =================== =====
+switch                     paper (PADing T1) code                  zeroseg default     why
+========================== ================= ===================== =================== =====
+class side                 class embeddings  fixed word vectors    frozen, L2-normed   SPNet
+text_projection            --                --                    false               Z
+temperature                --                --                    0.01                Z
+no-object column           --                --                    learned vector n    Z
+no_object_weight           --                --                    0.1                 P
+lr, weight_decay           --                --                    1e-3, 1e-4 (AdamW)  Z
+steps, batch_size          --                --                    2000, 1200 rows     Z
+normalize_class_embeddings --                --                    true                Z
+training softmax           seen only         seen only             seen + no-object    SPNet
+========================== ================= ===================== =================== =====
+
+``Z``: zeroseg's choice where neither source gives one. ``P``: PADing's NO_OBJECT_WEIGHT, as
+its classifier uses. ``SPNet``: the setting SPNet's projection baseline defines.
 """
 
 from __future__ import annotations

@@ -8,6 +8,15 @@
 
 Neither trains anything: the classifier is the segmenter's head, read from its checkpoint and
 laid out over the split's columns (classes it never learned get -inf).
+
+**Every switch, one table.** There are none to choose: both rows are the segmenter itself.
+
+=============== ======================== =================== ======================= =====
+row             paper (PADing Table 1)   authors' code       zeroseg                 why
+=============== ======================== =================== ======================= =====
+supervised      trained on all classes   Mask2Former, all    oracle segmenter's head same
+seen-only       --                       --                  zero-shot segmenter     floor
+=============== ======================== =================== ======================= =====
 """
 
 from __future__ import annotations

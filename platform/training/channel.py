@@ -12,6 +12,9 @@ from typing import Any
 
 import torch
 
+from zeroseg.methods.registry import StopTrial
+from zeroseg.platform.errors import ZerosegError
+
 
 class FitThread(threading.Thread):
     """``trainer.fit()`` in a thread, so that the calling thread serves the snapshots (a sweep
@@ -103,3 +106,18 @@ def epoch_verdict(channel: Any, rank: int, record: dict[str, Any]) -> bool:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.broadcast(stop, src=0)
     return bool(stop[0])
+
+
+def finished_result(job: FitThread, stopped: bool, what: str, missing: str) -> Any:
+    """The Ray Train result of a job :func:`serve` has seen to its end: a one-line
+    :class:`ZerosegError` when it failed (``what`` failed: the error's first lines) or reported
+    no checkpoint (``missing``); :class:`StopTrial` when a hook stopped it."""
+    if job.error is not None:
+        exc = job.error
+        first = " ".join(str(exc).strip().splitlines()[:2])[:300]
+        raise ZerosegError(f"{what} failed ({type(exc).__name__}: {first})") from exc
+    if stopped:
+        raise StopTrial()
+    if job.result.checkpoint is None:
+        raise ZerosegError(missing)
+    return job.result

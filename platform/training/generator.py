@@ -61,7 +61,13 @@ from zeroseg.platform.config import from_dict, to_dict
 from zeroseg.platform.errors import ConfigError, ZerosegError
 from zeroseg.platform.features import FeatureCache
 from zeroseg.platform.training import deepspeed_engine as dse
-from zeroseg.platform.training.channel import FitThread, epoch_verdict, open_channel, serve
+from zeroseg.platform.training.channel import (
+    FitThread,
+    epoch_verdict,
+    finished_result,
+    open_channel,
+    serve,
+)
 from zeroseg.platform.training.config import MethodTrainingConfig
 from zeroseg.platform.training.loop import seed_everything
 from zeroseg.platform.training.ray_runner import ensure_ray
@@ -210,17 +216,9 @@ class GeneratorTrainer:
             return stopped
 
         serve(channel, job, on_record)
-        if job.error is not None:
-            exc = job.error
-            first = " ".join(str(exc).strip().splitlines()[:2])[:300]
-            raise ZerosegError(f"{storage}: distributed generator training failed "
-                               f"({type(exc).__name__}: {first})") from exc
-        if stopped:
-            raise StopTrial()
-        result = job.result
-        if result.checkpoint is None:
-            raise ZerosegError(f"{storage}: distributed generator training reported no "
-                               "generator")
+        result = finished_result(job, stopped, f"{storage}: distributed generator training",
+                                 f"{storage}: distributed generator training reported no "
+                                 "generator")
         with result.checkpoint.as_directory() as directory:
             net = torch.load(Path(directory) / GENERATOR_FILE, map_location="cpu",
                              weights_only=True)

@@ -36,9 +36,15 @@ from PIL import Image
 from zeroseg.methods.registry import StopTrial, get_method
 from zeroseg.platform.config import from_dict, to_dict
 from zeroseg.platform.data.coco import read_label_png
-from zeroseg.platform.errors import ConfigError, ZerosegError
+from zeroseg.platform.errors import ConfigError
 from zeroseg.platform.training import deepspeed_engine as dse
-from zeroseg.platform.training.channel import FitThread, epoch_verdict, open_channel, serve
+from zeroseg.platform.training.channel import (
+    FitThread,
+    epoch_verdict,
+    finished_result,
+    open_channel,
+    serve,
+)
 from zeroseg.platform.training.config import MethodTrainingConfig
 from zeroseg.platform.training.loop import seed_everything
 from zeroseg.platform.training.ray_runner import ensure_ray
@@ -240,14 +246,7 @@ def train_model(method: str, config: Any, seed: int, data: ModelData,
         return stopped
 
     serve(channel, job, on_record)
-    if job.error is not None:
-        exc = job.error
-        first = " ".join(str(exc).strip().splitlines()[:2])[:300]
-        raise ZerosegError(f"{storage}: training of {method} failed ({type(exc).__name__}: "
-                           f"{first})") from exc
-    if stopped:
-        raise StopTrial()
-    if job.result.checkpoint is None:
-        raise ZerosegError(f"{storage}: training of {method} reported no state")
-    with job.result.checkpoint.as_directory() as directory:
+    result = finished_result(job, stopped, f"{storage}: training of {method}",
+                             f"{storage}: training of {method} reported no state")
+    with result.checkpoint.as_directory() as directory:
         return _from_bytes((Path(directory) / STATE_FILE).read_bytes())
