@@ -301,6 +301,52 @@ def test_the_held_out_embeddings_are_the_best_covering_queries(pipeline_runs):
         assert any(np.array_equal(best, row) for row in x[y == c])
 
 
+def test_held_out_regions_from_panoptic_or_instance_ground_truth(pipeline_runs):
+    """A panoptic or instance benchmark has no semantic PNGs: the held-out regions come from
+    its panoptic segments (identical to the semantic PNGs, which the synthetic benchmark
+    derives from them) or its instance masks (the same pixels for things; stuff has none)."""
+    from zeroseg.platform.pipeline.evaluate import CachedEvaluation
+
+    class Forced(CachedEvaluation):
+        source = "semantic"
+
+        def region_source(self) -> str:
+            return self.source
+
+    evaluation = pipeline_runs["pipeline"].context("validation", "zero-shot").evaluation()
+    assert evaluation.region_source() == "semantic"
+    held = np.array(sorted(c.index for c in evaluation.split.unseen))
+    things = {c.index for c in evaluation.split.unseen if c.isthing}
+    assert things and set(held.tolist()) - things, "the tiny split holds out things and stuff"
+    forced = {src: Forced(evaluation.cache, evaluation.layout, evaluation.split)
+              for src in ("panoptic", "instances", "none")}
+    for src, ev in forced.items():
+        ev.source = src
+    compared = {"panoptic": 0, "instances": 0}
+    for image_id in list(evaluation.listing.images)[:40]:
+        reference = evaluation.class_regions(image_id, held)
+        panoptic = forced["panoptic"].class_regions(image_id, held)
+        instances = forced["instances"].class_regions(image_id, held)
+        assert sorted(panoptic) == sorted(reference)
+        assert sorted(instances) == sorted(c for c in reference if c in things)
+        for c, region in reference.items():
+            assert np.array_equal(panoptic[c], region)
+            compared["panoptic"] += 1
+            if c in things:
+                assert np.array_equal(instances[c], region)
+                compared["instances"] += 1
+        assert forced["none"].class_regions(image_id, held) == {}
+    assert compared["panoptic"] > compared["instances"] > 0
+    x, y = evaluation.unseen_query_embeddings()
+    xp, yp = forced["panoptic"].unseen_query_embeddings()
+    assert np.array_equal(x, xp) and np.array_equal(y, yp)
+    xi, yi = forced["instances"].unseen_query_embeddings()
+    keep = np.isin(y, sorted(things))
+    assert np.array_equal(xi, x[keep]) and np.array_equal(yi, y[keep])
+    xn, yn = forced["none"].unseen_query_embeddings()
+    assert xn.shape == (0, x.shape[1]) and yn.shape == (0,)
+
+
 def test_second_run_reuses_segmenters_and_caches(pipeline_runs):
     from zeroseg.platform.pipeline.runner import run_one
 

@@ -42,7 +42,7 @@ from zeroseg.methods.segmenter.inference import (
     write_predictions,
 )
 from zeroseg.platform.data.classes import Split
-from zeroseg.platform.data.coco import load_json, read_label_png
+from zeroseg.platform.data.coco import CocoInstances, load_json, read_label_png
 from zeroseg.platform.data.layout import CocoLayout
 from zeroseg.platform.errors import ConfigError, DataError
 from zeroseg.platform.evaluation import PanopticEvaluator, SemanticEvaluator
@@ -94,6 +94,7 @@ class CachedEvaluation:
         self._instances_json: dict[str, Any] | None = None
         self._png_lut = split.png_lut()
         self._unseen_queries: tuple[np.ndarray, np.ndarray] | None = None
+        self._instance_reader: CocoInstances | None = None
 
     # -- cached outputs ----------------------------------------------------------------------
     def chunks(self) -> Iterator[UpsampledChunk]:
@@ -166,11 +167,60 @@ class CachedEvaluation:
                 out.add(image_id)
         return out
 
+    def region_source(self) -> str:
+        """Where :meth:`class_regions` reads class pixels: ``semantic`` PNGs (semantic
+        benchmarks, the synthetic one), else the ``panoptic`` PNGs and json, else the
+        ``instances`` json's masks (things only), else ``none``."""
+        if self.layout.semantic_pngs.is_dir():
+            return "semantic"
+        if self.layout.panoptic_json.is_file() and self.layout.panoptic_pngs.is_dir():
+            return "panoptic"
+        if self.layout.instances_json.is_file():
+            return "instances"
+        return "none"
+
+    def class_regions(self, image_id: int, classes: np.ndarray) -> dict[int, np.ndarray]:
+        """The pixels of each class of ``classes`` (split indices) present in the image's ground
+        truth, as flat boolean masks: every segment or instance of a class counts as one region
+        (what a semantic PNG holds), read from :meth:`region_source`."""
+        wanted = set(classes.tolist())
+        source = self.region_source()
+        if source == "semantic":
+            gt = self._png_lut[self.semantic_gt(image_id)].reshape(-1)
+            return {c: gt == c for c in np.intersect1d(np.unique(gt), classes).tolist()}
+        index = self.split.id_to_index()
+        out: dict[int, np.ndarray] = {}
+        if source == "panoptic":
+            ann = self.panoptic_json()["_by_image"].get(image_id)
+            if ann is None:
+                raise DataError(f"{self.layout.panoptic_json}: no GT annotation for image "
+                                f"{image_id}")
+            ids = read_segment_ids(self.layout.panoptic_pngs / ann["file_name"]).reshape(-1)
+            parts = ((index.get(int(s["category_id"])), lambda s=s: ids == int(s["id"]))
+                     for s in ann.get("segments_info", []))
+        elif source == "instances":
+            record = self._instances().record(image_id)
+            parts = ((index.get(int(cat)), lambda m=m: m.reshape(-1).astype(bool))
+                     for cat, m in zip(record.category_ids, record.masks, strict=True))
+        else:
+            return out
+        for c, pixels in parts:
+            if c in wanted:
+                region = pixels()
+                out[c] = out[c] | region if c in out else region
+        return out
+
+    def _instances(self) -> CocoInstances:
+        if self._instance_reader is None:
+            self._instance_reader = CocoInstances.from_layout(self.layout)
+        return self._instance_reader
+
     def unseen_query_embeddings(self, min_pixels: int = HELDOUT_MIN_PIXELS
                                 ) -> tuple[np.ndarray, np.ndarray]:
         """Real query embeddings of the split's unseen classes: for every image and every unseen
-        class covering at least ``min_pixels`` pixels of its semantic ground truth, the query
-        whose (sigmoid, upsampled) mask has the highest Dice with that class's pixels. This is
+        class covering at least ``min_pixels`` pixels of its ground truth (semantic PNGs, else
+        panoptic segments, else instance masks: :meth:`class_regions`), the query whose
+        (sigmoid, upsampled) mask has the highest Dice with that class's pixels. This is
         Hungarian matching without its class term, which a segmenter that never saw the class
         cannot supply (every instance of a class in an image counts as one region). Returns
         ``(embeddings [N, D] float32, class indices [N])``; on the validation protocol these are
@@ -179,9 +229,9 @@ class CachedEvaluation:
         if self._unseen_queries is not None:
             return self._unseen_queries
         dim = int(self.cache.embed_dim)
-        if not self.layout.semantic_pngs.is_dir():  # a panoptic / instance benchmark: none yet
-            log.info("%s: no semantic ground truth; no held-out regions for the fidelity "
-                     "diagnostics", self.layout.semantic_pngs)
+        if self.region_source() == "none":
+            log.info("%s: no semantic, panoptic or instance ground truth; no held-out regions "
+                     "for the fidelity diagnostics", self.layout.root)
             self._unseen_queries = (np.zeros((0, dim), np.float32), np.zeros(0, np.int64))
             return self._unseen_queries
         unseen = np.array(sorted(c.index for c in self.split.unseen), dtype=np.int64)
@@ -190,14 +240,13 @@ class CachedEvaluation:
         for chunk in self.chunks():
             for info, embeddings, probs in zip(chunk.infos, chunk.embeddings, chunk.mask_probs,
                                                strict=True):
-                gt = self._png_lut[self.semantic_gt(info.id)]
-                present = np.intersect1d(np.unique(gt), unseen)
-                if not len(present):
+                regions = self.class_regions(info.id, unseen)
+                if not regions:
                     continue
                 flat = probs.reshape(probs.shape[0], -1).numpy()
                 mass = flat.sum(1)
-                for c in present.tolist():
-                    region = (gt == c).reshape(-1)
+                for c in sorted(regions):
+                    region = regions[c]
                     area = int(region.sum())
                     if area < min_pixels:
                         continue
