@@ -99,3 +99,28 @@ def test_dashboard_pages_work_on_the_main_job_store(main_job, monkeypatch, page)
         assert "Leakage audit passed." in texts
     if page == "views/sweeps.py":
         assert at.get("plotly_chart")
+
+
+def test_main_job_space_is_pading_space_with_the_laptop_budget(tmp_path):
+    """The main job sweeps every knob of search_spaces/pading.yaml, the same ranges, except the
+    two that set a trial's cost (step budget, number of primitives), which stay within the
+    full space's and the authors' defaults (steps <= 2,000, primitives <= 400)."""
+    import yaml
+
+    from zeroseg.methods.pading import PADingConfig
+    from zeroseg.platform.commands.demo import search_space
+
+    full = yaml.safe_load((APP.parents[1] / "search_spaces" / "pading.yaml").read_text())
+    main = search_space(tmp_path / "experiment.yaml", "small")
+    assert main["method"] == full["method"] and main["objective"] == full["objective"]
+    assert {k: main[k] for k in ("epochs", "scheduler", "searcher")} == \
+        {k: full[k] for k in ("epochs", "scheduler", "searcher")}
+    budget = {"steps", "num_primitives"}
+    assert set(main["knobs"]) == set(full["knobs"])
+    for name, knob in full["knobs"].items():
+        if name not in budget:
+            assert main["knobs"][name] == knob, name
+    defaults = PADingConfig()
+    assert max(main["knobs"]["steps"]["values"]) <= defaults.steps
+    assert main["knobs"]["num_primitives"]["high"] <= defaults.num_primitives
+    assert main["knobs"]["num_primitives"]["low"] >= full["knobs"]["num_primitives"]["low"]
