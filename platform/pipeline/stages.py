@@ -207,7 +207,8 @@ class Pipeline:
 
         self.progress(f"generating the synthetic benchmark '{d.synthetic.size}' (seed "
                       f"{d.synthetic.seed}) into {self.data_root}")
-        generate(d.synthetic.size, d.synthetic.seed, self.data_root)
+        generate(d.synthetic.size, d.synthetic.seed, self.data_root,
+                 variant=d.synthetic.variant)
 
     @property
     def split(self) -> Split:
