@@ -337,3 +337,61 @@ def test_priors_stage_writes_priors_diagnostics_and_the_audit(variant_data, tmp_
 
     state, meta = load_state(tmp_path / "engine.pt")
     assert meta["kind"] == "cap2seg-engine" and any(k.startswith("global.bert.") for k in state)
+
+
+def _platform_config(root, work) -> dict:
+    return {
+        "name": "cap2seg-smoke", "methods": ["projection", "cap2seg"],
+        "data": {"root": str(root), "synthetic": {"size": "tiny", "seed": 0,
+                                                  "variant": "cap2seg"}},
+        "embedding": {"provider": "attributes", "options": {"dim": 32}},
+        "segmenter": {"model": {"size": "tiny", "train_num_points": 1024},
+                      "optim": {"lr": 0.001, "grad_clip": 1.0},
+                      "train": {"steps": 10, "batch_size": 4, "checkpoint_every": 10},
+                      "distributed": {"workers": 0, "zero_stage": 0}},
+        "features": {"batch_size": 16, "shard_size": 32, "stripe_bands": 15},
+        "evaluation": {"protocols": ["validation", "test"], "settings": ["gzsl", "zsl"]},
+        "params": {"cap2seg": {"steps": 30, "log_every": 10,
+                               "engine": {"epochs": 1, "max_images": 32}}},
+        "work_dir": str(work),
+    }
+
+
+@pytest.mark.slow
+def test_cap2seg_runs_through_the_platform_and_stores_its_diagnostics(variant_data, tmp_path):
+    import shutil
+
+    from zeroseg.platform.pipeline import Pipeline, pipeline_config_from_dict
+    from zeroseg.platform.pipeline.runner import run_one
+    from zeroseg.platform.store import open_store
+
+    root = tmp_path / "data"
+    shutil.copytree(variant_data / "cap2seg", root)
+    pipeline = Pipeline(pipeline_config_from_dict(_platform_config(root, tmp_path / "work")))
+    outcome = run_one(pipeline, "cap2seg", 0)
+    assert outcome.status == "finished", outcome.error
+    with open_store(pipeline.store_url) as store:
+        run = store.run(outcome.run_id)
+    artifacts = run["artifacts"]
+    assert set(artifacts["caption_priors"]) == {"val", "test"}
+    assert {"hard", "medium", "easy"} <= set(artifacts["caption_priors"]["test"]["groups"])
+    assert set(artifacts["class_groups"]) == {"hard", "medium", "easy"}
+    audit = run["leakage_audit"]
+    assert audit["protocol"] == "ignore-pixels" and audit["training_captions_read"] is True
+    assert audit["protocols"]["test"]["training_captions"][
+        "training_captions_may_name_unseen_classes"] is True
+    ranks = [c for c in run["curves"] if c["name"] == "classifier/rank"]
+    assert ranks and all(c["value"] is not None and c["value"] >= 0 for c in ranks)
+    from zeroseg.dashboards.data.run_detail import caption_priors_tables, group_miou_table
+
+    split, by_group, by_class = caption_priors_tables(artifacts)
+    assert split == "test" and list(by_group["Group"])[:3] == ["hard", "medium", "easy"]
+    assert len(by_class) == sum(1 for c in pipeline.split.classes if c.unseen)
+    groups = group_miou_table(run["metrics"], artifacts)
+    assert groups is not None and {"hard", "medium", "easy"} <= set(groups.columns)
+    # Without stripe bands in the features the method says what to set.
+    doc = _platform_config(root, tmp_path / "work")
+    doc["features"].pop("stripe_bands")
+    other = pipeline.derive(pipeline_config_from_dict(doc))
+    failed = run_one(other, "cap2seg", 0, record=False)
+    assert failed.status == "failed" and "features.stripe_bands" in (failed.error or "")

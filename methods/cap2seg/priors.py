@@ -218,18 +218,18 @@ def train_engine(data: ImageData, split: Any, class_embeddings: np.ndarray, conf
                 loss_s = stripe_loss(stripe_logits[rows],
                                      torch.as_tensor(np.concatenate(stripe_t)))
                 loss = loss_o + loss_s
-                metrics = {"occurrence": float(loss_o), "stripes": float(loss_s)}
+                metrics = {"occurrence": float(loss_o.detach()), "stripes": float(loss_s.detach())}
                 if local_items:
                     loss_p, loss_c = _local_losses(local_items, data, local, words_, grid, k,
                                                    stripe_logits, rng, e.n_targets)
                     loss = loss + loss_p + e.consistency_weight * loss_c
-                    metrics.update(local=float(loss_p), consistency=float(loss_c))
+                    metrics.update(local=float(loss_p.detach()), consistency=float(loss_c.detach()))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 step += 1
                 if step % e.log_every == 0 or step == 1:
-                    history.append({"step": step, "loss": float(loss), **metrics})
+                    history.append({"step": step, "loss": float(loss.detach()), **metrics})
         log.info("cap2seg engine: %d steps in %.1f s", step, time.perf_counter() - start)
     glob.eval()
     local.eval()
