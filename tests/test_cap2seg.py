@@ -321,8 +321,9 @@ def test_priors_stage_writes_priors_diagnostics_and_the_audit(variant_data, tmp_
     embeddings = np.random.default_rng(0).normal(size=(split.num_classes, 8)).astype(np.float32)
     build_priors(StageInputs(config, split, embeddings, root, "train", "val"), tmp_path)
     train = load_priors(tmp_path, "train")
-    assert train["occurrence"].shape == (24, split.num_classes)
-    assert train["global"].shape == train["local"].shape == (24, split.num_classes, 3)
+    n = 64  # every training image gets priors; the engine trained on the first 24
+    assert train["occurrence"].shape == (n, split.num_classes)
+    assert train["global"].shape == train["local"].shape == (n, split.num_classes, 3)
     np.testing.assert_allclose(train["global"].sum(-1), 1, rtol=1e-5)
     np.testing.assert_allclose(train["local"].sum(-1), 1, rtol=1e-5)
     diag = json.loads((tmp_path / "diagnostics.json").read_text())
@@ -331,6 +332,7 @@ def test_priors_stage_writes_priors_diagnostics_and_the_audit(variant_data, tmp_
                if g["map_exact"] is not None)
     audit = json.loads((tmp_path / "audit.json").read_text())
     assert audit["training_captions_may_name_unseen_classes"] is True
+    assert audit["engine_training_images"] == 24 and audit["training_images_read"] == n
     assert set(audit["unseen_names_in_training_captions"]) == {
         c.name for c in split.classes if c.unseen}
     from zeroseg.methods.common import load_state
@@ -393,5 +395,45 @@ def test_cap2seg_runs_through_the_platform_and_stores_its_diagnostics(variant_da
     doc = _platform_config(root, tmp_path / "work")
     doc["features"].pop("stripe_bands")
     other = pipeline.derive(pipeline_config_from_dict(doc))
-    failed = run_one(other, "cap2seg", 0, record=False)
-    assert failed.status == "failed" and "features.stripe_bands" in (failed.error or "")
+    from zeroseg.platform.errors import ZerosegError
+
+    with pytest.raises(ZerosegError, match="features.stripe_bands"):
+        run_one(other, "cap2seg", 0, record=False)
+
+
+def test_engine_fine_tunes_a_local_bert_checkpoint_with_its_tokenizer(variant_data, tmp_path):
+    """The COCO path: ``engine.checkpoint`` = a local pretrained BERT folder (model + WordPiece
+    tokenizer), loaded without the network; here one saved from a small config."""
+    from zeroseg.methods.cap2seg.engine import bert_config
+    from zeroseg.methods.cap2seg.priors import train_engine
+    from zeroseg.methods.cap2seg.text import words
+    from zeroseg.platform.data.synthetic.classes_file import load_classes_json
+
+    root = variant_data / "cap2seg"
+    split = load_classes_json(root / "annotations" / "classes.json")
+    data = read_images(root, "train", split, 3, keep_unseen=False, max_images=8)
+    corpus = sorted({w for caps in data.captions for t in caps for w in words(t)}
+                    | {w for c in split.classes for w in words(c.name)})
+    from zeroseg.platform.compat import ensure_torchvision
+
+    ensure_torchvision()  # transformers imports torchvision
+    from transformers import BertModel, BertTokenizer
+
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *corpus])})
+    config = bert_config(len(tokenizer), hidden_size=16, layers=1, heads=2,
+                         intermediate_size=32, max_length=24)
+    BertModel(config).save_pretrained(tmp_path / "bert")
+    tokenizer.save_pretrained(tmp_path / "bert")
+    method_config = get_method("cap2seg").build_config(
+        {"engine": {"checkpoint": str(tmp_path / "bert"), "epochs": 1, "lr": 3.0e-5}})
+    engine = train_engine(data, split, np.eye(split.num_classes, dtype=np.float32),
+                          method_config, 0)
+    assert engine.global_branch.bert.config.hidden_size == 16  # the checkpoint's, not ours
+    ids, types, _ = engine.vocab.encode([data.captions[0][0]], ["red star"], 24)
+    tokens = tokenizer.convert_ids_to_tokens(ids[0].tolist())
+    first_sep = tokens.index("[SEP]")
+    assert tokens[0] == "[CLS]" and len(tokens) == 24
+    assert tokens[first_sep + 1:first_sep + 4] == ["red", "star", "[SEP]"]
+    assert types[0][first_sep + 1] == 1 and types[0][first_sep] == 0
+    assert engine.history

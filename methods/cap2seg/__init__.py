@@ -111,7 +111,7 @@ class EngineConfig:
     local_layers: int = 2
     consistency_weight: float = 1.0
     inference_batch: int = 2048  # (caption, class) pairs per forward pass at read-off
-    max_images: int | None = None  # the first N training images only (tests)
+    max_images: int | None = None  # train the engine on the first N images only (tests)
     log_every: int = 50
     seed: int = 0
 

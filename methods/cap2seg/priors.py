@@ -47,7 +47,7 @@ from zeroseg.methods.cap2seg.engine import (
     occurrence_loss,
     stripe_loss,
 )
-from zeroseg.methods.cap2seg.text import WordVocab, encode_pairs, exact_match, words
+from zeroseg.methods.cap2seg.text import PretrainedTokenizer, WordVocab, exact_match, words
 from zeroseg.methods.common import save_state, seeded
 from zeroseg.methods.registry import StageInputs
 from zeroseg.platform.data.coco import read_label_png
@@ -146,7 +146,7 @@ def _sample_sources(rng: np.random.Generator, labels: np.ndarray, exclude: int, 
 
 @dataclass
 class Engine:
-    vocab: WordVocab
+    vocab: Any  # WordVocab, or the checkpoint's PretrainedTokenizer
     global_branch: GlobalBranch
     local_branch: LocalBranch
     history: list[dict[str, float]]
@@ -166,7 +166,7 @@ def train_engine(data: ImageData, split: Any, class_embeddings: np.ndarray, conf
     words_ = torch.nn.functional.normalize(torch.as_tensor(class_embeddings, dtype=torch.float32),
                                            dim=1)
     texts = [t for caps in data.captions for t in caps] + names
-    vocab = WordVocab.build(texts)
+    vocab: Any = (PretrainedTokenizer(e.checkpoint) if e.checkpoint else WordVocab.build(texts))
     history: list[dict[str, float]] = []
     with seeded(seed):
         rng = np.random.default_rng(seed)
@@ -212,7 +212,7 @@ def train_engine(data: ImageData, split: Any, class_embeddings: np.ndarray, conf
                 if not caps:
                     continue
                 ids, types, mask = (torch.as_tensor(a) for a in
-                                    encode_pairs(vocab, caps, descs, e.max_length))
+                                    vocab.encode(caps, descs, e.max_length))
                 occ_logits, stripe_logits = glob(ids, types, mask)
                 loss_o = occurrence_loss(occ_logits, torch.as_tensor(occ))
                 loss_s = stripe_loss(stripe_logits[rows],
@@ -290,7 +290,7 @@ def predict(engine: Engine, data: ImageData, split: Any, class_embeddings: np.nd
                 descs += names
                 owner.append(i)
         ids, types, mask = (torch.as_tensor(a) for a in
-                            encode_pairs(engine.vocab, caps, descs, e.max_length))
+                            engine.vocab.encode(caps, descs, e.max_length))
         occ_logits, stripe_logits = engine.global_branch(ids, types, mask)
         occ = torch.sigmoid(occ_logits).reshape(-1, c).numpy()
         stripes = torch.softmax(stripe_logits, -1).reshape(-1, c, k).numpy()
@@ -392,11 +392,11 @@ def build_priors(stage: StageInputs, folder: Path) -> None:
     split = stage.split
     k = config.stripes
     e = config.engine
-    train = read_images(stage.data_root, stage.train_split, split, k, keep_unseen=False,
-                        max_images=e.max_images)
+    train = read_images(stage.data_root, stage.train_split, split, k, keep_unseen=False)
     if train.present[:, [c.index for c in split.classes if c.unseen]].any():
         raise DataError("cap2seg priors: an unseen class reached the engine's training labels")
-    engine = train_engine(train, split, stage.class_embeddings, config, e.seed)
+    fit_on = train if e.max_images is None else _first(train, e.max_images)
+    engine = train_engine(fit_on, split, stage.class_embeddings, config, e.seed)
     train_priors = predict(engine, train, split, stage.class_embeddings, config, e.seed)
     _write_npz(folder / "train.npz", train_priors)
     evaluation = read_images(stage.data_root, stage.eval_split, split, k, keep_unseen=True)
@@ -406,19 +406,26 @@ def build_priors(stage: StageInputs, folder: Path) -> None:
     diag = diagnostics(eval_priors, evaluation.present, evaluation.truth, split)
     diag["engine_history"] = engine.history[-5:]
     atomic_write_json(folder / "diagnostics.json", diag, indent=1)
-    atomic_write_json(folder / "vocab.json", engine.vocab.tokens)
+    atomic_write_json(folder / "vocab.json", engine.vocab.describe())
     save_state(folder / "engine.pt",
                {**{f"global.{n}": v for n, v in engine.global_branch.state_dict().items()},
                 **{f"local.{n}": v for n, v in engine.local_branch.state_dict().items()}},
                {"format": 1, "kind": "cap2seg-engine", "stripes": k})
     atomic_write_json(folder / "audit.json", {
         "training_images_read": int(len(train.image_ids)),
+        "engine_training_images": int(len(fit_on.image_ids)),
         "training_captions_read": int(sum(len(c) for c in train.captions)),
         "training_labels": "seen classes only: unseen pixels read as unlabelled",
         "training_captions_may_name_unseen_classes": True,
         "unseen_names_in_training_captions": unseen_names_in_captions(train.captions, split),
         "evaluation_images_read_for_diagnostics": int(len(evaluation.image_ids)),
     }, indent=1)
+
+
+def _first(data: ImageData, n: int) -> ImageData:
+    """The first ``n`` images of ``data``."""
+    return ImageData(data.image_ids[:n], data.captions[:n], data.labels[:n], data.present[:n],
+                     data.truth[:n])
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

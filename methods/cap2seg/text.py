@@ -42,6 +42,13 @@ class WordVocab:
         unk = self.index[UNK]
         return [self.index.get(w, unk) for w in words(text)]
 
+    def encode(self, captions: Sequence[str], descriptions: Sequence[str], max_length: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return encode_pairs(self, captions, descriptions, max_length)
+
+    def describe(self) -> list[str]:
+        return self.tokens
+
     def pair(self, caption: str, description: str, max_length: int
              ) -> tuple[list[int], list[int]]:
         """``[CLS] caption [SEP] description [SEP]``, caption truncated first (as BERT's
@@ -77,3 +84,30 @@ def exact_match(caption: str, name: str) -> bool:
         if cap[i:i + n - 1] == target[:-1] and cap[i + n - 1] in last:
             return True
     return False
+
+
+class PretrainedTokenizer:
+    """The WordPiece tokenizer saved with a local pretrained BERT (``engine.checkpoint``): the
+    same ``[CLS] caption [SEP] class name [SEP]`` pairs, the caption truncated first."""
+
+    def __init__(self, path: str):
+        from zeroseg.platform.compat import ensure_torchvision
+
+        ensure_torchvision()
+        from transformers import AutoTokenizer
+
+        self.path = path
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+    def __len__(self) -> int:
+        return len(self.tokenizer)
+
+    def encode(self, captions: Sequence[str], descriptions: Sequence[str], max_length: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        out = self.tokenizer(list(captions), list(descriptions), max_length=max_length,
+                             truncation="only_first", padding="max_length", return_tensors="np")
+        return (out["input_ids"].astype(np.int64), out["token_type_ids"].astype(np.int64),
+                out["attention_mask"].astype(np.int64))
+
+    def describe(self) -> dict[str, str]:
+        return {"checkpoint": self.path}
