@@ -437,3 +437,43 @@ def test_engine_fine_tunes_a_local_bert_checkpoint_with_its_tokenizer(variant_da
     assert tokens[first_sep + 1:first_sep + 4] == ["red", "star", "[SEP]"]
     assert types[0][first_sep + 1] == 1 and types[0][first_sep] == 0
     assert engine.history
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_cap2seg_is_swept_on_the_validation_view_and_reproduced(variant_data, tmp_path):
+    """Two trials through Ray Tune (the objective on the Cap2Seg split's validation view: its
+    held-out seen classes play unseen), then the best one reproduced exactly."""
+    import shutil
+
+    import yaml
+
+    from zeroseg.platform.store import open_store
+    from zeroseg.platform.tuning.reproduce import reproduce
+    from zeroseg.platform.tuning.sweep import prepare_job, run_sweep
+
+    root = tmp_path / "data"
+    shutil.copytree(variant_data / "cap2seg", root)
+    doc = _platform_config(root, tmp_path / "work")
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({
+        "method": "cap2seg", "config": str(config), "epochs": 2,
+        "objective": {"task": "semantic", "metric": "iou", "setting": "gzsl"},
+        "searcher": {"type": "tpe", "seed": 0, "n_startup_trials": 2},
+        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        "knobs": {"rank_weight": {"type": "loguniform", "low": 0.001, "high": 0.1},
+                  "spatial_prior": {"type": "choice", "values": ["global", "fused"]}}}))
+    store = tmp_path / "sweep.db"
+    result = run_sweep(prepare_job(space, "cap2seg-sweep", store=str(store)), trials=2,
+                       concurrency=1)
+    assert result.trials == 2
+    with open_store(store) as opened:
+        trials = [opened.run(r["id"]) for r in opened.runs(superseded=True)
+                  if r["sweep"] == "cap2seg-sweep"]
+    assert len(trials) == 2 and {t["method"] for t in trials} == {"cap2seg"}
+    for trial in trials:
+        assert "val" in trial["artifacts"]["caption_priors"]
+    reps = reproduce(str(store), "cap2seg-sweep", top=1, seeds=1)
+    assert len(reps) == 1 and reps[0].exact is True, reps[0].mismatches
