@@ -477,3 +477,26 @@ def test_cap2seg_is_swept_on_the_validation_view_and_reproduced(variant_data, tm
         assert "val" in trial["artifacts"]["caption_priors"]
     reps = reproduce(str(store), "cap2seg-sweep", top=1, seeds=1)
     assert len(reps) == 1 and reps[0].exact is True, reps[0].mismatches
+
+
+def test_dashboard_tables_of_caption_priors_and_group_miou():
+    from zeroseg.dashboards.data.run_detail import caption_priors_tables, group_miou_table
+
+    assert caption_priors_tables({}) is None and caption_priors_tables(None) is None
+    diag = {"groups": {"all": {"map_exact": 40.0, "map_entailment": 55.0},
+                       "easy": {"map_exact": 70.0, "map_entailment": 80.0},
+                       "hard": {"map_exact": 5.0, "map_entailment": 20.0}},
+            "per_class": [{"class": "red star", "group": "hard", "images": 3,
+                           "ap_exact": 0.05, "ap_entailment": 0.2}]}
+    split, by_group, by_class = caption_priors_tables({"caption_priors": {"val": diag}})
+    assert split == "val" and list(by_group["Group"]) == ["hard", "easy", "all"]
+    assert by_group.loc[0, "Occurrence mAP, entailment"] == 20.0
+    assert by_class.loc[0, "Class"] == "red star"
+    metrics = [{"subset": "class", "task": "semantic", "metric": "iou", "setting": "gzsl",
+                "eval_split": "test", "class_name": name, "value": value}
+               for name, value in (("red star", 0.1), ("blue circle", 0.3), ("wavy sand", 0.5))]
+    groups = group_miou_table(metrics, {"class_groups": {"hard": ["red star", "blue circle"],
+                                                         "easy": ["wavy sand"]}})
+    assert groups.loc[0, "hard"] == pytest.approx(20.0) and groups.loc[0, "easy"] == \
+        pytest.approx(50.0)
+    assert group_miou_table(metrics, {}) is None
