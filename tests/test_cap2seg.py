@@ -136,6 +136,8 @@ def test_grid_read_off_consistency_and_fusion():
     stripes = grid_to_stripes(cells, 3)
     np.testing.assert_allclose(stripes.numpy(), torch.softmax(torch.tensor([[2.7, 0.3, 0.0]]),
                                                               1).numpy(), rtol=1e-6)  # eq. 10
+    np.testing.assert_allclose(grid_to_stripes(cells, 3, "mean").numpy(), [[0.9, 0.1, 0.0]],
+                               rtol=1e-6)  # the authors' code: each row's mean
     a, b = torch.tensor([[0.5, 0.3, 0.2]]), torch.tensor([[0.2, 0.3, 0.5]])
     assert float(consistency_loss(a, b)) == pytest.approx(math.sqrt(0.18), rel=1e-5)  # eq. 11
     np.testing.assert_allclose(fuse(a, b).numpy(), [[0.35, 0.3, 0.35]], rtol=1e-6)

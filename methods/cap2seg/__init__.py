@@ -31,11 +31,12 @@ engine.lr (Adam)         3e-5             5e-5              5e-4               Z
 engine.checkpoint        BERT-base        BERT-base         none (config)      no weights offline
 engine hidden/layers     768 / 12         768 / 12          64 / 2             Z: from scratch
 engine.images_per_step   batch 128 pairs  128 pairs         16 (x ~8 pairs)    ~128 pairs per step
-engine.epochs            5                5 (3 in scripts)  5                  paper
+engine.epochs            5                5 (run scripts)   5                  both
 engine.max_length        24               24                24                 both
 negatives                as many absent   random.choice     as many absent     code (replacement)
 L_s                      -q_hat log q     CE vs GT hist     -q log q_hat       code (eq. 5 typo)
-engine.n_sub             20               --                20                 paper
+engine.n_sub             20               1 (consistency)   20                 paper
+engine.local_readout     softmax of sums  mean of the row   softmax            paper: a distribution
 engine.consistency_w.    1 (eq. 6+9+11)   --                1.0                paper
 rank_weight (lambda)     0.01             0.005             0.005              code
 margin                   -- (eq. 16 lin.) 1 (MarginRanking) 1.0                code
@@ -110,6 +111,7 @@ class EngineConfig:
     local_hidden: int = 128
     local_layers: int = 2
     consistency_weight: float = 1.0
+    local_readout: Literal["softmax", "mean"] = "softmax"  # eq. 10 / the code's row mean
     inference_batch: int = 2048  # (caption, class) pairs per forward pass at read-off
     max_images: int | None = None  # train the engine on the first N images only (tests)
     log_every: int = 50

@@ -115,10 +115,17 @@ def grid_positions(k: int) -> Tensor:
     return torch.stack([x.reshape(-1), y.reshape(-1)], dim=1)
 
 
-def grid_to_stripes(grid: Tensor, k: int) -> Tensor:
-    """Eq. 10: ``[..., k * k]`` cell probabilities (row-major) -> ``softmax_k`` of each row's
-    sum: ``[..., k]``."""
-    return torch.softmax(grid.reshape(*grid.shape[:-1], k, k).sum(-1), dim=-1)
+def grid_to_stripes(grid: Tensor, k: int, readout: str = "softmax") -> Tensor:
+    """``[..., k * k]`` cell probabilities (row-major) -> ``[..., k]`` per stripe (row):
+    ``softmax`` = eq. 10, the softmax of each row's sum; ``mean`` = the authors' code
+    (``consistency_pixel_location``: ``pred.view(b, k, k).mean(2)``), each row's mean
+    probability, not normalised."""
+    rows = grid.reshape(*grid.shape[:-1], k, k)
+    if readout == "softmax":
+        return torch.softmax(rows.sum(-1), dim=-1)
+    if readout == "mean":
+        return rows.mean(-1)
+    raise ValueError(f"unknown local read-off {readout!r}")
 
 
 def consistency_loss(local_stripes: Tensor, global_stripes: Tensor) -> Tensor:

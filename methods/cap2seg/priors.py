@@ -221,7 +221,8 @@ def train_engine(data: ImageData, split: Any, class_embeddings: np.ndarray, conf
                 metrics = {"occurrence": float(loss_o.detach()), "stripes": float(loss_s.detach())}
                 if local_items:
                     loss_p, loss_c = _local_losses(local_items, data, local, words_, grid, k,
-                                                   stripe_logits, rng, e.n_targets)
+                                                   stripe_logits, rng, e.n_targets,
+                                                   e.local_readout)
                     loss = loss + loss_p + e.consistency_weight * loss_c
                     metrics.update(local=float(loss_p.detach()), consistency=float(loss_c.detach()))
                 optimizer.zero_grad(set_to_none=True)
@@ -238,7 +239,8 @@ def train_engine(data: ImageData, split: Any, class_embeddings: np.ndarray, conf
 
 def _local_losses(items: list[Any], data: ImageData, local: LocalBranch, words_: torch.Tensor,
                   grid: torch.Tensor, k: int, stripe_logits: torch.Tensor,
-                  rng: np.random.Generator, n_targets: int) -> tuple[torch.Tensor, torch.Tensor]:
+                  rng: np.random.Generator, n_targets: int, readout: str
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     src_pos, src_cls, tgt_pos, tgt_hit, classes, rows = [], [], [], [], [], []
     for i, u, row, (pos, cls) in items:
         flat = data.labels[i].reshape(-1)
@@ -256,7 +258,7 @@ def _local_losses(items: list[Any], data: ImageData, local: LocalBranch, words_:
     probability = local(src_pos_t, src_words, torch.as_tensor(np.stack(tgt_pos)), target_word)
     loss_p = local_loss(probability, torch.as_tensor(np.stack(tgt_hit)))
     cells = local(src_pos_t, src_words, grid[None].expand(len(items), -1, -1), target_word)
-    local_stripes = grid_to_stripes(cells, k)
+    local_stripes = grid_to_stripes(cells, k, readout)
     global_stripes = torch.softmax(stripe_logits[torch.as_tensor(rows)], dim=-1)
     return loss_p, consistency_loss(local_stripes, global_stripes)
 
@@ -307,7 +309,7 @@ def predict(engine: Engine, data: ImageData, split: Any, class_embeddings: np.nd
             cells = engine.local_branch(
                 torch.as_tensor(pos)[None].expand(c, -1, -1), words_[torch.as_tensor(cls)][None]
                 .expand(c, -1, -1), grid[None].expand(c, -1, -1), words_)
-            local[i] = grid_to_stripes(cells, k).numpy()
+            local[i] = grid_to_stripes(cells, k, e.local_readout).numpy()
     return {"image_id": data.image_ids, "occurrence": occurrence, "exact": exact,
             "global": glob, "local": local}
 
