@@ -44,7 +44,7 @@ pair_threshold           --               0.2               0.2                c
 rank_images (B)          --               5 (BATCH_SIZE)    5                  code
 normalisation            per stripe (17)  rescale over Y    code               code
 pair_reduction           --               mean, all pairs   all                code
-rank score               f.w_u (pixel)    f.w_u (pixel)     P_q(u) of queries  zeroseg's inference
+rank_score               f.w_u (pixel)    f.w_u (pixel)     logit              code (linear score)
 occurrence               entailment       entailment        entailment         both
 spatial_prior            fused            fused (loc)       fused (cap2seg)    both
 calibration_gamma        0.4 (SPNet)      none (eval.py)    0.0                code
@@ -52,11 +52,14 @@ calibration_gamma        0.4 (SPNet)      none (eval.py)    0.0                c
 
 ``Z``: zeroseg's choice where neither source applies (the synthetic benchmark's engine is
 trained from scratch; ``configs/coco_stuff_cap2seg_15.yaml`` sets the paper's 3e-5 with a local
-BERT checkpoint). The rank score is the zeroseg segmenter's semantic pixel score
-``sum_q P_q(u) sigmoid(m_q)`` rather than DeepLab's linear ``f . w_u``: the same role, the
-quantity this segmenter's inference ranks pixels by. ``calibration_gamma`` > 0 subtracts gamma
-from the seen classes' softmax probabilities of each query (SPNet's calibration, applied to
-queries: the classifier returns ``log max(p - gamma [seen], 1e-8)``).
+BERT checkpoint). The rank score is carried to the queries through their masks
+(:mod:`.ranking`). ``rank_score``: ``logit`` ranks ``sum_q z_q(u) w_q(u)`` with ``z_q`` the
+classifier's logit (cosine / temperature), linear like the code's ``f . w_u``;
+``probability`` ranks ``sum_q P_q(u) w_q(u)`` (the semantic inference's pixel score), where the
+code's margin of 1 exceeds any difference of scores in [0, 1], so every pair stays inside the
+hinge. ``calibration_gamma`` > 0 subtracts gamma from the seen classes' softmax probabilities
+of each query (SPNet's calibration, applied to queries: the classifier returns
+``log max(p - gamma [seen], 1e-8)``).
 
 Needs ``features.stripe_bands`` (a multiple of ``K``; 15 fits K = 3 and 5) in the experiment
 config, so that the ``train_all`` cache carries each query's mask mass over unlabelled pixels per
@@ -86,7 +89,7 @@ from zeroseg.methods.registry import (
     MethodSpec,
     StageSpec,
 )
-from zeroseg.platform.config import to_dict
+from zeroseg.platform.config import added_field, to_dict
 from zeroseg.platform.errors import ConfigError, DataError
 from zeroseg.platform.io import read_json
 
@@ -111,7 +114,9 @@ class EngineConfig:
     local_hidden: int = 128
     local_layers: int = 2
     consistency_weight: float = 1.0
-    local_readout: Literal["softmax", "mean"] = "softmax"  # eq. 10 / the code's row mean
+    # eq. 10 / the code's row mean (an added field: the engine's stage key is unchanged at
+    # its default)
+    local_readout: Literal["softmax", "mean"] = added_field("softmax", since="issue 18")
     inference_batch: int = 2048  # (caption, class) pairs per forward pass at read-off
     max_images: int | None = None  # train the engine on the first N images only (tests)
     log_every: int = 50
@@ -144,6 +149,7 @@ class Cap2SegConfig(ProjectionConfig):
     rank_images: int = 5
     normalisation: Literal["code", "paper"] = "code"
     pair_reduction: Literal["all", "valid"] = "all"
+    rank_score: Literal["logit", "probability"] = "logit"
     calibration_gamma: float = 0.0
     engine: EngineConfig = field(default_factory=EngineConfig)
 
@@ -246,8 +252,10 @@ def ranking_step(data: RankingData, unseen: Tensor, config: Cap2SegConfig,
         rows = np.concatenate([data.rows_of_image[int(i)] for i in pick])
         local = torch.as_tensor(np.concatenate([np.full(len(data.rows_of_image[int(i)]), n)
                                                 for n, i in enumerate(pick)]))
-        probabilities = torch.softmax(module(data.x[rows]), dim=1)[:, unseen]
-        scores = image_scores(probabilities, data.weights[rows], local, len(pick))
+        logits = module(data.x[rows])
+        per_query = (logits if config.rank_score == "logit" else
+                     torch.softmax(logits, dim=1))[:, unseen]
+        scores = image_scores(per_query, data.weights[rows], local, len(pick))
         loss = ranking_loss(scores, data.occurrence[pick], threshold=config.pair_threshold,
                             margin=config.margin, reduction=config.pair_reduction)
         return config.rank_weight * loss, {"rank": loss}

@@ -1,16 +1,18 @@
 """The spatially weighted ranking loss L_RS (paper eq. 17; the authors' ``cal_rank_loss``) on the
 shared segmenter's cached query embeddings.
 
-From pixels to queries. The segmenter's semantic score of class ``u`` at pixel ``p`` is
-``z(p, u) = sum_q P_q(u) sigmoid(m_q(p))`` (``P_q`` the classifier's softmax over the ``C + 1``
-columns of query ``q``, ``m_q`` its mask logits). Every form of the loss is a weighted sum of
-``z`` over the unlabelled pixels ``Y`` (no seen-class GT), with a weight ``L(p)`` that is
-constant on each horizontal band of the image, so it is linear in the per-query band masses the
+From pixels to queries. The segmenter's score of class ``u`` at pixel ``p`` is
+``z(p, u) = sum_q s_q(u) sigmoid(m_q(p))`` (``m_q`` query ``q``'s mask logits; ``s_q(u)`` its
+classifier logit for ``u`` with ``rank_score = logit``, or its softmax probability over the
+``C + 1`` columns with ``probability``: the semantic inference's pixel score). Every form of
+the loss is a weighted sum of ``z`` over the unlabelled pixels ``Y`` (no seen-class GT), with a
+weight ``L(p)`` that is constant on each horizontal band of the image, so it is linear in the
+per-query band masses the
 ``train_all`` cache stores (``features.stripe_bands = R``; platform/features/extract.py
 ``stripe_band_rows``): ``bands[q, j] = sum_{p in band j} sigmoid(m_q(p)) [p in Y] / N`` and
 ``band_unlabelled[j] = |Y in band j| / N``::
 
-    S(u) = sum_p L(p) z(p, u) [p in Y] / |Y| = sum_q P_q(u) w_q(u),
+    S(u) = sum_p L(p) z(p, u) [p in Y] / |Y| = sum_q s_q(u) w_q(u),
     w_q(u) = sum_j A(u)_j bands[q, j]
 
 so the mask predictions turn the pixel-level stripe weights into one weight per query, and the
@@ -71,7 +73,7 @@ def query_weights(bands: np.ndarray, band_unlabelled: np.ndarray, stripes: np.nd
 
 def image_scores(probabilities: Tensor, weights: Tensor, image: Tensor, num_images: int
                  ) -> Tensor:
-    """``S [B, U]``: per image, ``sum_q P_q(u) w_q(u)`` over its queries. ``probabilities`` and
+    """``S [B, U]``: per image, ``sum_q s_q(u) w_q(u)`` over its queries. ``probabilities`` and
     ``weights`` are ``[rows, U]``; ``image [rows]`` numbers the rows' images ``0 .. B - 1``."""
     out = torch.zeros(num_images, probabilities.shape[1], dtype=probabilities.dtype)
     return out.index_add(0, image, probabilities * weights)
