@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zeroseg.platform.compat import ensure_torchvision
+
 
 def bert_config(vocab_size: int, *, hidden_size: int, layers: int, heads: int,
                 intermediate_size: int, max_length: int) -> Any:
     """A small BertConfig for an engine trained from scratch (nothing downloaded)."""
-    from zeroseg.platform.compat import ensure_torchvision
-
     ensure_torchvision()  # transformers imports torchvision; its compiled ops may not load
     from transformers import BertConfig
 
@@ -40,8 +40,6 @@ class GlobalBranch(nn.Module):
 
     def __init__(self, config: Any, stripes: int, checkpoint: str | None = None):
         super().__init__()
-        from zeroseg.platform.compat import ensure_torchvision
-
         ensure_torchvision()
         from transformers import BertModel
 

@@ -10,6 +10,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from zeroseg.platform.compat import ensure_torchvision
+
 PAD, UNK, CLS, SEP = "[PAD]", "[UNK]", "[CLS]", "[SEP]"
 SPECIALS = (PAD, UNK, CLS, SEP)
 _WORD = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
@@ -91,8 +93,6 @@ class PretrainedTokenizer:
     same ``[CLS] caption [SEP] class name [SEP]`` pairs, the caption truncated first."""
 
     def __init__(self, path: str):
-        from zeroseg.platform.compat import ensure_torchvision
-
         ensure_torchvision()
         from transformers import AutoTokenizer
 
