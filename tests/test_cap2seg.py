@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -502,3 +503,16 @@ def test_dashboard_tables_of_caption_priors_and_group_miou():
     assert groups.loc[0, "hard"] == pytest.approx(20.0) and groups.loc[0, "easy"] == \
         pytest.approx(50.0)
     assert group_miou_table(metrics, {}) is None
+
+
+def test_stripe_bands_enter_the_feature_key_only_when_on():
+    from zeroseg.platform.features.config import ExtractConfig
+
+    base = ExtractConfig(checkpoint=Path("ckpt"), data=Path("data"), kind="train_all")
+    assert "stripe_bands" not in base.key_config("test")  # every existing key unchanged
+    on = ExtractConfig(checkpoint=Path("ckpt"), data=Path("data"), kind="train_all",
+                       stripe_bands=15)
+    assert on.key_config("test") == {**base.key_config("test"), "stripe_bands": 15}
+    with pytest.raises(ConfigError, match="train_all only"):
+        ExtractConfig(checkpoint=Path("ckpt"), data=Path("data"), kind="eval",
+                      stripe_bands=15).validate()
