@@ -37,7 +37,7 @@ negatives                as many absent   random.choice     as many absent     c
 L_s                      -q_hat log q     CE vs GT hist     -q log q_hat       code (eq. 5 typo)
 engine.n_sub             20               1 (consistency)   20                 paper
 engine.local_readout     softmax of sums  mean of the row   softmax            paper: a distribution
-engine.consistency_w.    1 (eq. 6+9+11)   --                1.0                paper
+engine.consistency_w.    1 (eq. 6+9+11)   1 (consist_scale) 1.0                both
 rank_weight (lambda)     0.01             0.005             0.005              code
 margin                   -- (eq. 16 lin.) 1 (MarginRanking) 1.0                code
 pair_threshold           --               0.2               0.2                code
