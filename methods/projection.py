@@ -43,6 +43,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +71,9 @@ from zeroseg.platform.config import to_dict
 from zeroseg.platform.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+#: ``(module, step) -> (loss tensor, {name: value})``: a loss added to the cross-entropy.
+ExtraLoss = Callable[[nn.Module, int], tuple[Tensor, dict[str, Any]]]
 
 
 @dataclass
@@ -134,7 +138,8 @@ def train_projection(query_embeddings: Any, targets: Any, class_embeddings: Any,
                      unseen_idx: Any, config: ProjectionConfig | None = None,
                      seed: int | None = None, *, on_step: StepCallback | None = None,
                      on_snapshot: SnapshotCallback | None = None,
-                     snapshot_every: int | None = None) -> ProjectionResult:
+                     snapshot_every: int | None = None,
+                     extra_loss: ExtraLoss | None = None) -> ProjectionResult:
     """Train the projection classifier on seen classes; it predicts over seen + unseen.
 
     ``query_embeddings [M, D]`` with ``targets [M]`` (class index, or ``C`` = no-object; no
@@ -168,10 +173,15 @@ def train_projection(query_embeddings: Any, targets: Any, class_embeddings: Any,
             rows = sampler.next()
             logits = module(x[rows])[:, train_columns]
             loss = F.cross_entropy(logits, y_train[rows], weight=weights)
+            metrics = {"loss": loss}
+            if extra_loss is not None:
+                added, more = extra_loss(module, step)
+                metrics = {"loss": loss + added, "ce": loss, **more}
+                loss = loss + added
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            record_step(history, on_step, step, config.steps, config.log_every, {"loss": loss})
+            record_step(history, on_step, step, config.steps, config.log_every, metrics)
             if on_snapshot is not None and snapshot_due(step, config.steps, snapshot_every):
                 with frozen_rng():
                     on_snapshot(step, TorchClassifier(module, num_classes, x.shape[1]))

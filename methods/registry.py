@@ -247,6 +247,7 @@ class StageInputs:
     class_embeddings: np.ndarray  # float32 [C, d]
     data_root: Path  # the dataset (read only)
     train_split: str  # its training split's folder name
+    eval_split: str = "val"  # its evaluation split's folder name (diagnostics only)
 
 
 @dataclass(frozen=True)

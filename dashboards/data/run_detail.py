@@ -145,3 +145,69 @@ def fidelity_tables(artifacts: Any) -> tuple[pd.DataFrame, pd.DataFrame] | None:
             for r in fid.get("per_class") or []]
     per_class = pd.DataFrame(rows, columns=["Class", "Real", "MMD", "NCM accuracy"])
     return summary, per_class
+
+
+# -- caption priors (Cap2Seg) and per-group mIoU --------------------------------------------------
+#: Columns of the caption-priors group table: (label, key, scale).
+CAPTION_COLUMNS = (
+    ("Occurrence mAP, exact match", "map_exact"),
+    ("Occurrence mAP, entailment", "map_entailment"),
+    ("Stripe cosine, global", "cosine_global"),
+    ("Stripe cosine, local", "cosine_local"),
+    ("Stripe cosine, fused", "cosine_fused"),
+)
+GROUP_ORDER = ("hard", "medium", "easy", "all")
+
+
+def caption_priors_tables(artifacts: Any) -> tuple[str, pd.DataFrame, pd.DataFrame] | None:
+    """A caption-supervised run's diagnostics (``artifacts["caption_priors"]``, written by
+    methods/cap2seg on the evaluation images; the test split's, else the validation view's):
+    (eval split, one row per caption group with occurrence mAP (exact match vs entailment,
+    percent) and stripe cosine (global / local / fused), one row per unseen class); ``None``
+    when the run has none."""
+    found = (artifacts or {}).get("caption_priors") if isinstance(artifacts, Mapping) else None
+    if not isinstance(found, Mapping) or not found:
+        return None
+    split = "test" if "test" in found else sorted(found)[0]
+    diag = found[split]
+    if not isinstance(diag, Mapping):
+        return None
+    groups = diag.get("groups") or {}
+    order = {g: i for i, g in enumerate(GROUP_ORDER)}
+    rows = [{"Group": g, **{label: values.get(key) for label, key in CAPTION_COLUMNS}}
+            for g, values in sorted(groups.items(), key=lambda kv: (order.get(kv[0], 9), kv[0]))]
+    per_class = pd.DataFrame(
+        [{"Class": r.get("class"), "Group": r.get("group"), "Images": r.get("images"),
+          "AP exact": r.get("ap_exact"), "AP entailment": r.get("ap_entailment"),
+          "Cosine global": r.get("cosine_global"), "Cosine local": r.get("cosine_local"),
+          "Cosine fused": r.get("cosine_fused")} for r in diag.get("per_class") or []],
+        columns=["Class", "Group", "Images", "AP exact", "AP entailment", "Cosine global",
+                 "Cosine local", "Cosine fused"])
+    return split, pd.DataFrame(rows, columns=["Group", *[c for c, _ in CAPTION_COLUMNS]]), \
+        per_class
+
+
+def group_miou_table(metrics: Sequence[Mapping[str, Any]], artifacts: Any) -> pd.DataFrame | None:
+    """Semantic mIoU (percent) of the unseen classes of each caption group of the run's split
+    (``artifacts["class_groups"]``: group -> class names, recorded for splits that define
+    groups, e.g. Cap2Seg's hard / medium / easy), per setting and evaluation split, from the
+    per-class IoU rows; ``None`` when the split has no groups or no per-class rows."""
+    groups = (artifacts or {}).get("class_groups") if isinstance(artifacts, Mapping) else None
+    if not isinstance(groups, Mapping) or not groups:
+        return None
+    values: dict[tuple[str, str], dict[str, float]] = {}
+    for m in metrics:
+        if (m.get("subset") == "class" and m.get("task") == "semantic"
+                and m.get("metric") == "iou" and m.get("value") is not None):
+            values.setdefault((m["setting"], m["eval_split"]), {})[m["class_name"]] = m["value"]
+    rows = []
+    for (setting, split), per_class in sorted(values.items(), key=lambda kv: (
+            kv[0][1] != "test", kv[0][0])):
+        row = {"Setting": setting.upper(), "Eval split": split}
+        for group, names in groups.items():
+            got = [per_class[n] for n in names if n in per_class]
+            row[group] = percent(sum(got) / len(got)) if got else None
+        rows.append(row)
+    if not rows:
+        return None
+    return pd.DataFrame(rows, columns=["Setting", "Eval split", *groups])

@@ -122,8 +122,29 @@ with ui.section("Per-class metrics"):
                         key="rd_per_class")
         st.dataframe(table, hide_index=True, placeholder="–",
                      column_config=ui.pct_config(["Value"]))
+        groups = run_detail.group_miou_table(metrics, run.get("artifacts"))
+        if groups is not None:
+            st.markdown("**Unseen-class mIoU per caption group** (semantic IoU, percent)")
+            st.dataframe(groups, hide_index=True, placeholder="–",
+                         column_config=ui.pct_config([c for c in groups.columns
+                                                      if c not in ("Setting", "Eval split")]))
     for note in roles_result.notes:
         st.caption(f":material/info: {note}")
+
+captions = run_detail.caption_priors_tables(run.get("artifacts"))
+if captions is not None:
+    st.subheader("Caption priors (Cap2Seg's inference engine)")
+    with ui.section("Caption priors"):
+        eval_split, by_group, by_class = captions
+        st.markdown(f"**Occurrence and stripe priors on the {eval_split} images** (unseen "
+                    "classes of the run's label space)")
+        st.dataframe(by_group, hide_index=True, placeholder="–")
+        st.dataframe(by_class, hide_index=True, placeholder="–")
+        st.caption("Occurrence mAP (percent) ranks the evaluation images by the engine's "
+                   "occurrence score for each unseen class: exact word match of the class "
+                   "name in a caption vs contextual entailment (Cap2Seg Table 1). Stripe "
+                   "cosine compares the predicted vertical distribution with the ground "
+                   "truth's where the class is present (Table 3).")
 
 st.subheader("Training curves")
 with ui.section("Training curves"):

@@ -29,7 +29,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     total = (spec.train + spec.val) if spec is not None else 0
     with progress_bar(f"synth {args.size}", total, enabled=not args.quiet) as advance:
         summary = generate(args.size, args.seed, args.out, workers=args.workers,
-                           overwrite=args.overwrite, progress=advance)
+                           overwrite=args.overwrite, progress=advance, variant=args.variant)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     synth.add_argument("--json", action="store_true", help="print the summary as JSON")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
+    synth.add_argument("--variant", choices=["default", "cap2seg"], default="default",
+                       help="cap2seg: the caption variant (Cap2Seg's split, ignore-pixels "
+                            "protocol, placement priors, position phrases, stripe histograms)")
     synth.set_defaults(handler="data:cmd_data_synth")
 
     lst = data_sub.add_parser("list", help="print every benchmark split",

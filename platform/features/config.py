@@ -53,6 +53,12 @@ class ExtractConfig:
     threads_per_worker: int = 1  # torch threads in each worker
     device: str = "cpu"
     rebuild: bool = False  # rebuild even when a valid cache entry exists
+    # Train kinds only, 0 = off: also store, per query, its predicted mask's mass over the
+    # image's unlabelled pixels (no GT segment) in this many horizontal bands of the model's
+    # input frame ("bands" [M, R]) and the unlabelled share of each band ("band_unlabelled"
+    # [M, R], the image's, repeated per query): what a spatially weighted loss over unlabelled
+    # pixels (Cap2Seg's L_RS) needs without the masks. Left out of the key when 0.
+    stripe_bands: int = 0
 
     def validate(self) -> None:
         for name in ("shard_size", "batch_size", "workers", "threads_per_worker"):
@@ -67,11 +73,15 @@ class ExtractConfig:
                 raise ConfigError("image_ids has duplicates")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if self.stripe_bands < 0:
+            raise ConfigError(f"stripe_bands must be >= 0, got {self.stripe_bands}")
+        if self.stripe_bands and self.kind != "train_all":
+            raise ConfigError(f"stripe_bands: stored for kind train_all only, not {self.kind!r}")
 
     def key_config(self, leakage_filter: str) -> dict[str, Any]:
         """The extraction settings the cache key covers (``leakage_filter`` resolved)."""
         train = self.kind != "eval"
-        return {
+        key: dict[str, Any] = {
             "kind": self.kind,
             "view": self.view,
             "leakage_filter": leakage_filter if train else "none",
@@ -85,3 +95,6 @@ class ExtractConfig:
             "threads": self.threads_per_worker,
             "seed": self.seed,
         }
+        if train and self.stripe_bands:  # absent at 0: every existing key stays as it was
+            key["stripe_bands"] = self.stripe_bands
+        return key

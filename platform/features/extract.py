@@ -176,6 +176,7 @@ class ExtractionJob:
     threads: int
     device: str
     image_ids: tuple[int, ...]  # every image of the extraction (the dataset view is built once)
+    stripe_bands: int = 0  # train kinds: per-query mask mass over unlabelled pixels per band
 
 
 def batch_seed(seed: int, first_image_id: int) -> int:
@@ -256,7 +257,11 @@ class ShardExtractor:
                     masks = [m.to(job.device) for m in batch["mask_labels"]]
                     labels = [c.to(job.device) for c in batch["class_labels"]]
                     matches = self.model.match(output, masks, labels)
-                    parts.append(self._train_rows(ids, output, labels, matches))
+                    part = self._train_rows(ids, output, labels, matches)
+                    if job.stripe_bands:  # train_all only (ExtractConfig.validate)
+                        part.update(stripe_band_rows(output.mask_logits, masks,
+                                                     job.stripe_bands))
+                    parts.append(part)
         if job.kind == "eval" and self.resize.mode != "squash":
             _pad_masks_to_common_grid(parts)
         arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
@@ -322,6 +327,38 @@ class ShardExtractor:
         arrays["images"] = np.asarray(ids, dtype=np.int64)
         arrays["num_targets"] = np.asarray([len(c) for c in labels], dtype=np.int64)
         return arrays
+
+
+def stripe_band_rows(mask_logits: Any, gt_masks: list[Any], bands: int
+                     ) -> dict[str, np.ndarray]:
+    """Per query of a batch: its mask's mass over the image's unlabelled pixels in ``bands``
+    horizontal bands, and the unlabelled share of each band (ExtractConfig.stripe_bands).
+
+    ``mask_logits [B, Q, h, w]`` (the segmenter's, at its mask resolution), ``gt_masks[b]
+    [n, H, W]`` (the GT segments of seen classes in the input frame: a pixel in none of them
+    is unlabelled, as Cap2Seg's ``label == -1``). The unlabelled map is area-averaged to ``h x
+    w``; mask row ``r`` lies in band ``r * bands // h``. With ``u`` the unlabelled share of a
+    mask cell and ``N = h * w``: ``bands[q, j] = sum_{cells in band j} sigmoid(m_q) * u / N``,
+    ``band_unlabelled[j] = sum_{cells in band j} u / N``; rows in the ``train_all`` order (every
+    query of image 0, then image 1, ...)."""
+    import torch
+    import torch.nn.functional as F
+
+    b, q, h, w = mask_logits.shape
+    band_of_row = torch.arange(h, device=mask_logits.device) * bands // h
+    onehot = F.one_hot(band_of_row, bands).to(torch.float32)  # [h, R]
+    mass, unlabelled = [], []
+    for i in range(b):
+        gt = gt_masks[i]
+        labelled = gt.any(0) if len(gt) else torch.zeros(gt.shape[-2:], dtype=torch.bool,
+                                                         device=gt.device)
+        u = F.interpolate((~labelled).to(torch.float32)[None, None], size=(h, w),
+                          mode="area")[0, 0].to(mask_logits.device)
+        per_row = (mask_logits[i].float().sigmoid() * u).sum(-1) / (h * w)  # [Q, h]
+        mass.append((per_row @ onehot).cpu().numpy().astype(np.float32))
+        share = ((u.sum(-1) / (h * w)) @ onehot).cpu().numpy().astype(np.float32)
+        unlabelled.append(np.repeat(share[None], q, axis=0))
+    return {"bands": np.concatenate(mass), "band_unlabelled": np.concatenate(unlabelled)}
 
 
 def _pad_masks_to_common_grid(parts: list[dict[str, np.ndarray]]) -> None:
@@ -465,7 +502,7 @@ def _build(plan: ExtractionPlan, progress: Progress | None) -> Path:
         data_split=config.split, kind=config.kind, label_split=label_split,
         embed_dtype=config.embed_dtype, mask_codec=config.mask_codec, compress=config.compress,
         batch_size=config.batch_size, seed=config.seed, threads=config.threads_per_worker,
-        device=config.device, image_ids=tuple(image_ids))
+        device=config.device, image_ids=tuple(image_ids), stripe_bands=config.stripe_bands)
     workers = min(config.workers, len(shards))
     started = time.perf_counter()
     done_images = 0

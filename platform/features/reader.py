@@ -66,6 +66,11 @@ class TrainFeatures:
     image_id: np.ndarray  # [M] int64
     query_index: np.ndarray  # [M] int64
     matched: np.ndarray  # [M] bool: the matcher assigned this query a GT segment
+    # Caches extracted with stripe_bands = R only: [M, R] float32, the query's mask mass over
+    # unlabelled pixels per horizontal band, and the unlabelled share of each band of its image
+    # (platform/features/extract.py stripe_band_rows). None otherwise.
+    bands: np.ndarray | None = None
+    band_unlabelled: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.embeddings.shape[0])
@@ -73,7 +78,10 @@ class TrainFeatures:
     def select(self, rows: np.ndarray) -> TrainFeatures:
         return TrainFeatures(self.embeddings[rows], self.class_index[rows],
                              self.category_id[rows], self.image_id[rows],
-                             self.query_index[rows], self.matched[rows])
+                             self.query_index[rows], self.matched[rows],
+                             None if self.bands is None else self.bands[rows],
+                             None if self.band_unlabelled is None
+                             else self.band_unlabelled[rows])
 
     @staticmethod
     def concatenate(parts: list[TrainFeatures], dim: int) -> TrainFeatures:
@@ -82,8 +90,10 @@ class TrainFeatures:
             return TrainFeatures(np.zeros((0, dim), np.float32), empty, empty.copy(),
                                  empty.copy(), empty.copy(), np.zeros(0, dtype=bool))
         return TrainFeatures(*(np.concatenate([getattr(p, f) for p in parts])
+                               if all(getattr(p, f) is not None for p in parts) else None
                                for f in ("embeddings", "class_index", "category_id", "image_id",
-                                         "query_index", "matched")))
+                                         "query_index", "matched", "bands",
+                                         "band_unlabelled")))
 
 
 class FeatureCache:
@@ -210,6 +220,9 @@ class FeatureCache:
                 image_id=arrays["image_id"].astype(np.int64),
                 query_index=arrays["query_index"].astype(np.int64),
                 matched=arrays["matched"].astype(bool),
+                bands=arrays["bands"].astype(np.float32) if "bands" in arrays else None,
+                band_unlabelled=(arrays["band_unlabelled"].astype(np.float32)
+                                 if "band_unlabelled" in arrays else None),
             )
             yield part.select(np.flatnonzero(part.matched)) if matched_only else part
 

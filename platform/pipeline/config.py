@@ -113,6 +113,9 @@ class FeatureSpec:
     mask_codec: Literal["float32", "float16", "int8"] = "float16"
     embed_dtype: Literal["float32", "float16"] = "float32"
     device: str = "cpu"
+    # train_all caches also store each query's mask mass over unlabelled pixels in this many
+    # horizontal bands (platform/features/config.py); Cap2Seg's ranking loss needs it. 0: off.
+    stripe_bands: int = added_field(0, since="issue 18")
 
 
 @dataclass

@@ -421,6 +421,10 @@ def leakage_audit(pipeline: Pipeline, spec: MethodSpec, outcome: RunOutcome) -> 
             features = ctx.train_cache.index.get("leakage", {})
             entry["feature_cache_filter"] = features.get("filter")
             entry["feature_images"] = ctx.train_cache.counts.get("images")
+        output = outcome.protocols[protocol].output
+        captions = (output.info or {}).get("caption_audit") if output is not None else None
+        if captions:  # a caption-supervised method (Cap2Seg) read the training captions
+            entry["training_captions"] = captions
         per_protocol[protocol] = entry
         if protocol == "test":
             images = {k: entry[k] for k in ("images_total", "images_kept", "images_dropped")}
@@ -440,6 +444,13 @@ def leakage_audit(pipeline: Pipeline, spec: MethodSpec, outcome: RunOutcome) -> 
         "passed": passed,
         "protocols": per_protocol,
     }
+    captions = (per_protocol.get("test") or {}).get("training_captions")
+    if captions:
+        # Cap2Seg's setting: captions of training images are weak supervision and may name
+        # unseen classes; their pixels stay out of every training target.
+        audit["training_captions_read"] = True
+        audit["unseen_names_in_training_captions"] = captions.get(
+            "unseen_names_in_training_captions")
     if oracle:
         audit["note"] = ("supervised upper bound: the segmenter is trained on every class, "
                          "unseen ones included, on purpose; not a zero-shot result")
@@ -461,6 +472,9 @@ def build_record(pipeline: Pipeline, spec: MethodSpec, method_config: Any, outco
         "unseen_classes": [c.name for c in split.unseen],
         "predictions": {}, "features": {}, "segmenter": {}, "method": {},
     }
+    if split.groups:  # named groups of unseen classes (Cap2Seg's hard / medium / easy)
+        artifacts["class_groups"] = {group: [split.by_id(i).name for i in ids]
+                                     for group, ids in split.groups.items()}
     for protocol, pr in outcome.protocols.items():
         ctx = pipeline.context(protocol, "oracle" if spec.segmenter == "oracle" else
                                "zero-shot", train_features=bool(spec.features))
@@ -474,6 +488,9 @@ def build_record(pipeline: Pipeline, spec: MethodSpec, method_config: Any, outco
         artifacts["method"][split_key] = dict(pr.output.artifacts)
         if "fidelity" in pr.output.info:  # validation protocol only
             artifacts.setdefault("fidelity", {})[split_key] = pr.output.info["fidelity"]
+        if "caption_priors" in pr.output.info:  # Cap2Seg's occurrence / stripe diagnostics
+            artifacts.setdefault("caption_priors", {})[split_key] = \
+                pr.output.info["caption_priors"]
         if protocol == "test" and "synthetic_unseen" in pr.output.artifacts:
             artifacts["synthetic_unseen"] = pr.output.artifacts["synthetic_unseen"]
         if protocol == "validation":

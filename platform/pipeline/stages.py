@@ -207,7 +207,8 @@ class Pipeline:
 
         self.progress(f"generating the synthetic benchmark '{d.synthetic.size}' (seed "
                       f"{d.synthetic.seed}) into {self.data_root}")
-        generate(d.synthetic.size, d.synthetic.seed, self.data_root)
+        generate(d.synthetic.size, d.synthetic.seed, self.data_root,
+                 variant=d.synthetic.variant)
 
     @property
     def split(self) -> Split:
@@ -333,7 +334,8 @@ class Pipeline:
             cache_dir=self.work / "cache" / "features", embed_dtype=f.embed_dtype,
             mask_codec=f.mask_codec, shard_size=f.shard_size, batch_size=f.batch_size,
             workers=f.workers, threads_per_worker=f.threads_per_worker, device=f.device,
-            max_images=self.config.data.max_images)
+            max_images=self.config.data.max_images,
+            stripe_bands=f.stripe_bands if kind == "train_all" else 0)
         result = get_features(config)
         counts = ", ".join(f"{k} {v}" for k, v in result.cache.counts.items())
         self.progress(f"features {kind} ({segmenter.protocol} protocol, {data_split}): "
@@ -388,7 +390,8 @@ class Pipeline:
         self.progress(f"stage {stage.name} ({ctx.protocol} protocol): building {folder}")
         inputs = StageInputs(config=method_config, split=split,
                              class_embeddings=ctx.class_embeddings, data_root=self.data_root,
-                             train_split=self.config.data.train_split)
+                             train_split=self.config.data.train_split,
+                             eval_split=self.config.data.eval_split)
         with atomic_directory(folder, overwrite=True) as tmp:
             stage.build(inputs, tmp)
             atomic_write_json(tmp / METHOD_STAGE_STAMP, {"key": key, "stage": stage.name})

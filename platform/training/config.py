@@ -36,6 +36,9 @@ class SyntheticDataConfig:
 
     size: SyntheticSize = "tiny"
     seed: int = 0
+    # "cap2seg": the caption variant (platform/data/synthetic/generate.py): Cap2Seg's split with
+    # the ignore-pixels protocol, placement priors, position phrases, stripe histograms.
+    variant: Literal["default", "cap2seg"] = added_field("default", since="issue 18")
 
 
 @dataclass

@@ -129,7 +129,7 @@ def ensure_dataset(config: SegmenterTrainConfig) -> None:
 
     syn = config.data.synthetic
     log.info("generating the synthetic benchmark %r (seed %d) into %s", syn.size, syn.seed, root)
-    generate(syn.size, syn.seed, root)
+    generate(syn.size, syn.seed, root, variant=syn.variant)
 
 
 def training_classes(split: Split, oracle: bool, validation: bool) -> list[int]:

@@ -5,6 +5,12 @@ stars", "under a striped sky") with probability ``MENTION_PROBABILITY[caption_gr
 half of the time, it is only *implied* through words tied to its attributes ("something fiery and
 spiky", "on the lawn", "under the speckled sky"). Caption-supervised methods (Cap2Seg) thus get
 both direct and indirect evidence, with class-dependent difficulty. Absent classes are never named.
+
+The caption variant (``variant="cap2seg"``) also says where things are: after a thing's phrase,
+with probability :data:`POSITION_PROBABILITY`, a position phrase from its mean vertical position
+("at the top", "in the middle", "near the bottom"), and with probability
+:data:`RELATION_PROBABILITY` a relation to the stuff ("above the lawn", "up against the sky").
+The default variant draws exactly the random numbers it always drew.
 """
 
 from __future__ import annotations
@@ -42,6 +48,24 @@ PALETTE_NOUNS = {"sky": "sky", "grass": "lawn", "sand": "beach"}
 TEXTURE_WORDS = {"smooth": "plain", "striped": "stripy", "dotted": "speckled", "wavy": "rippled"}
 NUMBER_WORDS = {1: "a", 2: "two", 3: "three", 4: "four", 5: "five"}
 TEMPLATES = ("{s}{p}.", "A picture of {s}{p}.", "An image with {s}{p}.", "Here we see {s}{p}.")
+POSITION_PROBABILITY = 0.6
+RELATION_PROBABILITY = 0.3
+POSITION_WORDS = (("at the top", "high up"), ("in the middle", "halfway down"),
+                  ("near the bottom", "low down"))
+
+
+def _where(rng: np.random.Generator, row: float, ground: str | None) -> str:
+    """A position (and maybe relation) phrase for a thing centred at ``row`` (0 = top, 1 =
+    bottom) in an image whose first ground palette is ``ground``."""
+    parts = []
+    if rng.random() < POSITION_PROBABILITY:
+        parts.append(_pick(rng, POSITION_WORDS[min(2, int(row * 3))]))
+    if rng.random() < RELATION_PROBABILITY:
+        if row < 0.5 and ground is not None:
+            parts.append(f"above the {PALETTE_NOUNS[ground]}")
+        else:
+            parts.append("under the sky" if row >= 0.5 else "up against the sky")
+    return (" " + " ".join(parts)) if parts else ""
 
 
 def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
@@ -88,11 +112,13 @@ def _stuff_phrase(rng: np.random.Generator, class_index: int, explicit: bool) ->
 
 
 def make_captions(rng: np.random.Generator, things: Mapping[int, int], crowds: Sequence[int],
-                  stuff: Sequence[int]) -> list[str]:
+                  stuff: Sequence[int], *, variant: str = "default",
+                  rows: Mapping[int, float] | None = None) -> list[str]:
     """Captions for one image.
 
     ``things``: thing class index -> number of (non-crowd) instances; ``crowds``: thing classes
-    present as crowds; ``stuff``: stuff class indices top to bottom.
+    present as crowds; ``stuff``: stuff class indices top to bottom; ``rows`` (variant
+    ``cap2seg``): thing class index -> its mean vertical position in [0, 1] (0 = top).
     """
     classes = vocabulary().classes
     n = int(rng.integers(CAPTIONS_PER_IMAGE[0], CAPTIONS_PER_IMAGE[1] + 1))
@@ -102,10 +128,17 @@ def make_captions(rng: np.random.Generator, things: Mapping[int, int], crowds: S
         entries = [(c, k, False) for c, k in things.items()] + [(c, 0, True) for c in crowds]
         for class_index, count, crowd in entries:
             group = classes[class_index].extra["caption_group"]
+            phrase = None
             if rng.random() < MENTION_PROBABILITY[group]:
-                subjects.append(_thing_phrase(rng, class_index, count, crowd, explicit=True))
+                phrase = _thing_phrase(rng, class_index, count, crowd, explicit=True)
             elif rng.random() < HINT_PROBABILITY:
-                subjects.append(_thing_phrase(rng, class_index, count, crowd, explicit=False))
+                phrase = _thing_phrase(rng, class_index, count, crowd, explicit=False)
+            if phrase is not None:
+                if variant == "cap2seg" and rows is not None and class_index in rows:
+                    grounds = [classes[s].attributes["palette"] for s in stuff
+                               if classes[s].attributes["palette"] != "sky"]
+                    phrase += _where(rng, rows[class_index], grounds[0] if grounds else None)
+                subjects.append(phrase)
         settings: list[str] = []
         for class_index in stuff:
             group = classes[class_index].extra["caption_group"]

@@ -22,10 +22,13 @@ from typing import Any
 from zeroseg.platform.data.classes import (
     IGNORE_LABEL,
     PROTOCOL_DROP_IMAGES,
+    PROTOCOL_IGNORE_PIXELS,
+    PROTOCOLS,
     ClassInfo,
     Split,
 )
 from zeroseg.platform.data.synthetic.vocabulary import (
+    CAP2SEG_SPLIT_NAME,
     CAPTION_GROUPS,
     COLOURS,
     PALETTES,
@@ -58,8 +61,11 @@ def _val_role(c: ClassInfo) -> str:
     return "unseen" if c.val_unseen else "seen"
 
 
-def classes_document(split: Split, *, size: str, seed: int, image_size: int) -> dict[str, Any]:
-    """The classes.json content for ``split`` (the synthetic vocabulary)."""
+def classes_document(split: Split, *, size: str, seed: int, image_size: int,
+                     variant: str = "default") -> dict[str, Any]:
+    """The classes.json content for ``split`` (the synthetic vocabulary). The caption variant
+    adds ``variant`` and ``protocol`` (ignore-pixels) and names the split ``synthetic/cap2seg``;
+    the default document is unchanged."""
     categories = [
         {
             "id": c.id, "name": c.name, "isthing": int(c.isthing),
@@ -69,8 +75,12 @@ def classes_document(split: Split, *, size: str, seed: int, image_size: int) -> 
         }
         for c in split.classes
     ]
+    extra = ({} if variant == "default" else
+             {"variant": variant, "protocol": PROTOCOL_IGNORE_PIXELS})
     return {
-        "benchmark": BENCHMARK, "split": split.name, "size": size, "seed": seed,
+        "benchmark": BENCHMARK,
+        "split": split.name if variant == "default" else CAP2SEG_SPLIT_NAME, **extra,
+        "size": size, "seed": seed,
         "image_size": image_size, "attributes": attribute_values(), "categories": categories,
         "splits": {
             "test": {"seen": [c.id for c in split.classes if not c.unseen],
@@ -108,6 +118,9 @@ def load_classes_json(path: str | Path) -> Split:
     if benchmark != BENCHMARK:
         raise DataError(f"{path}: benchmark: expected {BENCHMARK!r}, got {benchmark!r}")
     name = _field(doc, "split", str, "top level", path)
+    protocol = doc.get("protocol", PROTOCOL_DROP_IMAGES)
+    if protocol not in PROTOCOLS:
+        raise DataError(f"{path}: protocol: expected one of {PROTOCOLS}, got {protocol!r}")
     categories = _field(doc, "categories", list, "top level", path)
     splits = _field(doc, "splits", dict, "top level", path)
     if not categories:
@@ -175,7 +188,7 @@ def load_classes_json(path: str | Path) -> Split:
     reference = synthetic_split()
     same_name = name == reference.name
     return Split(
-        name=name, dataset=BENCHMARK, tasks=reference.tasks, protocol=PROTOCOL_DROP_IMAGES,
+        name=name, dataset=BENCHMARK, tasks=reference.tasks, protocol=protocol,
         classes=tuple(classes),
         source=reference.source if same_name else f"zeroseg synthetic benchmark ({path})",
         description=reference.description if same_name else "",

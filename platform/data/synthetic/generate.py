@@ -47,7 +47,7 @@ from zeroseg.platform.data.synthetic.render import (
     sample_scene,
     vocabulary,
 )
-from zeroseg.platform.data.synthetic.vocabulary import synthetic_split
+from zeroseg.platform.data.synthetic.vocabulary import VARIANTS, synthetic_split
 from zeroseg.platform.errors import ConfigError, DataError
 from zeroseg.platform.io import atomic_directory, check_writable_dir, dumps_json
 
@@ -93,6 +93,7 @@ class _Job:
     size: str
     seed: int
     image_size: int
+    variant: str = "default"
 
 
 @dataclass(frozen=True)
@@ -177,11 +178,12 @@ def _render_image(job: _Job, split: str, index: int) -> dict[str, Any]:
         forced_pool = sorted(voc.unseen) if bearing else sorted(voc.val_unseen)
         forced = (int(forced_pool[int(rng.integers(len(forced_pool)))])
                   if bearing or bearing_val else None)
-        scene = sample_scene(rng, job.image_size, excluded=excluded, forced=forced, crowd=crowd)
+        scene = sample_scene(rng, job.image_size, excluded=excluded, forced=forced, crowd=crowd,
+                             variant=job.variant)
     else:
         forced = schedule.featured[index % len(schedule.featured)]
         scene = sample_scene(rng, job.image_size, excluded=frozenset(), forced=forced,
-                             crowd=crowd)
+                             crowd=crowd, variant=job.variant)
     rendered = render_scene(scene, rng, job.image_size)
     seg_ids = _segment_ids(rendered)
     pan, sem = label_maps(rendered, seg_ids)
@@ -221,8 +223,16 @@ def _render_image(job: _Job, split: str, index: int) -> dict[str, Any]:
         else:
             things[seg.class_index] += 1
 
-    captions = make_captions(np.random.default_rng(caption_seq), things, crowds, stuff)
+    extra: dict[str, Any] = {}
+    if job.variant == "default":
+        captions = make_captions(np.random.default_rng(caption_seq), things, crowds, stuff)
+    else:
+        rows = _thing_rows(rendered)
+        captions = make_captions(np.random.default_rng(caption_seq), things, crowds, stuff,
+                                 variant=job.variant, rows=rows)
+        extra["stripes"] = _stripe_histograms(sem, split)
     return {
+        **extra,
         "image": {"id": iid, "file_name": f"{stem}.jpg", "width": job.image_size,
                   "height": job.image_size},
         "png": f"{stem}.png",
@@ -232,6 +242,41 @@ def _render_image(job: _Job, split: str, index: int) -> dict[str, Any]:
         "classes": sorted({voc.classes[s.class_index].id for s in rendered.segments}),
         "void_pixels": int(rendered.void.sum()),
     }
+
+
+def _thing_rows(rendered: Rendered) -> dict[int, float]:
+    """Thing class index -> the mean vertical centre of its segments, as a fraction of the
+    image height (0 = top)."""
+    rows: dict[int, list[float]] = {}
+    for seg in rendered.segments:
+        if seg.isthing and seg.mask.any():
+            rows.setdefault(seg.class_index, []).append(
+                float(np.nonzero(seg.mask)[0].mean()) / seg.mask.shape[0])
+    return {c: float(np.mean(v)) for c, v in rows.items()}
+
+
+#: Horizontal bands of the ground-truth stripe histograms (15: Cap2Seg's K = 3 and K = 5 are
+#: sums of consecutive bands).
+STRIPE_BANDS = 15
+
+
+def _stripe_histograms(sem: np.ndarray, split: str) -> dict[str, list[float]]:
+    """Class id -> its pixels per horizontal band (row ``r`` in band ``r * 15 // H``),
+    normalised to sum 1; on the training split seen classes only (Cap2Seg's engine trains on
+    seen classes; an unseen class's location is never written for training images)."""
+    voc = vocabulary()
+    h = sem.shape[0]
+    band = np.arange(h) * STRIPE_BANDS // h
+    out = {}
+    for value in np.unique(sem).tolist():
+        if value >= len(voc.classes):
+            continue  # 255: unlabelled
+        cls = voc.classes[value]
+        if split == "train" and cls.unseen:
+            continue
+        counts = np.bincount(band, weights=(sem == value).sum(1), minlength=STRIPE_BANDS)
+        out[str(cls.id)] = [round(float(v), 6) for v in counts / counts.sum()]
+    return out
 
 
 _WORKER_JOB: _Job | None = None
@@ -321,8 +366,8 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def generate(size: str, seed: int, out: str | Path, *, workers: int | None = None,
-             overwrite: bool = False, progress: Callable[[int, int], None] | None = None
-             ) -> dict[str, Any]:
+             overwrite: bool = False, progress: Callable[[int, int], None] | None = None,
+             variant: str = "default") -> dict[str, Any]:
     """Write the synthetic benchmark of ``size`` (a key of :data:`SIZES`) drawn with ``seed``.
 
     The whole directory ``out`` is built in a temporary sibling and renamed into place, so it is
@@ -331,6 +376,12 @@ def generate(size: str, seed: int, out: str | Path, *, workers: int | None = Non
     total)`` is called after each image. Returns a summary: per-split counts of images,
     instances, crowd instances, panoptic segments, captions, images with unseen classes, and
     the seconds taken.
+
+    ``variant`` ``cap2seg`` (opt-in; ``default`` writes exactly what it always wrote): shape
+    placement priors, thing-stuff affinities and position / relation phrases in the captions
+    (render.py, captions.py), the split ``synthetic/cap2seg`` with the ignore-pixels protocol in
+    classes.json, and ``annotations/stripes_{split}.json``: per image, every class's normalised
+    15-band vertical histogram (seen classes only on the training split).
     """
     if size not in SIZES:
         raise ConfigError(f"size: unknown synthetic size {size!r}; expected one of "
@@ -338,6 +389,9 @@ def generate(size: str, seed: int, out: str | Path, *, workers: int | None = Non
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise ConfigError(f"seed: expected a non-negative integer, got {seed!r}")
     seed = int(seed)
+    if variant not in VARIANTS:
+        raise ConfigError(f"variant: unknown synthetic variant {variant!r}; expected one of "
+                          f"{', '.join(VARIANTS)}")
     if workers is None:
         workers = os.cpu_count() or 1
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -355,7 +409,8 @@ def generate(size: str, seed: int, out: str | Path, *, workers: int | None = Non
             for folder in (split, f"panoptic_{split}", f"stuff_{split}"):
                 (tmp / folder).mkdir(parents=True)
         (tmp / "annotations").mkdir()
-        job = _Job(root=str(tmp), size=size, seed=seed, image_size=spec.image_size)
+        job = _Job(root=str(tmp), size=size, seed=seed, image_size=spec.image_size,
+                   variant=variant)
         records: list[dict[str, Any]] = []
         if workers == 1:
             results = (_render_image(job, split, i) for split, i in tasks)
@@ -379,8 +434,15 @@ def generate(size: str, seed: int, out: str | Path, *, workers: int | None = Non
                 (tmp / "annotations" / f"{kind}_{split}.json").write_text(
                     dumps_json(doc) + "\n", encoding="utf-8")
             summary["splits"][split] = _split_summary(split_records)
+            if variant != "default":
+                (tmp / "annotations" / f"stripes_{split}.json").write_text(dumps_json({
+                    "bands": STRIPE_BANDS, "seen_only": split == "train",
+                    "images": [{"image_id": r["image"]["id"], "classes": r["stripes"]}
+                               for r in split_records]}) + "\n", encoding="utf-8")
         classes = classes_document(synthetic_split(), size=size, seed=seed,
-                                   image_size=spec.image_size)
+                                   image_size=spec.image_size, variant=variant)
+        if variant != "default":
+            summary["variant"] = variant
         (tmp / "annotations" / "classes.json").write_text(
             dumps_json(classes, indent=1) + "\n", encoding="utf-8")
     summary["seconds"] = round(time.perf_counter() - start, 3)

@@ -20,7 +20,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from zeroseg.platform.data.classes import IGNORE_LABEL, ClassInfo
-from zeroseg.platform.data.synthetic.vocabulary import COLOURS, PALETTES, synthetic_split
+from zeroseg.platform.data.synthetic.vocabulary import (
+    AFFINITY_WEIGHT,
+    COLOUR_PALETTE,
+    COLOURS,
+    PALETTES,
+    SHAPE_ROWS,
+    synthetic_split,
+)
 
 #: Reference resolution: sizes in pixels below are given at 128 px and scaled with the image.
 BASE_SIZE = 128
@@ -99,12 +106,15 @@ class Scene:
 
 
 def sample_scene(rng: np.random.Generator, size: int, *, excluded: frozenset[int] = frozenset(),
-                 forced: int | None = None, crowd: bool = False) -> Scene:
+                 forced: int | None = None, crowd: bool = False,
+                 variant: str = "default") -> Scene:
     """Choose the classes and the geometry of one image.
 
     ``excluded``: classes that may not be drawn (``forced`` overrides); ``forced``: a class that
     must appear (placed in its band if stuff, as one instance at a random depth if a thing);
-    ``crowd``: whether the image gets a crowd cluster.
+    ``crowd``: whether the image gets a crowd cluster. ``variant`` ``cap2seg``: things are drawn
+    with the colour -> palette affinities and placed by their shape's vertical prior
+    (vocabulary.py); ``default`` draws exactly what it always drew.
     """
     voc = vocabulary()
     sky_pool = voc.pool(voc.sky, excluded)
@@ -122,7 +132,14 @@ def sample_scene(rng: np.random.Generator, size: int, *, excluded: frozenset[int
     bands = (sky, *grounds)
 
     n_things = 1 + int(rng.choice(len(INSTANCE_COUNT_WEIGHTS), p=INSTANCE_COUNT_WEIGHTS))
-    thing_classes = [int(c) for c in rng.choice(thing_pool, size=n_things)]
+    if variant == "cap2seg":
+        palettes = {voc.classes[b].attributes["palette"] for b in bands}
+        weights = np.array([AFFINITY_WEIGHT if COLOUR_PALETTE[voc.classes[c].attributes[
+            "colour"]] in palettes else 1.0 for c in thing_pool])
+        thing_classes = [int(c) for c in rng.choice(thing_pool, size=n_things,
+                                                    p=weights / weights.sum())]
+    else:
+        thing_classes = [int(c) for c in rng.choice(thing_pool, size=n_things)]
     if forced is not None and voc.classes[forced].isthing:
         thing_classes[int(rng.integers(n_things))] = forced
 
@@ -131,9 +148,11 @@ def sample_scene(rng: np.random.Generator, size: int, *, excluded: frozenset[int
         things.append(_sample_crowd(rng, size, int(rng.choice(thing_pool))))
     for class_index in thing_classes:
         scale = rng.uniform(*THING_SCALE) * size
+        shape_name = voc.classes[class_index].attributes["shape"]
+        rows = SHAPE_ROWS[shape_name] if variant == "cap2seg" else (0.08, 0.92)
         shape = ShapeSpec(
-            shape=voc.classes[class_index].attributes["shape"],
-            cx=float(rng.uniform(0.08, 0.92) * size), cy=float(rng.uniform(0.08, 0.92) * size),
+            shape=shape_name,
+            cx=float(rng.uniform(0.08, 0.92) * size), cy=float(rng.uniform(*rows) * size),
             size=float(scale), angle=float(_sample_angle(rng, voc.classes[class_index])),
         )
         things.append(ThingSpec(class_index, (shape,), iscrowd=False,

@@ -45,6 +45,20 @@ MENTION_PROBABILITY = {"easy": 0.9, "medium": 0.5, "hard": 0.15}
 
 SPLIT_NAME = "synthetic/default"
 
+# The caption variant (``zeroseg data synth --variant cap2seg``; the default output is unchanged):
+# Cap2Seg's split name and protocol (unseen pixels of training images are ignored, not the
+# images dropped: captions of those images are the weak supervision), vertical placement priors
+# per shape (the band of the image a thing's centre is drawn from, as fractions of the side),
+# and thing colour -> stuff palette affinities (things of a colour are drawn more often over
+# ground of that palette: attribute-level thing-stuff co-occurrence).
+VARIANTS = ("default", "cap2seg")
+CAP2SEG_SPLIT_NAME = "synthetic/cap2seg"
+SHAPE_ROWS = {"star": (0.08, 0.40), "circle": (0.25, 0.65), "triangle": (0.55, 0.92),
+              "square": (0.45, 0.92)}
+COLOUR_PALETTE = {"red": "sand", "yellow": "sand", "green": "grass", "blue": "grass",
+                  "purple": "grass"}  # every image has a sky band: no affinity with "sky"
+AFFINITY_WEIGHT = 4.0  # relative weight of a thing whose colour matches a palette in the image
+
 
 def _caption_group(index: int) -> str:
     return CAPTION_GROUPS[index % len(CAPTION_GROUPS)]
