@@ -371,6 +371,32 @@ def load_resnet_weights(resnet: nn.Module, path: str) -> None:
                           f"(missing {missing[:2]}, unexpected {list(unexpected)[:2]})")
 
 
+def class_scores(s: torch.Tensor, w_seen: torch.Tensor, w_unseen: torch.Tensor, scoring: str
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seen ``[N, S]`` and unseen ``[N, U]`` scores of semantic features ``s`` ``[N, dim]``
+    (``w_seen = [v_b | W_s]``, ``w_unseen = [v_b | W_u]``, background columns dropped after).
+
+    ``paper``: softmax(s [v_b|W_s]) and softmax(s [v_b|W_u]); ``code`` (ConSE-like): the seen
+    probabilities p = softmax(s [v_b|W_s]) projected back to the word space and scored again,
+    ``(p W_s^T) W_s`` and ``(p W_s^T) [v_b|W_u]`` (bbox_head_semantic.py)."""
+    probs = (s @ w_seen).softmax(1)
+    if scoring == "paper":
+        return probs[:, 1:], (s @ w_unseen).softmax(1)[:, 1:]
+    words = probs @ w_seen.t()
+    return (words @ w_seen)[:, 1:], (words @ w_unseen)[:, 1:]
+
+
+def unseen_mask_logits(seen_logits: torch.Tensor, e: torch.Tensor, w_seen: torch.Tensor,
+                       w_unseen: torch.Tensor, scoring: str) -> torch.Tensor:
+    """The SMH's ``[v_b | W_u]`` mask logits ``[N, 1 + U, h, w]``: ``paper``: the encoder
+    output E(o) through the fixed 1x1 conv ``[v_b | W_u]``; ``code``: the seen logits through
+    ``W_s^T`` (``con_vec_t``) and then ``[v_b | W_u]`` (``conv_vec_unseen``)."""
+    if scoring == "paper":
+        return torch.einsum("ndhw,dk->nkhw", e, w_unseen)
+    words = torch.einsum("nkhw,dk->ndhw", seen_logits, w_seen)
+    return torch.einsum("ndhw,dk->nkhw", words, w_unseen)
+
+
 class ZSIDetector(MaskRCNN):
     """Mask R-CNN with ZSI's heads. ``seen_vectors`` ``[S, dim]`` and ``unseen_vectors``
     ``[U, dim]`` are the (normalised) class word vectors, ``background`` ``[dim]`` the initial
@@ -466,17 +492,14 @@ class ZSIDetector(MaskRCNN):
         logits, deltas, s, _ = heads.box_predictor(x, bg if cfg.sync_bg_det else None)
         w_seen = heads.box_predictor.words.matrix(bg if cfg.sync_bg_det else None).detach()
         w_unseen = torch.cat([w_seen[:, :1], self.unseen_vectors], dim=1)
-        probs = logits.softmax(1)
         num_seen = w_seen.shape[1] - 1
+        seen, unseen = class_scores(s, w_seen, w_unseen, cfg.scoring)
         groups = []
         if setting == "gzsl":
-            seen = probs if cfg.scoring == "paper" else (probs @ w_seen.t()) @ w_seen
-            groups.append((seen[:, 1:], torch.arange(1, num_seen + 1), 0))
-        if self.unseen_vectors.shape[1]:
-            unseen = ((s @ w_unseen).softmax(1) if cfg.scoring == "paper"
-                      else (probs @ w_seen.t()) @ w_unseen)
-            columns = torch.arange(1, w_unseen.shape[1]).clamp(max=num_seen)
-            groups.append((unseen[:, 1:], columns, num_seen))
+            groups.append((seen, torch.arange(1, num_seen + 1), 0))
+        if unseen.shape[1]:
+            groups.append((unseen, torch.arange(1, unseen.shape[1] + 1).clamp(max=num_seen),
+                           num_seen))
         boxes_per_column = heads.box_coder.decode(deltas, proposals).reshape(
             len(x), num_seen + 1, 4)
         counts = [len(p) for p in proposals]
@@ -523,11 +546,7 @@ class ZSIDetector(MaskRCNN):
         seen_logits, _, e, _ = predictor(mask_x, bg if cfg.sync_bg_mask else None)
         w_seen = predictor.words.matrix(bg if cfg.sync_bg_mask else None).detach()
         num_seen = w_seen.shape[1] - 1
-        if cfg.scoring == "paper":
-            unseen_logits = torch.einsum("ndhw,dk->nkhw", e, w_unseen)
-        else:  # the seen logits back through W_s^T, then [v_b | W_u] (con_vec_t, conv_vec_unseen)
-            words = torch.einsum("nkhw,dk->ndhw", seen_logits, w_seen)
-            unseen_logits = torch.einsum("ndhw,dk->nkhw", words, w_unseen)
+        unseen_logits = unseen_mask_logits(seen_logits, e, w_seen, w_unseen, cfg.scoring)
         labels = torch.cat([d["labels"] for d in detections])
         rows = torch.arange(len(labels))
         is_seen = labels < num_seen
