@@ -242,6 +242,9 @@ class ModelSpec:
     # ConfigError for input the method cannot train on (e.g. no instance annotations); the
     # mapping it returns (what it found, e.g. where a vector came from) joins the run's audit.
     check: Callable[[Any, Any], Mapping[str, Any] | None] | None = None
+    # The tasks ``predict`` produces; the platform scores these among evaluation.tasks (a
+    # detector has no semantic label maps).
+    tasks: tuple[str, ...] = ("semantic", "instance", "panoptic")
 
 
 @dataclass

@@ -346,3 +346,53 @@ def test_registered_rows_fix_the_component_switches():
     with pytest.raises(ConfigError, match="need ba_rpn"):
         ZSIConfig(ba_rpn=False).validate()
     assert [get_method(n).kind for n in ABLATIONS] == ["model"] * len(ABLATIONS)
+
+
+# -- the whole detector through the platform (Ray Train + DeepSpeed, evaluation, store) ----------
+@pytest.mark.slow
+@pytest.mark.ray
+def test_zsi_trains_two_steps_through_the_platform_and_is_scored(tmp_path):
+    from test_method_kinds import tiny_config
+
+    from zeroseg.methods.zsi.train import predict
+    from zeroseg.platform.pipeline import Pipeline, pipeline_config_from_dict
+    from zeroseg.platform.pipeline.runner import model_data, run_one
+    from zeroseg.platform.store import open_store
+
+    doc = tiny_config(tmp_path / "tiny", tmp_path / "work", ["zsi"])
+    doc["params"] = {"zsi": {"background": "mean-seen", "epochs": 2, "steps_per_epoch": 1,
+                             "batch_size": 2, "warmup_iters": 0}}
+    doc["evaluation"]["protocols"] = ["test"]
+    pipeline = Pipeline(pipeline_config_from_dict(doc), progress=lambda line: None)
+    outcome = run_one(pipeline, "zsi", 0)
+    assert outcome.status == "finished", outcome.error
+    test = outcome.protocols["test"]
+    state = torch.load(test.output.artifacts["model"], weights_only=True)
+    assert "rpn.head.fg_bg.weight" in state  # BA-RPN
+    assert {("instance", "gzsl"), ("instance", "zsl")} <= set(test.evaluations)
+    for key in (("instance", "gzsl"), ("instance", "zsl")):
+        assert "ap50" in test.evaluations[key].unseen
+    with open_store(pipeline.store_url) as store:
+        run = store.run(outcome.run_id)
+    assert run["method"] == "zsi" and run["status"] == "finished"
+    assert {c["step"] for c in run["curves"] if c["name"] == "model/loss"} == {1, 2}
+    assert {c["name"] for c in run["curves"]} >= {"model/loss_objectness", "model/loss_mask",
+                                                  "model/loss_det_reconstruction",
+                                                  "model/images_per_second"}
+    assert ("test", "instance") in {(m["eval_split"], m["task"]) for m in run["metrics"]}
+    audit = run["leakage_audit"]["protocols"]["test"]
+    assert audit["method"]["background_vector"].startswith("mean-seen")
+    # drop-images: the training images are the leakage filter's kept ones, none with unseen
+    ctx = pipeline.context("test", "zero-shot", train_features=False)
+    spec = get_method("zsi")
+    config = spec.build_config(doc["params"]["zsi"])
+    data = model_data(pipeline, spec, config, ctx)
+    assert audit["method"]["training_images"] == len(data.train_images) == audit["images_kept"]
+    assert audit["images_dropped"] > 0
+    unseen = set(data.unseen_idx.tolist())
+    assert all(a["class_index"] not in unseen for anns in data.train_instances for a in anns)
+    # ZSL predictions are unseen classes only; GZSL has both groups
+    context = ModelContext("zsi", config, 0, data)
+    zsl = predict(config, context, state, "zsl")
+    unseen_ids = {data.category_ids[i] for i in unseen}
+    assert zsl.instances and {d["category_id"] for d in zsl.instances} <= unseen_ids

@@ -116,7 +116,7 @@ _ROWS = {
     "zsi-t5-sync": ("ZSI Sync (no dec)", 77, "Table 5: BA-RPN & Sync-bg everywhere"),
 }
 
-_MODEL = ModelSpec(train=train, predict=predict, check=check)
+_MODEL = ModelSpec(train=train, predict=predict, check=check, tasks=("instance",))
 
 METHODS = [
     MethodSpec(name=name, label=label, config_class=ZSIConfig, fit=None, kind="model",

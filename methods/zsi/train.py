@@ -161,7 +161,7 @@ def _batch(context: Any, indices: np.ndarray, seen_column: np.ndarray, rng: np.r
     images, targets = [], []
     for index in indices:
         rgb, boxes, labels, masks = context.training_instances(int(index))
-        image = torch.as_tensor(rgb).permute(2, 0, 1).float() / 255.0
+        image = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float() / 255.0
         boxes_t, masks_t = torch.as_tensor(boxes), torch.as_tensor(masks)
         if rng.random() < flip:
             width = image.shape[-1]
@@ -236,7 +236,7 @@ def predict(config: ZSIConfig, context: Any, state: Any, setting: str) -> Predic
     label_space = np.concatenate([context.seen_idx, context.unseen_idx])
     predictions = Predictions()
     for image_id, rgb in context.evaluation_images():
-        image = torch.as_tensor(rgb).permute(2, 0, 1).float() / 255.0
+        image = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float() / 255.0
         det = model.detect([image], setting)[0]
         masks = (det["masks"][:, 0] > config.mask_threshold).numpy().astype(np.uint8)
         for box, score, label, mask in zip(det["boxes"].tolist(), det["scores"].tolist(),

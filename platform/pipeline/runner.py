@@ -328,8 +328,9 @@ def _train_and_evaluate_model(pipeline: Pipeline, spec: MethodSpec, method_confi
     predictions = run_dir / "predictions" / ctx.protocol
     results = ctx.evaluation().evaluate_predictions(
         lambda setting: spec.model.predict(method_config, context, state, setting),
-        evaluation.tasks, evaluation.settings, out_dir=predictions,
-        keep=evaluation.keep_predictions, empty_classes=evaluation.empty_classes)
+        [t for t in evaluation.tasks if t in spec.model.tasks], evaluation.settings,
+        out_dir=predictions, keep=evaluation.keep_predictions,
+        empty_classes=evaluation.empty_classes)
     output = MethodOutput(classifier=None, artifacts={"model": str(path)},
                           info={"training_images": len(data.train_images),
                                 **({"audit": audit} if audit else {})})
