@@ -348,6 +348,22 @@ def test_registered_rows_fix_the_component_switches():
     assert [get_method(n).kind for n in ABLATIONS] == ["model"] * len(ABLATIONS)
 
 
+
+def test_dashboard_labels_zsi_rows_beside_the_papers_zsi_and_pading_rows():
+    from zeroseg.dashboards.data.labels import method_label, method_order
+    from zeroseg.dashboards.data.leaderboard import paper_results
+
+    papers = paper_results()
+    rows = papers[(papers["Split"] == "coco2014/zsi-48-17") & (papers["Task"] == "instance")
+                  & (papers["Setting"] == "GZSL") & (papers["Metric"] == "mAP50")]
+    assert {"ZSI", "ZSI baseline", "PADing"} <= set(rows["Method"])
+    baseline = rows[(rows["Method"] == "ZSI baseline")
+                    & rows["Source"].str.contains("ZSI CVPR 2021")]
+    assert baseline["Unseen"].tolist() == [3.01]  # Table 4, 48/17 mAP
+    assert method_label("zsi-baseline") == "ZSI baseline" and method_label("zsi") == "ZSI"
+    order = method_order()
+    assert order.index("PADing") < order.index("ZSI baseline") < order.index("ZSI")
+
 # -- the whole detector through the platform (Ray Train + DeepSpeed, evaluation, store) ----------
 @pytest.mark.slow
 @pytest.mark.ray
