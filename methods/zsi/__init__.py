@@ -12,19 +12,19 @@ detections separately (at most 100 each).
 
 Registered rows (the component switches each row fixes; every other knob is shared):
 
-=================  ============================================  ==========================
-method             paper row                                     SMH-D Det-D BA sync sync
-                                                                              det  mask
-=================  ============================================  ==========================
-zsi-baseline       Table 1 row 2 = Table 4 "baseline" = T5 "RPN"  -     -    -   -    -
-zsi-smh-decoder    Table 1 row 3 (+ SMH decoder)                  x     -    -   -    -
-zsi-det-decoder    Table 1 row 4 (+ detector decoder)             x     x    -   -    -
-zsi                Table 1 row 5, Table 4 "ours" (+ BA-RPN, Sync) x     x    x   x    x
-zsi-t5-ba-rpn      Table 5 "BA-RPN" (no decoders)                 -     -    x   -    -
-zsi-t5-sync-det    Table 5 "BA-RPN & Sync-bg in det"              -     -    x   x    -
-zsi-t5-sync-mask   Table 5 "BA-RPN & Sync-bg in mask"             -     -    x   -    x
-zsi-t5-sync        Table 5 "BA-RPN & Sync-bg"                     -     -    x   x    x
-=================  ============================================  ==========================
+=================  ==============================================  ===== ===== == ==== ====
+method             paper row                                       SMH-D Det-D BA sync sync
+                                                                                  det  mask
+=================  ==============================================  ===== ===== == ==== ====
+zsi-baseline       Table 1 row 2 = Table 4 "baseline" = T5 "RPN"   -     -     -  -    -
+zsi-smh-decoder    Table 1 row 3 (+ SMH decoder)                   x     -     -  -    -
+zsi-det-decoder    Table 1 row 4 (+ detector decoder)              x     x     -  -    -
+zsi                Table 1 row 5, Table 4 "ours" (+ BA-RPN, Sync)  x     x     x  x    x
+zsi-t5-ba-rpn      Table 5 "BA-RPN" (no decoders)                  -     -     x  -    -
+zsi-t5-sync-det    Table 5 "BA-RPN & Sync-bg in det"               -     -     x  x    -
+zsi-t5-sync-mask   Table 5 "BA-RPN & Sync-bg in mask"              -     -     x  -    x
+zsi-t5-sync        Table 5 "BA-RPN & Sync-bg"                      -     -     x  x    x
+=================  ==============================================  ===== ===== == ==== ====
 
 ``zsi-sweep`` fixes BA-RPN only: the decoders and the Sync-bg placement are knobs of
 ``search_spaces/zsi.yaml`` (BA-RPN itself is compared by the rows above: Sync-bg needs it).

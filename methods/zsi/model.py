@@ -489,7 +489,7 @@ class ZSIDetector(MaskRCNN):
         bg = self.background_vector()
         heads = self.roi_heads
         x = heads.box_head(heads.box_roi_pool(features, proposals, batch.image_sizes))
-        logits, deltas, s, _ = heads.box_predictor(x, bg if cfg.sync_bg_det else None)
+        _, deltas, s, _ = heads.box_predictor(x, bg if cfg.sync_bg_det else None)
         w_seen = heads.box_predictor.words.matrix(bg if cfg.sync_bg_det else None).detach()
         w_unseen = torch.cat([w_seen[:, :1], self.unseen_vectors], dim=1)
         num_seen = w_seen.shape[1] - 1
