@@ -207,6 +207,14 @@ def test_mask_head_logits_are_the_encoder_output_through_the_fixed_word_conv():
     with torch.no_grad():
         head.convs[0].weight.mul_(7.0)
     torch.testing.assert_close(head(x)[1], o)
+    # without the bug the convs run in sequence, and the first one matters
+    torch.manual_seed(0)
+    chained = SemanticMaskHead(8, 8, words, decoder=False, gradient="code", layout="paper",
+                               conv_bug=False)
+    before = chained(x)[1]
+    with torch.no_grad():
+        chained.convs[0].weight.mul_(7.0)
+    assert not torch.allclose(chained(x)[1], before)
 
 
 # -- scoring --------------------------------------------------------------------------------------
@@ -368,6 +376,8 @@ def test_dashboard_labels_zsi_rows_beside_the_papers_zsi_and_pading_rows():
 @pytest.mark.slow
 @pytest.mark.ray
 def test_zsi_trains_two_steps_through_the_platform_and_is_scored(tmp_path):
+    """Two DeepSpeed workers (half a CPU each, as test_method_kinds' two-worker sweep), one
+    step per epoch, two epochs: checkpoints, curves, scoring, the store and the audit."""
     from test_method_kinds import tiny_config
 
     from zeroseg.methods.zsi.train import predict
@@ -379,6 +389,7 @@ def test_zsi_trains_two_steps_through_the_platform_and_is_scored(tmp_path):
     doc["params"] = {"zsi": {"background": "mean-seen", "epochs": 2, "steps_per_epoch": 1,
                              "batch_size": 2, "warmup_iters": 0}}
     doc["evaluation"]["protocols"] = ["test"]
+    doc["method_training"] = {"workers": 2, "cpus_per_worker": 0.5, "zero_stage": 0}
     pipeline = Pipeline(pipeline_config_from_dict(doc), progress=lambda line: None)
     outcome = run_one(pipeline, "zsi", 0)
     assert outcome.status == "finished", outcome.error

@@ -236,9 +236,11 @@ class SemanticMaskHead(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """o: the deconvolved mask feature ``[N, channels, 28, 28]``."""
+        if self.conv_bug:  # each conv reads x: only the last one's output reaches o
+            return F.relu(self.deconv(F.relu(self.convs[-1](x))))
         h = x
         for conv in self.convs:
-            h = F.relu(conv(x if self.conv_bug else h))
+            h = F.relu(conv(h))
         return F.relu(self.deconv(h))
 
     def forward(self, x: torch.Tensor, background: torch.Tensor | None = None
