@@ -64,9 +64,10 @@ def roi_align_grid(features: Tensor, rois: Tensor, output_size: tuple[int, int],
                            dim=-1).reshape(1, k * ph * sr, pw * sr, 2)
         sampled = F.grid_sample(features[image:image + 1], grid.to(features.dtype),
                                 mode="bilinear", padding_mode="border", align_corners=True)
-        sampled = sampled.reshape(c, k, ph * sr, pw * sr).permute(1, 0, 2, 3)
-        sampled = sampled * valid[:, None].to(sampled.dtype)
-        out[rows] = sampled.reshape(k, c, ph, sr, pw, sr).mean(dim=(3, 5))
+        sampled = sampled * valid.reshape(1, 1, k * ph * sr, pw * sr).to(sampled.dtype)
+        # RoIs are stacked along the rows in blocks of ph * sr: sr x sr pooling never mixes two
+        pooled = F.avg_pool2d(sampled, sr)  # [1, C, k * ph, pw]
+        out[rows] = pooled.reshape(c, k, ph, pw).permute(1, 0, 2, 3)
     return out
 
 
