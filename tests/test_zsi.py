@@ -391,8 +391,11 @@ def test_zsi_trains_two_steps_through_the_platform_and_is_scored(tmp_path):
     doc["evaluation"]["protocols"] = ["test"]
     doc["method_training"] = {"workers": 2, "cpus_per_worker": 0.5, "zero_stage": 0}
     pipeline = Pipeline(pipeline_config_from_dict(doc), progress=lambda line: None)
-    outcome = run_one(pipeline, "zsi", 0)
+    epochs: list[tuple[str, int, object]] = []
+    outcome = run_one(pipeline, "zsi", 0, on_epoch=lambda p, e, c: epochs.append((p, e, c)))
     assert outcome.status == "finished", outcome.error
+    # every epoch reaches the hooks; a detector is not asked for semantic per-epoch predictions
+    assert epochs == [("test", 1, None), ("test", 2, None)]
     test = outcome.protocols["test"]
     state = torch.load(test.output.artifacts["model"], weights_only=True)
     assert "rpn.head.fg_bg.weight" in state  # BA-RPN

@@ -309,7 +309,11 @@ def _train_and_evaluate_model(pipeline: Pipeline, spec: MethodSpec, method_confi
     audit = dict(spec.model.check(method_config, context) or {}) if spec.model.check else {}
 
     def on_epoch(epoch: int, state: dict[str, Any]) -> None:
-        hooks.epoch(epoch, spec.model.predict(method_config, context, state, "gzsl"))
+        # The per-epoch probe (a sweep's) is the GZSL semantic evaluation: a method without
+        # semantic predictions (a detector) is not asked to predict every epoch for it.
+        predicted = "semantic" in spec.model.tasks
+        hooks.epoch(epoch, spec.model.predict(method_config, context, state, "gzsl")
+                    if predicted else None)
 
     def on_metrics(epoch: int, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():
