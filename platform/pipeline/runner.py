@@ -354,6 +354,8 @@ def model_data(pipeline: Pipeline, spec: MethodSpec, method_config: Any, ctx: Pr
     kept = set(filtered.kept_image_ids)
     images = list_images(layout, benchmark_sources(split))
     kept_ids = [image_id for image_id in sorted(images) if image_id in kept]
+    if pipeline.config.data.max_images is not None:  # the first N after the filter (--smoke)
+        kept_ids = kept_ids[:pipeline.config.data.max_images]
     train = [(str(layout.images / images[image_id].file_name),
               str(layout.semantic_pngs / f"{Path(images[image_id].file_name).stem}.png"))
              for image_id in kept_ids]
