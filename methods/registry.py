@@ -230,12 +230,21 @@ class ModelSpec:
     training images with their semantic labels, unseen classes already ignored --
     ``engine(model, optimizer)``, the resumed ``state`` and ``start_epoch``, and
     ``report(epoch, metrics, state)`` after each epoch, which checkpoints rank 0's ``state``
-    and may raise :class:`StopTrial`). ``predict(config, context, state, setting)`` turns a
+    and may raise :class:`StopTrial`; ``training_instances(i)`` gives image i's boxes, classes
+    and masks where the benchmark has instances). ``check(config, context)``, when set, runs
+    before training and fails bad input early. ``predict(config, context, state, setting)`` turns a
     state into :class:`Predictions` of ``context.evaluation_images()`` for a setting (``gzsl``:
     every class; ``zsl``: unseen classes only)."""
 
     train: Callable[[Any], None]
     predict: Callable[[Any, Any, Mapping[str, Any], str], Predictions]
+    # ``check(config, context)``: run in the driver before training starts; raises a one-line
+    # ConfigError for input the method cannot train on (e.g. no instance annotations); the
+    # mapping it returns (what it found, e.g. where a vector came from) joins the run's audit.
+    check: Callable[[Any, Any], Mapping[str, Any] | None] | None = None
+    # The tasks ``predict`` produces; the platform scores these among evaluation.tasks (a
+    # detector has no semantic label maps).
+    tasks: tuple[str, ...] = ("semantic", "instance", "panoptic")
 
 
 @dataclass

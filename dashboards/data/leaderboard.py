@@ -45,7 +45,8 @@ log = logging.getLogger(__name__)
 DEFAULT_METRICS = ("mIoU", "mAP50", "Recall@100", "PQ", "SQ", "RQ")
 #: Paper spellings of the same quantity as one of our metric names.
 PAPER_METRIC_ALIASES = {"Recall@100@0.5": "Recall@100"}
-PAPER_METHOD_ALIASES = {"GMMN baseline": "GMMN"}
+PAPER_METHOD_ALIASES = {"GMMN baseline": "GMMN",
+                        "baseline": "ZSI baseline"}  # ZSI Table 4 (methods/zsi: zsi-baseline)
 PAPER_TITLES = {"pading_cvpr2023": "PADing CVPR 2023", "zsi_cvpr2021": "ZSI CVPR 2021",
                 "cap2seg_mm2020": "Cap2Seg ACM MM 2020"}
 #: (paper dataset, paper split) -> the registry split it corresponds to; others are shown as

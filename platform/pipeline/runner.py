@@ -305,9 +305,15 @@ def _train_and_evaluate_model(pipeline: Pipeline, spec: MethodSpec, method_confi
     work = run_dir / ctx.protocol
     data = model_data(pipeline, spec, method_config, ctx)
     context = ModelContext(spec.name, method_config, seed, data)
+    # Bad input: a one-line error before training; what the check found joins the audit.
+    audit = dict(spec.model.check(method_config, context) or {}) if spec.model.check else {}
 
     def on_epoch(epoch: int, state: dict[str, Any]) -> None:
-        hooks.epoch(epoch, spec.model.predict(method_config, context, state, "gzsl"))
+        # The per-epoch probe (a sweep's) is the GZSL semantic evaluation: a method without
+        # semantic predictions (a detector) is not asked to predict every epoch for it.
+        predicted = "semantic" in spec.model.tasks
+        hooks.epoch(epoch, spec.model.predict(method_config, context, state, "gzsl")
+                    if predicted else None)
 
     def on_metrics(epoch: int, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():
@@ -326,10 +332,12 @@ def _train_and_evaluate_model(pipeline: Pipeline, spec: MethodSpec, method_confi
     predictions = run_dir / "predictions" / ctx.protocol
     results = ctx.evaluation().evaluate_predictions(
         lambda setting: spec.model.predict(method_config, context, state, setting),
-        evaluation.tasks, evaluation.settings, out_dir=predictions,
-        keep=evaluation.keep_predictions, empty_classes=evaluation.empty_classes)
+        [t for t in evaluation.tasks if t in spec.model.tasks], evaluation.settings,
+        out_dir=predictions, keep=evaluation.keep_predictions,
+        empty_classes=evaluation.empty_classes)
     output = MethodOutput(classifier=None, artifacts={"model": str(path)},
-                          info={"training_images": len(data.train_images)})
+                          info={"training_images": len(data.train_images),
+                                **({"audit": audit} if audit else {})})
     return ProtocolResult(ctx.protocol, results, output, predictions,
                           time.perf_counter() - started)
 
@@ -342,11 +350,15 @@ def model_data(pipeline: Pipeline, spec: MethodSpec, method_config: Any, ctx: Pr
     split, label_split = pipeline.split, ctx.label_split
     validation = ctx.protocol == "validation"
     layout = pipeline.layout(pipeline.config.data.train_split)
-    kept = set(filter_training(layout, split, validation=validation).kept_image_ids)
+    filtered = filter_training(layout, split, validation=validation)
+    kept = set(filtered.kept_image_ids)
     images = list_images(layout, benchmark_sources(split))
-    train = [(str(layout.images / info.file_name),
-              str(layout.semantic_pngs / f"{Path(info.file_name).stem}.png"))
-             for image_id, info in sorted(images.items()) if image_id in kept]
+    kept_ids = [image_id for image_id in sorted(images) if image_id in kept]
+    if pipeline.config.data.max_images is not None:  # the first N after the filter (--smoke)
+        kept_ids = kept_ids[:pipeline.config.data.max_images]
+    train = [(str(layout.images / images[image_id].file_name),
+              str(layout.semantic_pngs / f"{Path(images[image_id].file_name).stem}.png"))
+             for image_id in kept_ids]
     lut = label_split.png_lut()[unseen_png_lut(split, validation)]
     unseen = _indices(label_split, unseen=True)
     lut[np.isin(lut, unseen)] = IGNORE_LABEL
@@ -360,7 +372,28 @@ def model_data(pipeline: Pipeline, spec: MethodSpec, method_config: Any, ctx: Pr
                      things=[bool(c.isthing) for c in label_split.classes],
                      seen_idx=_indices(label_split, unseen=False), unseen_idx=unseen,
                      class_embeddings=ctx.class_embeddings, train_images=train, label_lut=lut,
-                     eval_images=evaluation, stages=stages)
+                     eval_images=evaluation, stages=stages,
+                     train_instances=_instances_per_image(filtered.instances, label_split,
+                                                          kept_ids),
+                     benchmark=split.name)
+
+
+def _instances_per_image(instances: dict[str, Any] | None, label_split: Any,
+                         image_ids: Sequence[int]) -> list[list[dict[str, Any]]] | None:
+    """The leakage-filtered instances json as one annotation list per training image, with the
+    label space's contiguous class index (annotations of excluded classes never reach here:
+    drop-images removed their images; ignore-pixels removed the annotations)."""
+    if instances is None:
+        return None
+    index = {int(c.id): int(c.index) for c in label_split.classes if not c.unseen}
+    per_image: dict[int, list[dict[str, Any]]] = {i: [] for i in image_ids}
+    for ann in instances.get("annotations", []):
+        rows = per_image.get(int(ann["image_id"]))
+        if rows is not None and int(ann["category_id"]) in index:
+            rows.append({"class_index": index[int(ann["category_id"])], "bbox": ann["bbox"],
+                         "segmentation": ann["segmentation"],
+                         "iscrowd": int(ann.get("iscrowd", 0))})
+    return [per_image[i] for i in image_ids]
 
 
 def method_inputs(pipeline: Pipeline, spec: MethodSpec, method_config: Any, ctx: ProtocolContext,
@@ -417,6 +450,9 @@ def leakage_audit(pipeline: Pipeline, spec: MethodSpec, outcome: RunOutcome) -> 
             "segments_scanned": scanned.get("segments"),
             "unseen_pixels_ignored": leak.get("unseen_pixels_ignored"),
         }
+        method_audit = outcome.protocols[protocol].output.info.get("audit")
+        if method_audit:  # a model method's own record (what its check found)
+            entry["method"] = method_audit
         if ctx.train_cache is not None:
             features = ctx.train_cache.index.get("leakage", {})
             entry["feature_cache_filter"] = features.get("filter")

@@ -67,6 +67,11 @@ class ModelData:
     label_lut: np.ndarray  # 256: PNG value -> contiguous index, unseen / unknown -> ignore
     eval_images: list[tuple[int, str]]  # (image id, image file)
     stages: dict[str, Path]
+    # Per training image (same order as train_images): its instance annotations after the
+    # leakage filter, ``{"class_index", "bbox" (xywh), "segmentation", "iscrowd"}`` with the
+    # label space's contiguous index; None when the benchmark has no instance annotations.
+    train_instances: list[list[dict[str, Any]]] | None = None
+    benchmark: str = ""  # the split's name, for messages
 
 
 class ModelContext:
@@ -117,6 +122,32 @@ class ModelContext:
         for image, label in self.data.train_images:
             rgb = np.asarray(Image.open(image).convert("RGB"))
             yield rgb, self.data.label_lut[read_label_png(label)]
+
+    def training_instances(self, index: int
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Training image ``index``'s ``(RGB [H, W, 3] uint8, boxes [N, 4] float32 xyxy,
+        class indices [N] int64, masks [N, H, W] uint8)``: its non-crowd instances (leakage
+        filtered: an image with an unseen instance is not among the training images)."""
+        from pycocotools import mask as mask_utils
+
+        if self.data.train_instances is None:
+            raise ConfigError(f"benchmark {self.data.benchmark}: no instance annotations to "
+                              f"train on")
+        rgb = np.asarray(Image.open(self.data.train_images[index][0]).convert("RGB"))
+        h, w = rgb.shape[:2]
+        anns = [a for a in self.data.train_instances[index] if not a.get("iscrowd")]
+        boxes = np.array([[x, y, x + bw, y + bh] for x, y, bw, bh in
+                          (a["bbox"] for a in anns)], np.float32).reshape(-1, 4)
+        labels = np.array([a["class_index"] for a in anns], np.int64)
+        masks = np.zeros((len(anns), h, w), np.uint8)
+        for i, a in enumerate(anns):
+            seg = a["segmentation"]
+            if isinstance(seg, list):  # polygons
+                seg = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+            elif isinstance(seg.get("counts"), list):  # uncompressed RLE
+                seg = mask_utils.frPyObjects(seg, h, w)
+            masks[i] = mask_utils.decode(seg)
+        return rgb, boxes, labels, masks
 
     def evaluation_images(self) -> Iterator[tuple[int, np.ndarray]]:
         """``(image id, RGB [H, W, 3] uint8)`` of each evaluation image."""

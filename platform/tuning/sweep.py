@@ -143,7 +143,7 @@ def trial_function(knobs: dict[str, Any], job: SweepJob) -> None:
         # The per-epoch probe is the in-memory GZSL semantic evaluation; for an objective of
         # another task the trial reports once, at the end (ASHA then compares whole trials).
         if (protocol != "validation" or epoch >= space.epochs or objective.task != "semantic"
-                or objective.setting != "gzsl"):
+                or objective.setting != "gzsl" or classifier is None):
             return
         result = pipeline.context("validation", "zero-shot").evaluation().semantic_miou(
             classifier)
