@@ -200,6 +200,9 @@ LAZY_OWN_IMPORTS = {
     ("zeroseg.platform.features.extract", "zeroseg.methods.segmenter.data"),
     ("zeroseg.platform.training", "zeroseg.platform.training.ray_runner"),
     ("zeroseg.platform.training", "zeroseg.platform.training.loop"),
+    # torchvision's detection models load only when a ZSI model is built, not when the method
+    # registry discovers methods/zsi.
+    ("zeroseg.methods.zsi.train", "zeroseg.methods.zsi.model"),
 }
 
 

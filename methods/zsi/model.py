@@ -8,6 +8,7 @@ Class columns inside the network: 0 = background, 1..S = the seen classes in lab
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from torch import nn
 from zeroseg.methods.zsi.config import RECIPES, ZSIConfig
 from zeroseg.methods.zsi.roi_pool import PortableMultiScaleRoIAlign, roi_align_grid
 from zeroseg.platform.compat.torchvision_ops import ensure_torchvision
+from zeroseg.platform.errors import ConfigError
 
 ensure_torchvision()
 
@@ -352,10 +354,6 @@ def build_backbone(config: ZSIConfig) -> BackboneWithFPN:
 def load_resnet_weights(resnet: nn.Module, path: str) -> None:
     """A local torchvision ResNet state dict (``weights_only`` loading; ``fc.*`` ignored);
     a missing file, a pickle or mismatching keys are one-line errors."""
-    from pathlib import Path
-
-    from zeroseg.platform.errors import ConfigError
-
     if not Path(path).is_file():
         raise ConfigError(f"{path}: backbone_weights file not found")
     try:

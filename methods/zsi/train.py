@@ -15,6 +15,8 @@ import torch
 
 from zeroseg.methods.registry import Predictions
 from zeroseg.methods.zsi.config import ZSIConfig
+from zeroseg.platform.embeddings.files import read_vector_file, shipped_files
+from zeroseg.platform.errors import ConfigError
 
 #: The RPN's positive IoU (mmdet ``rpn.assigner.pos_iou_thr``): an anchor shape whose best IoU
 #: with an object is below it can only ever match that object as a low-quality match.
@@ -32,9 +34,6 @@ def background_vector(config: ZSIConfig, class_embeddings: np.ndarray, seen_idx:
         return np.zeros(dim, np.float32), "zeros"
     if config.background == "mean-seen":
         return class_embeddings[seen_idx].mean(0).astype(np.float32), "mean of the seen classes"
-    from zeroseg.platform.embeddings.files import read_vector_file, shipped_files
-    from zeroseg.platform.errors import ConfigError
-
     name = str(config.background_file)
     shipped = shipped_files().get(name)
     path = shipped.vectors_path if shipped is not None else Path(name)
@@ -76,8 +75,6 @@ def check(config: ZSIConfig, context: Any) -> dict[str, Any]:
     """Bad input as one-line errors before any worker starts: word vectors of another width
     than ``word_dim``, a benchmark without instance annotations, no training image, anchors
     that cannot match any object of the training set."""
-    from zeroseg.platform.errors import ConfigError
-
     dim = int(np.asarray(context.class_embeddings).shape[1])
     if config.word_dim is not None and dim != config.word_dim:
         raise ConfigError(f"zsi: the class embeddings are {dim}-d, but word_dim is "
