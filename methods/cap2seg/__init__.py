@@ -315,10 +315,10 @@ def _spec(name: str, label: str, order: int, fixed: dict[str, Any], description:
 
 
 METHODS = [
-    _spec("cap2seg-ce", "Cap2Seg CE", 60, {"spatial_prior": "none"},
+    _spec("cap2seg-ce", "Cap2Seg CE", 65, {"spatial_prior": "none"},
           "projection + ranking loss L_R from caption occurrence (contextual entailment)"),
-    _spec("cap2seg-global", "Cap2Seg CE+spatial", 61, {"spatial_prior": "global"},
+    _spec("cap2seg-global", "Cap2Seg CE+spatial", 66, {"spatial_prior": "global"},
           "projection + L_RS weighted by the global (BERT) stripe priors"),
-    _spec("cap2seg", "Cap2Seg", 62, {},
+    _spec("cap2seg", "Cap2Seg", 67, {},
           "projection + L_RS weighted by the fused (global + local) stripe priors"),
 ]
