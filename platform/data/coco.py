@@ -106,6 +106,16 @@ class InstanceRecord:
         return b
 
 
+def segmentation_rle(segmentation: Any, height: int, width: int) -> Any:
+    """A COCO annotation's ``segmentation`` (polygons, RLE or uncompressed crowd RLE) as one
+    compressed RLE, as ``pycocotools.coco.COCO.annToRLE`` does, without a ``COCO`` index."""
+    if isinstance(segmentation, list):  # polygons: one RLE per part, merged
+        return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    if isinstance(segmentation.get("counts"), list):  # uncompressed RLE
+        return mask_utils.frPyObjects(segmentation, height, width)
+    return segmentation
+
+
 class CocoInstances:
     """A COCO instances json, loaded with pycocotools and validated."""
 
@@ -159,7 +169,7 @@ class CocoInstances:
         mask_arr = np.zeros((n, image.height, image.width), dtype=np.uint8) if masks else None
         for i, ann in enumerate(anns):
             try:
-                rle = self.coco.annToRLE(ann)
+                rle = segmentation_rle(ann["segmentation"], image.height, image.width)
                 if mask_arr is not None:
                     mask_arr[i] = mask_utils.decode(rle)
             except Exception as e:  # pycocotools raises bare Exceptions / TypeErrors

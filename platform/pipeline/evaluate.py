@@ -42,7 +42,7 @@ from zeroseg.methods.segmenter.inference import (
     write_predictions,
 )
 from zeroseg.platform.data.classes import Split
-from zeroseg.platform.data.coco import CocoInstances, load_json, read_label_png
+from zeroseg.platform.data.coco import load_json, read_label_png, segmentation_rle
 from zeroseg.platform.data.layout import CocoLayout
 from zeroseg.platform.errors import ConfigError, DataError
 from zeroseg.platform.evaluation import PanopticEvaluator, SemanticEvaluator
@@ -92,9 +92,9 @@ class CachedEvaluation:
         self._chunks: list[UpsampledChunk] | None = None
         self._panoptic_json: dict[str, Any] | None = None
         self._instances_json: dict[str, Any] | None = None
+        self._instances_by_image_id: dict[int, list[dict[str, Any]]] | None = None
         self._png_lut = split.png_lut()
         self._unseen_queries: tuple[np.ndarray, np.ndarray] | None = None
-        self._instance_reader: CocoInstances | None = None
 
     # -- cached outputs ----------------------------------------------------------------------
     def chunks(self) -> Iterator[UpsampledChunk]:
@@ -199,9 +199,10 @@ class CachedEvaluation:
             parts = ((index.get(int(s["category_id"])), lambda s=s: ids == int(s["id"]))
                      for s in ann.get("segments_info", []))
         elif source == "instances":
-            record = self._instances().record(image_id)
-            parts = ((index.get(int(cat)), lambda m=m: m.reshape(-1).astype(bool))
-                     for cat, m in zip(record.category_ids, record.masks, strict=True))
+            info = self.listing.images[image_id]
+            parts = ((index.get(int(a["category_id"])), lambda a=a: mask_utils.decode(
+                segmentation_rle(a["segmentation"], info.height, info.width)
+            ).reshape(-1).astype(bool)) for a in self._instances_by_image().get(image_id, []))
         else:
             return out
         for c, pixels in parts:
@@ -210,10 +211,14 @@ class CachedEvaluation:
                 out[c] = out[c] | region if c in out else region
         return out
 
-    def _instances(self) -> CocoInstances:
-        if self._instance_reader is None:
-            self._instance_reader = CocoInstances.from_layout(self.layout)
-        return self._instance_reader
+    def _instances_by_image(self) -> dict[int, list[dict[str, Any]]]:
+        """The instances json's annotations per image id, in json order (memoised)."""
+        if self._instances_by_image_id is None:
+            by_image: dict[int, list[dict[str, Any]]] = {}
+            for ann in self.instances_json()["annotations"]:
+                by_image.setdefault(int(ann["image_id"]), []).append(ann)
+            self._instances_by_image_id = by_image
+        return self._instances_by_image_id
 
     def unseen_query_embeddings(self, min_pixels: int = HELDOUT_MIN_PIXELS
                                 ) -> tuple[np.ndarray, np.ndarray]:

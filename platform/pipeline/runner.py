@@ -450,17 +450,15 @@ def leakage_audit(pipeline: Pipeline, spec: MethodSpec, outcome: RunOutcome) -> 
             "segments_scanned": scanned.get("segments"),
             "unseen_pixels_ignored": leak.get("unseen_pixels_ignored"),
         }
-        method_audit = outcome.protocols[protocol].output.info.get("audit")
-        if method_audit:  # a model method's own record (what its check found)
-            entry["method"] = method_audit
+        info = outcome.protocols[protocol].output.info or {}
+        if info.get("audit"):  # a model method's own record (what its check found)
+            entry["method"] = info["audit"]
         if ctx.train_cache is not None:
             features = ctx.train_cache.index.get("leakage", {})
             entry["feature_cache_filter"] = features.get("filter")
             entry["feature_images"] = ctx.train_cache.counts.get("images")
-        output = outcome.protocols[protocol].output
-        captions = (output.info or {}).get("caption_audit") if output is not None else None
-        if captions:  # a caption-supervised method (Cap2Seg) read the training captions
-            entry["training_captions"] = captions
+        if info.get("caption_audit"):  # a caption-supervised method (Cap2Seg) read them
+            entry["training_captions"] = info["caption_audit"]
         per_protocol[protocol] = entry
         if protocol == "test":
             images = {k: entry[k] for k in ("images_total", "images_kept", "images_dropped")}

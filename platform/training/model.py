@@ -35,7 +35,7 @@ from PIL import Image
 
 from zeroseg.methods.registry import StopTrial, get_method
 from zeroseg.platform.config import from_dict, to_dict
-from zeroseg.platform.data.coco import read_label_png
+from zeroseg.platform.data.coco import read_label_png, segmentation_rle
 from zeroseg.platform.errors import ConfigError
 from zeroseg.platform.training import deepspeed_engine as dse
 from zeroseg.platform.training.channel import (
@@ -141,12 +141,7 @@ class ModelContext:
         labels = np.array([a["class_index"] for a in anns], np.int64)
         masks = np.zeros((len(anns), h, w), np.uint8)
         for i, a in enumerate(anns):
-            seg = a["segmentation"]
-            if isinstance(seg, list):  # polygons
-                seg = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-            elif isinstance(seg.get("counts"), list):  # uncompressed RLE
-                seg = mask_utils.frPyObjects(seg, h, w)
-            masks[i] = mask_utils.decode(seg)
+            masks[i] = mask_utils.decode(segmentation_rle(a["segmentation"], h, w))
         return rgb, boxes, labels, masks
 
     def evaluation_images(self) -> Iterator[tuple[int, np.ndarray]]:
