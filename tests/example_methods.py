@@ -156,9 +156,10 @@ def _pixels_train(context: Any) -> None:
         model.load_state_dict(context.state)
     engine = context.engine(model, torch.optim.SGD(model.parameters(), lr=config.lr),
                             micro_batch=config.pixels_per_step)
-    rng = torch.Generator().manual_seed(context.seed * 1000 + context.rank)
     unseen = torch.as_tensor(context.unseen_idx)
     for epoch in range(context.start_epoch + 1, config.epochs + 1):
+        # Seeded per epoch: a run resumed at an epoch draws what the uninterrupted one drew.
+        rng = torch.Generator().manual_seed((context.seed * 1000 + context.rank) * 1000 + epoch)
         for _ in range(config.steps_per_epoch):
             rows = torch.randint(len(x), (config.pixels_per_step,), generator=rng)
             logits = engine(x[rows])

@@ -104,6 +104,55 @@ def test_leaderboard_is_mean_and_std_over_seeds_of_finished_runs(ro, labelled, f
     assert (view["Source"] != leaderboard.OURS).any()
 
 
+def test_zsd_and_zsi_rows_of_zsi_sit_beside_padings_and_the_papers(tmp_path):
+    """ZSI runs store ZSI (instance, masks) and ZSD (detection, boxes) rows; the leaderboard
+    shows both tasks, mean +- std over seeds, next to PADing's and next to ZSI's paper figures
+    on the same split."""
+    from zeroseg.platform.store import MetricRecord, RunRecord
+
+    values = {("zsi", "instance"): [(40.0, 10.0), (42.0, 12.0), (44.0, 14.0)],
+              ("zsi", "detection"): [(50.0, 20.0), (52.0, 22.0), (54.0, 24.0)],
+              ("pading", "instance"): [(45.0, 15.0), (45.0, 17.0), (45.0, 19.0)],
+              ("pading", "detection"): [(48.0, 18.0), (48.0, 18.0), (48.0, 21.0)]}
+    path = tmp_path / "zsi.db"
+    with open_store(path) as store:
+        for method in ("zsi", "pading"):
+            for seed in range(3):
+                metrics = []
+                for task in ("instance", "detection"):
+                    seen, unseen = (v / 100 for v in values[(method, task)][seed])
+                    hm = 2 * seen * unseen / (seen + unseen)
+                    metrics += [MetricRecord(task, "gzsl", "test", subset, metric, value)
+                                for subset, value in (("seen", seen), ("unseen", unseen),
+                                                      ("hm", hm))
+                                for metric in ("ap50", "recall50")]
+                store.record_run(RunRecord(
+                    kind="train", method=method, seed=seed, dataset="coco2014",
+                    split="coco2014/zsi-48-17", embedding="word2vec", backbone="r101",
+                    config={"method": method}, metrics=metrics))
+    with open_store(path, read_only=True, create=False) as ro:
+        labelled = leaderboard.leaderboard_runs(queries.summary_frame(ro), queries.runs_frame(ro))
+    view = leaderboard.leaderboard_view(labelled, leaderboard.LeaderboardFilter(
+        tasks=("detection",), splits=("coco2014/zsi-48-17",)))
+    zsd = _ours(view, Metric="mAP50")
+    assert set(zsd["Method"]) == {"ZSI", "PADing"} and set(zsd["Task"]) == {"detection"}
+    zsi = zsd[zsd["Method"] == "ZSI"].iloc[0]
+    assert (zsi["Seen"], zsi["Unseen"], zsi["Runs"]) == (pytest.approx(52.0),
+                                                         pytest.approx(22.0), 3)
+    assert zsi["Unseen ±"] == pytest.approx(2.0)
+    papers = view[view["Source"] == "paper: ZSI CVPR 2021, Table 3"]
+    assert set(papers["Method"]) == {"ZSI"} and set(papers["Task"]) == {"detection"}
+    assert set(papers["Metric"]) == {"mAP50", "Recall@100"}
+    # Per metric: our rows (methods in the papers' order), then the paper's.
+    ap = view[view["Metric"] == "mAP50"]
+    assert list(ap["Source"]) == [leaderboard.OURS] * 2 + ["paper: ZSI CVPR 2021, Table 3"]
+    both = leaderboard.leaderboard_view(labelled, leaderboard.LeaderboardFilter(papers=False))
+    assert {(r["Method"], r["Task"]) for _, r in both.iterrows()} == {
+        (m, t) for m in ("ZSI", "PADing") for t in ("instance", "detection")}
+    assert list(both["Task"]).index("detection") > max(
+        i for i, t in enumerate(both["Task"]) if t == "instance")  # ZSI before ZSD
+
+
 def test_leaderboard_filters_select_rows(labelled):
     base = leaderboard.leaderboard_view(labelled, leaderboard.LeaderboardFilter())
     clip = leaderboard.leaderboard_view(

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from zeroseg.methods.registry import (
@@ -264,7 +265,7 @@ def test_a_model_method_trains_on_ray_train_and_its_predictions_are_scored(tiny)
 
     def on_epoch(protocol: str, epoch: int, predictions: Any) -> None:
         assert isinstance(predictions, Predictions)
-        result = tiny["pipeline"].context(protocol, "zero-shot").evaluation().semantic_miou(
+        result = tiny["pipeline"].model_context(protocol).evaluation().semantic_miou(
             predictions)
         seen.append((protocol, epoch, result.seen["iou"]))
 
@@ -280,6 +281,12 @@ def test_a_model_method_trains_on_ray_train_and_its_predictions_are_scored(tiny)
     with open_store(tiny["pipeline"].store_url) as store:
         run = store.run(outcome.run_id)
     assert run["method"] == "example-pixels" and run["status"] == "finished"
+    # Its audit is its own training set's filter, not a segmenter's (it read none).
+    audit = run["leakage_audit"]["protocols"]["test"]
+    assert audit["model"] == "example-pixels" and "segmenter" not in audit
+    assert 0 < audit["images_kept"] < audit["images_total"] and audit["images_dropped"] > 0
+    assert test.output.info["training_images"] == audit["images_kept"]
+    assert not run["artifacts"]["segmenter"] and not run["artifacts"]["features"]
     assert {c["step"] for c in run["curves"] if c["name"] == "model/loss"} == {1, 2}
     assert {(m["eval_split"], m["task"]) for m in run["metrics"]} == {
         (split, task) for split in ("val", "test")
@@ -288,9 +295,49 @@ def test_a_model_method_trains_on_ray_train_and_its_predictions_are_scored(tiny)
 
 @pytest.mark.slow
 @pytest.mark.ray
+def test_a_killed_model_worker_resumes_from_the_last_epoch_checkpoint(tiny, tmp_path):
+    """Rank 1 of a 2-worker model job SIGKILLs itself after epoch 2's report; Ray Train
+    restarts the job from that checkpoint (the method's state and start_epoch), it trains
+    epoch 3 only, and ends with the weights of an uninterrupted run."""
+    from zeroseg.platform.pipeline.runner import model_data, run_context
+    from zeroseg.platform.training.config import MethodTrainingConfig
+    from zeroseg.platform.training.model import train_model
+
+    spec = get_method("example-pixels")
+    config = example_methods.PixelsConfig(epochs=3, steps_per_epoch=5)
+    ctx = run_context(tiny["pipeline"], spec, "test")
+    data = model_data(tiny["pipeline"], spec, config, ctx)
+    training = MethodTrainingConfig(workers=2, cpus_per_worker=0.5, zero_stage=0,
+                                    max_failures=1)
+
+    def train(name: str, fault: dict[str, Any] | None) -> tuple[list[int], dict[str, Any]]:
+        epochs: list[int] = []
+        state = train_model("example-pixels", config, 0, data, training, tmp_path / name,
+                            on_metrics=lambda epoch, _: epochs.append(epoch), fault=fault)
+        return epochs, state
+
+    marker = tmp_path / "killed.marker"
+    resumed_epochs, resumed = train("killed", {"rank": 1, "step": 2, "marker": str(marker)})
+    assert marker.read_text() == "killed at step 2\n"
+    assert resumed_epochs == [1, 2, 3]  # epoch 3 after the restart, not 1 again
+    epochs, reference = train("reference", None)
+    assert epochs == [1, 2, 3]
+    assert resumed.keys() == reference.keys()
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
 def test_a_model_method_is_swept_and_reproduced(tiny):
+    from zeroseg.platform.tuning.reproduce import reproduce
+
     _sweep_and_reproduce(tiny, "example-pixels",
                          {"lr": {"type": "loguniform", "low": 0.01, "high": 0.1}}, "pixels")
+    # Two seeds side by side as Ray tasks: each run's driver holds almost no CPU, so both Ray
+    # Train jobs get their worker (drivers holding a CPU each would leave them none: a hang).
+    reps = reproduce(str(tiny["base"] / "pixels.db"), "pixels", top=1, seeds=2, force=True)
+    assert len(reps) == 1 and len(reps[0].runs) == 2 and reps[0].exact is True
+    assert all(run.status == "finished" for run in reps[0].runs)
 
 
 @pytest.mark.slow

@@ -179,6 +179,53 @@ def tiny_data(tmp_path_factory) -> Path:
     return root
 
 
+def test_a_model_method_reads_no_segmenter_and_detection_is_scored_on_boxes(tiny_data,
+                                                                            tmp_path):
+    """A model method's context builds no segmenter or feature cache; its instance
+    predictions are scored as ZSI on masks and as ZSD (``detection``) on their boxes, each
+    equal to pycocotools' COCOeval of the same results (segm / bbox)."""
+    from pycocotools import mask as mask_utils
+
+    from zeroseg.methods.registry import Predictions
+    from zeroseg.platform.evaluation import evaluate_instance_coco
+    from zeroseg.platform.pipeline.runner import run_context
+
+    work = tmp_path / "work"
+    config = pipeline_config_from_dict(tiny_config(
+        tiny_data, work, methods=["zsi"], **{"evaluation.tasks": ["instance", "detection"]}))
+    pipeline = Pipeline(config)
+    ctx = run_context(pipeline, get_method("zsi"), "test")
+    assert ctx.segmenter is None and ctx.eval_cache is None and ctx.kind == "model"
+    assert not (work / "segmenters").exists() and not (work / "features").exists()
+
+    evaluation = ctx.evaluation()
+    gt = evaluation.instances_json()
+    # Every GT instance found with its exact box, but a mask of only the box's top rows: right
+    # for detection, wrong (IoU < 0.5) for instance segmentation.
+    results = []
+    for i, ann in enumerate(a for a in gt["annotations"] if not a.get("iscrowd")):
+        image = next(im for im in gt["images"] if im["id"] == ann["image_id"])
+        x, y, w, h = (int(round(v)) for v in ann["bbox"])
+        mask = np.zeros((image["height"], image["width"]), np.uint8)
+        mask[y:y + max(1, h // 4), x:x + w] = 1
+        rle = mask_utils.encode(np.asfortranarray(mask))
+        rle["counts"] = rle["counts"].decode("ascii")
+        results.append({"image_id": ann["image_id"], "category_id": ann["category_id"],
+                        "segmentation": rle, "bbox": list(ann["bbox"]),
+                        "score": 1.0 - 1e-4 * i})
+    got = evaluation.evaluate_predictions(lambda setting: Predictions(instances=results),
+                                          config.evaluation.tasks, ["gzsl"])
+    assert set(got) == {("instance", "gzsl"), ("detection", "gzsl")}
+    for task, iou_type in (("instance", "segm"), ("detection", "bbox")):
+        reference = evaluate_instance_coco(gt, results, ctx.label_split, iou_type=iou_type,
+                                           backend="pycocotools")
+        assert got[(task, "gzsl")].task == reference.task == task
+        assert got[(task, "gzsl")].per_class == reference.per_class
+    detection, instance = got[("detection", "gzsl")], got[("instance", "gzsl")]
+    assert detection.hm["ap50"] == 1.0 and detection.hm["recall50"] == 1.0
+    assert instance.hm["ap50"] < 0.5
+
+
 # -- end to end ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def pipeline_runs(tiny_data, tmp_path_factory) -> dict[str, Any]:

@@ -175,6 +175,31 @@ SMOKE = {  # config -> tree (benchmark of TREES)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
+@pytest.mark.parametrize("config", sorted(SMOKE))
+def test_smoke_shrinks_every_size_of_a_config_but_keeps_its_architecture(config):
+    """--smoke: the segmenter's and a model method's (ZSI's) steps, epochs, image sizes and
+    workers shrink; the architecture (R50 / R101) and the methods stay; a GPU config runs on
+    this CPU."""
+    from zeroseg.platform.pipeline.config import load_pipeline_config
+    from zeroseg.platform.pipeline.smoke import SIZE_KNOBS, smoke_config
+
+    real = load_pipeline_config(CONFIGS / config)
+    smoke = smoke_config(real)
+    assert smoke.methods == real.methods and smoke.smoke and smoke.seeds == real.seeds[:1]
+    assert smoke.segmenter.model.size == real.segmenter.model.size
+    assert smoke.segmenter.train.steps <= 4 and smoke.segmenter.distributed.workers <= 1
+    assert smoke.method_training.workers == 1 and not smoke.method_training.use_gpu
+    for name in real.methods:
+        method = smoke.method_config(name)
+        if method is None or not hasattr(method, "min_size"):
+            continue
+        before = real.method_config(name)
+        assert method.recipe == before.recipe  # R101 stays R101
+        for knob, bound in SIZE_KNOBS.items():
+            assert method.resolved(knob) == min(before.resolved(knob), bound)
+        assert method.epochs <= 5 < before.epochs
+
+
 @pytest.mark.ray
 @pytest.mark.parametrize("config,extra", [
     # the default suite: every stage of a real benchmark config, with the tiny segmenter

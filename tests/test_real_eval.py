@@ -117,7 +117,8 @@ def instances_fixture(seed: int) -> tuple[dict, list[dict]]:
     return gt, dets
 
 
-def zsi_reference(gt: dict, dets_path: Path, tmp: Path, keep: set[int]) -> dict:
+def zsi_reference(gt: dict, dets_path: Path, tmp: Path, keep: set[int],
+                  iou_type: str = "segm") -> dict:
     """pycocotools COCOeval as the ZSI authors run it: on a json filtered to the split's
     categories (their instances_val2014_gzsi_48_17.json), iouThrs {.4, .5, .6}, maxDets
     [1, 10, 100], per class AP over the recall thresholds and recall at maxDets 100."""
@@ -129,7 +130,7 @@ def zsi_reference(gt: dict, dets_path: Path, tmp: Path, keep: set[int]) -> dict:
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(str(path))
         coco_dt = coco.loadRes(str(dets_path))
-        ev = COCOeval(coco, coco_dt, "segm")
+        ev = COCOeval(coco, coco_dt, iou_type)
         ev.params.iouThrs = np.linspace(0.4, 0.6, 3)
         ev.params.maxDets = [1, 10, 100]
         ev.evaluate()
@@ -222,6 +223,22 @@ def test_cli_eval_instance_on_the_80_category_json(coco2014, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["counts"]["detections_outside_split"] == n
     assert len(doc["per_class"]) == 65
+
+
+def test_cli_eval_detection_scores_the_boxes_as_zsi_does(coco2014, tmp_path, capsys):
+    """`zeroseg eval detection`: ZSD, the same results json on box IoU, equal to the authors'
+    COCOeval with iouType bbox on their split-filtered json."""
+    root, res, gt, _ = coco2014
+    split = get_split(ZSI)
+    argv = ["eval", "detection", "--gt", str(root), "--split", "val2014", "--pred", str(res),
+            "--benchmark", ZSI, "--json"]
+    assert main(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["task"] == "detection" and doc["options"]["iou_type"] == "bbox"
+    ref = zsi_reference(gt, res, tmp_path, {c.id for c in split.classes}, "bbox")
+    assert doc["per_class"] == {split.by_id(cid).name: v for cid, v in ref.items()}
+    segm = zsi_reference(gt, res, tmp_path, {c.id for c in split.classes})
+    assert ref != segm  # the fixture's boxes and masks do not score alike
 
 
 def test_in_memory_detections_on_the_80_category_json(coco2014):

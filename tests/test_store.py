@@ -423,15 +423,16 @@ def test_read_only_store_cannot_be_written_even_by_raw_sql(tmp_path, evaluated):
 def test_older_schema_is_a_clear_error_until_migrated(tmp_path, evaluated, capsys, monkeypatch):
     path = tmp_path / "results.db"
     run_id = open_store(path).record_run(realistic_run(evaluated))
-    # This code now "needs v3": a step that adds a column, as a real migration would.
+    # This code now "needs" the next version: a step that adds a column, as a real migration would.
+    now, later = schema.SCHEMA_VERSION, schema.SCHEMA_VERSION + 1
 
-    def v2_to_v3(op, conn):
+    def next_step(op, conn):
         op.add_column("runs", Column("notes", Text, nullable=True))
 
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", 3)
-    monkeypatch.setitem(migrations.MIGRATIONS, 2, v2_to_v3)
-    expected = (f"store {path}: schema version 2, this zeroseg reads 3; run `zeroseg results "
-                f"migrate --store {path}`")
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", later)
+    monkeypatch.setitem(migrations.MIGRATIONS, now, next_step)
+    expected = (f"store {path}: schema version {now}, this zeroseg reads {later}; run `zeroseg "
+                f"results migrate --store {path}`")
     with pytest.raises(StoreError) as info:
         open_store(path, read_only=True)
     assert str(info.value) == expected
@@ -440,16 +441,16 @@ def test_older_schema_is_a_clear_error_until_migrated(tmp_path, evaluated, capsy
         assert code == EXIT_USER_ERROR and err == f"zeroseg: error: {expected}\n" and not out
 
     code, out, err = cli(capsys, "results", "migrate", "--store", str(path))
-    assert code == 0 and "migrated" in out and "v3" in out, err
+    assert code == 0 and "migrated" in out and f"v{later}" in out, err
     store = open_store(path)
-    assert store.schema_version == 3 and store.run(run_id)["uid"]
+    assert store.schema_version == later and store.run(run_id)["uid"]
     assert "notes" in {c["name"] for c in inspect(store.engine).get_columns("runs")}
     code, out, _ = cli(capsys, "results", "migrate", "--store", str(path))
     assert code == 0 and "up to date" in out
 
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", 4)  # no step from v3 to v4
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", later + 1)  # no step beyond
     code, out, err = cli(capsys, "results", "migrate", "--store", str(path))
-    assert code == EXIT_USER_ERROR and "no migration from v3 to v4" in err
+    assert code == EXIT_USER_ERROR and f"no migration from v{later} to v{later + 1}" in err
 
 
 def test_a_v1_store_migrates_keeps_its_runs_and_counts_a_stored_twice_run_once(tmp_path,
@@ -461,9 +462,9 @@ def test_a_v1_store_migrates_keeps_its_runs_and_counts_a_stored_twice_run_once(t
     with sqlite3.connect(path) as db:
         db.executescript((TESTS / "fixtures" / "results_store_v1.sql").read_text())
     code, out, err = cli(capsys, "results", "table", "--store", str(path))
-    assert code == EXIT_USER_ERROR and "schema version 1, this zeroseg reads 2" in err
+    assert code == EXIT_USER_ERROR and "schema version 1, this zeroseg reads 3" in err
     code, out, err = cli(capsys, "results", "migrate", "--store", str(path))
-    assert code == 0 and "applied v2" in out, err
+    assert code == 0 and "applied v2, v3" in out, err
 
     store = open_store(path, read_only=True)
     everything = {r["id"]: r for r in store.runs(superseded=True)}
@@ -495,6 +496,51 @@ def test_a_v1_store_migrates_keeps_its_runs_and_counts_a_stored_twice_run_once(t
     record = RunRecord(kind="train", method="gmmn", seed=0, run_key=again["run_key"],
                        config={"method": "gmmn"})
     assert writer.record_run(record) == 2 and writer.count_runs() == 5
+
+
+def _v2_metrics_check(conn) -> None:
+    """Turn a fresh store back into what schema v2 wrote: metrics.task without 'detection'."""
+    old = schema.task_check(tuple(t for t in schema.TASKS if t != "detection"))
+    if conn.dialect.name == "sqlite":
+        raise AssertionError("SQLite v2 stores come from the v1 fixture")
+    conn.exec_driver_sql("ALTER TABLE metrics DROP CONSTRAINT ck_metrics_task")
+    conn.exec_driver_sql(f"ALTER TABLE metrics ADD CONSTRAINT ck_metrics_task CHECK ({old})")
+    conn.exec_driver_sql("UPDATE schema_version SET version = 2")
+
+
+def _check_detection_rows_after_migration(path_or_url: str, capsys) -> None:
+    """An older store refuses a ZSD (detection) row until `zeroseg results migrate` widens
+    metrics.task; then it keeps every row it had and stores detection rows like any other."""
+    code, out, err = cli(capsys, "results", "migrate", "--store", path_or_url)
+    assert code == 0 and "v3" in out, err
+    store = open_store(path_or_url)
+    before = store.metrics_frame()
+    run = RunRecord(kind="train", method="zsi", seed=0, config={"method": "zsi"},
+                    metrics=[MetricRecord("detection", "gzsl", "test", s, "ap50", v)
+                             for s, v in (("seen", 0.5), ("unseen", 0.2), ("hm", 2 / 7))])
+    run_id = store.record_run(run)
+    got = store.run(run_id)
+    assert {(m["task"], m["subset"], m["value"]) for m in got["metrics"]} == {
+        ("detection", "seen", 0.5), ("detection", "unseen", 0.2), ("detection", "hm", 2 / 7)}
+    assert got["tasks"] == ["detection"]
+    assert store.primary_metrics([run_id])[run_id]["detection"]["hm"] == pytest.approx(2 / 7)
+    assert len(store.metrics_frame()) == len(before) + 3
+    names = {ix["name"] for ix in inspect(store.engine).get_indexes("metrics")}
+    assert {"ix_metrics_run", "ix_metrics_lookup"} <= names
+
+
+def test_a_v1_or_v2_sqlite_store_migrates_to_the_detection_task(tmp_path, capsys):
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as db:
+        db.executescript((TESTS / "fixtures" / "results_store_v1.sql").read_text())
+        rows = db.execute("SELECT * FROM metrics ORDER BY id").fetchall()
+        with pytest.raises(sqlite3.IntegrityError, match="ck_metrics_task"):
+            db.execute("INSERT INTO metrics (run_id, task, setting, eval_split, subset, metric, "
+                       "value) VALUES (1, 'detection', 'gzsl', 'test', 'hm', 'ap50', 0.1)")
+    _check_detection_rows_after_migration(str(path), capsys)
+    with sqlite3.connect(path) as db:  # the rebuilt table kept every row, id and value
+        assert db.execute("SELECT * FROM metrics WHERE id <= ? ORDER BY id",
+                          (len(rows),)).fetchall() == rows
 
 
 def test_newer_or_foreign_stores_are_clear_errors(tmp_path, capsys):
@@ -785,6 +831,18 @@ def postgres_url(tmp_path) -> Iterator[str]:
         if data.exists():
             pg("pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop", check=False)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_v2_postgresql_store_migrates_to_the_detection_task(postgres_url, evaluated, capsys):
+    open_store(postgres_url).record_run(realistic_run(evaluated))
+    store = open_store(postgres_url)
+    with store.engine.begin() as conn:
+        _v2_metrics_check(conn)
+    with store.engine.begin() as conn, pytest.raises(Exception, match="ck_metrics_task"):
+        conn.exec_driver_sql("INSERT INTO metrics (run_id, task, setting, eval_split, subset, "
+                             "metric, value) VALUES (1, 'detection', 'gzsl', 'test', 'hm', "
+                             "'ap50', 0.1)")
+    _check_detection_rows_after_migration(postgres_url, capsys)
 
 
 def test_postgresql_round_trip_and_parallel_writers(postgres_url, evaluated, tmp_path):

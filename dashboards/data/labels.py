@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 # -- vocabulary ---------------------------------------------------------------------------------
 TASK_ORDER = ("semantic", "instance", "panoptic", "detection")
-#: Our task names <-> the papers' abbreviations (ZSD, zero-shot detection, is paper-only).
+#: Our task names <-> the papers' abbreviations (ZSD: zero-shot detection, boxes of the
+#: instance predictions).
 TASK_ABBREVIATIONS = {"semantic": "ZSS", "instance": "ZSI", "panoptic": "ZSP",
                       "detection": "ZSD"}
 PAPER_TASKS = {v: k for k, v in TASK_ABBREVIATIONS.items()}

@@ -40,7 +40,7 @@ from zeroseg.dashboards.data.labels import (
 log = logging.getLogger(__name__)
 
 
-#: The metrics the leaderboard shows by default (paper names): ZSS mIoU; ZSI mAP@0.5 and
+#: The metrics the leaderboard shows by default (paper names): ZSS mIoU; ZSI and ZSD mAP@0.5 and
 #: Recall@100; ZSP PQ / SQ / RQ.
 DEFAULT_METRICS = ("mIoU", "mAP50", "Recall@100", "PQ", "SQ", "RQ")
 #: Paper spellings of the same quantity as one of our metric names.

@@ -30,7 +30,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                               workers=args.workers,
                                               empty_classes=args.empty_classes or "zero")
     else:
-        result = evaluation.evaluate_instance(layout, split, pred, args.setting)
+        result = evaluation.evaluate_instance(
+            layout, split, pred, args.setting,
+            iou_type="bbox" if args.task == "detection" else "segm")
     if args.json:
         print(json.dumps(result.to_json()))
     else:

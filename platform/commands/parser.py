@@ -14,7 +14,7 @@ from typing import Any
 
 HANDLER_PACKAGE = "zeroseg.platform.commands"
 #: The tasks in the order tables show them.
-TASK_ORDER = ("semantic", "instance", "panoptic")
+TASK_ORDER = ("semantic", "instance", "panoptic", "detection")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,8 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser(
         "eval", help="evaluate predictions: seen / unseen / HM",
         description="Evaluate a prediction folder (semantic or panoptic PNGs + json) or a COCO "
-                    "results json (instance) against a COCO-layout dataset.")
-    ev.add_argument("task", choices=["semantic", "panoptic", "instance"])
+                    "results json (instance; detection: its boxes) against a COCO-layout "
+                    "dataset.")
+    ev.add_argument("task", choices=["semantic", "panoptic", "instance", "detection"],
+                    help="detection: ZSD, the instance results json scored on boxes (box IoU)")
     ev.add_argument("--gt", required=True, help="dataset root (COCO layout)")
     ev.add_argument("--split", required=True, help="dataset split, e.g. val")
     ev.add_argument("--pred", required=True, help="prediction folder or results json")

@@ -97,7 +97,7 @@ def run_command(config_path: str | Path, overrides: dict[str, Any], *, json_outp
 
 #: The figure a run's progress line shows, per task: (task, metric, label).
 HEADLINES = (("semantic", "iou", "ZSS HM mIoU"), ("panoptic", "pq", "ZSP HM PQ"),
-             ("instance", "ap50", "ZSI HM mAP50"))
+             ("instance", "ap50", "ZSI HM mAP50"), ("detection", "ap50", "ZSD HM mAP50"))
 
 
 def headline(tasks: Any) -> tuple[str, str, str]:

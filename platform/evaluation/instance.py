@@ -9,6 +9,10 @@ The ZSI code (shared by PADing, PROTOCOLS.md 3c) runs COCOeval with IoU threshol
 and skips classes that COCOeval marks -1 (no non-crowd GT instance: NaN in their code). The
 published "mAP / Recall@100" are the means at IoU 0.5 over seen and unseen classes, HM on top.
 
+Two tasks share this protocol: ``instance`` (ZSI, ``iou_type="segm"``: mask IoU) and
+``detection`` (ZSD, ``iou_type="bbox"``: box IoU, ZSI's Table 1 / 4 detection columns). The
+result's ``task`` says which (:data:`TASK_OF_IOU_TYPE`).
+
 Metric keys (all with at most 100 detections per image and category, area "all"):
 ``ap50`` / ``recall50`` (IoU 0.5, the paper numbers), ``ap40`` / ``recall40``, ``ap60`` /
 ``recall60``.
@@ -61,6 +65,8 @@ IOU_THRESHOLDS = np.linspace(0.4, 0.6, int(np.round((0.6 - 0.4) / 0.1)) + 1, end
 MAX_DETS = [1, 10, 100]
 AREA_ALL = [0.0, 1e5**2]  # COCOeval's "all" area range
 IOU_TYPES = ("segm", "bbox")
+#: the task an IoU type scores: masks are instance segmentation (ZSI), boxes detection (ZSD)
+TASK_OF_IOU_TYPE = {"segm": "instance", "bbox": "detection"}
 BACKENDS = ("hotcoco", "pycocotools")
 #: metric suffix -> index into IOU_THRESHOLDS
 _THRESHOLD_INDEX = {"50": 1, "40": 0, "60": 2}
@@ -311,9 +317,11 @@ def evaluate_instance_coco(
     iou_type: str = "segm",
     backend: str = "hotcoco",
 ) -> EvalResult:
-    """mAP / Recall@100 of COCO results against a COCO instances GT (dicts or json paths).
-    Results given as :class:`Detections` (zeroseg's own inference, in memory) are well-formed
-    by construction and not checked detection by detection, as a results json is.
+    """mAP / Recall@100 of COCO results against a COCO instances GT (dicts or json paths): the
+    ``instance`` task on masks (``iou_type="segm"``), ``detection`` on boxes (``"bbox"``; a
+    detection without ``bbox`` gets its mask's box, as pycocotools' loadRes does). Results
+    given as :class:`Detections` (zeroseg's own inference, in memory) are well-formed by
+    construction and not checked detection by detection, as a results json is.
 
     Only the GT json's categories that are classes of ``split`` are evaluated (e.g. the 65 of
     ``coco2014/zsi-48-17`` in the standard 80-category json): GT annotations of the others are
@@ -403,7 +411,8 @@ def evaluate_instance_coco(
     gt_counts = _gt_counts(gt, eval_ids)
     outside = set(gt_outside)
     return summarize(
-        "instance", split, setting, INSTANCE_METRICS, per_class, num_images=len(img_ids),
+        TASK_OF_IOU_TYPE[iou_type], split, setting, INSTANCE_METRICS, per_class,
+        num_images=len(img_ids),
         counts={"detections": len(dets), "gt_instances": int(sum(gt_counts.values())),
                 "detections_outside_split": n_outside_split,
                 "detections_outside_gt_categories": n_outside_gt,

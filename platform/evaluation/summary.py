@@ -45,6 +45,29 @@ SEMANTIC_METRICS = ("iou",)
 PANOPTIC_METRICS = ("pq", "sq", "rq")
 INSTANCE_METRICS = ("ap50", "recall50", "ap40", "recall40", "ap60", "recall60")
 
+#: The tasks zeroseg scores. ``detection`` (ZSD) is scored from the instance predictions' boxes
+#: with the instance protocol (box IoU instead of mask IoU); the other three are predicted as such.
+TASKS = ("semantic", "instance", "panoptic", "detection")
+#: The metric keys of each task.
+TASK_METRICS = {"semantic": SEMANTIC_METRICS, "instance": INSTANCE_METRICS,
+                "panoptic": PANOPTIC_METRICS, "detection": INSTANCE_METRICS}
+
+
+def predicted_task(task: str) -> str:
+    """The predictions a task is scored from (``detection``: the instance predictions)."""
+    return "instance" if task == "detection" else task
+
+
+def predicted_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
+    """The predictions ``tasks`` need, in order, each once."""
+    return tuple(dict.fromkeys(predicted_task(t) for t in tasks))
+
+
+def tasks_of_split(tasks: Sequence[str], split_tasks: Sequence[str]) -> list[str]:
+    """``tasks`` the split defines (``split_tasks`` empty: all of them); detection is defined
+    wherever instance segmentation is (a split's instances have boxes)."""
+    return [t for t in tasks if not split_tasks or predicted_task(t) in split_tasks]
+
 #: How the papers (and ``shared/reference/paper_results.csv``) name the class means of our keys.
 PAPER_METRIC_NAMES = {
     "iou": "mIoU",
@@ -120,7 +143,7 @@ def _clean(value: float | None) -> float | None:
 class EvalResult:
     """Per-class values, seen / unseen / HM means and how they were obtained."""
 
-    task: str  # "semantic" | "panoptic" | "instance"
+    task: str  # "semantic" | "panoptic" | "instance" | "detection"
     setting: str  # "gzsl" | "zsl"
     split: str
     metrics: tuple[str, ...]

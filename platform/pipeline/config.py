@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from zeroseg.methods.registry import get_method
-from zeroseg.methods.segmenter.inference import TASKS, InferenceConfig
+from zeroseg.methods.segmenter.inference import TASKS as PREDICTED_TASKS
+from zeroseg.methods.segmenter.inference import InferenceConfig
 from zeroseg.methods.segmenter.model import SegmenterConfig
 from zeroseg.platform.config import (
     added_field,
@@ -41,6 +42,7 @@ from zeroseg.platform.config import (
     to_dict,
 )
 from zeroseg.platform.errors import ConfigError
+from zeroseg.platform.evaluation.summary import TASKS as EVALUATION_TASKS
 from zeroseg.platform.training.config import (
     DistributedConfig,
     MethodTrainingConfig,
@@ -122,7 +124,9 @@ class FeatureSpec:
 class EvaluationSpec:
     protocols: list[Protocol] = field(default_factory=lambda: ["test"])
     settings: list[Literal["gzsl", "zsl"]] = field(default_factory=lambda: ["gzsl", "zsl"])
-    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    # Scored tasks: the three predicted ones by default; "detection" (ZSD, box IoU on the
+    # instance predictions) where asked for.
+    tasks: list[str] = field(default_factory=lambda: list(PREDICTED_TASKS))
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     per_class: bool = True  # store one metric row per class as well
     # Prediction files of each run: all (COCO result files of every task), sample (semantic
@@ -140,10 +144,10 @@ class EvaluationSpec:
                 raise ConfigError(f"evaluation.{name}: expected at least one entry")
             if len(set(values)) != len(values):
                 raise ConfigError(f"evaluation.{name}: duplicate entries in {values}")
-        unknown = [t for t in self.tasks if t not in TASKS]
+        unknown = [t for t in self.tasks if t not in EVALUATION_TASKS]
         if unknown:
             raise ConfigError(f"evaluation.tasks: unknown task {unknown[0]!r}; expected some of "
-                              f"{list(TASKS)}")
+                              f"{list(EVALUATION_TASKS)}")
 
 
 @dataclass

@@ -49,6 +49,7 @@ from zeroseg.platform.evaluation import PanopticEvaluator, SemanticEvaluator
 from zeroseg.platform.evaluation.instance import Detections, evaluate_instance_coco
 from zeroseg.platform.evaluation.panoptic import BATCH_IMAGES, read_segment_ids
 from zeroseg.platform.evaluation.semantic import check_histogram, joint_histogram
+from zeroseg.platform.evaluation.summary import predicted_tasks, tasks_of_split
 
 log = logging.getLogger(__name__)
 
@@ -277,10 +278,11 @@ class CachedEvaluation:
             raise ConfigError(f"evaluation.keep_predictions: expected one of "
                               f"{list(KEEP_PREDICTIONS)}, got {keep!r}")
         split = self.split
-        tasks = [t for t in tasks if not split.tasks or t in split.tasks]
+        tasks = tasks_of_split(tasks, split.tasks)
         results: dict[tuple[str, str], Any] = {}
         for setting in settings:
-            predictor = Predictor(split, tasks, inference, self.listing.instance_categories)
+            predictor = Predictor(split, predicted_tasks(tasks), inference,
+                                  self.listing.instance_categories)
             clf = setting_classifier(classifier, split, setting)
             predictions = (p for chunk in self.chunks() for p in predictor.predict(chunk, clf))
             results.update(self._score(predictions, tasks, setting, out_dir, keep,
@@ -297,16 +299,17 @@ class CachedEvaluation:
         if keep not in KEEP_PREDICTIONS:
             raise ConfigError(f"evaluation.keep_predictions: expected one of "
                               f"{list(KEEP_PREDICTIONS)}, got {keep!r}")
-        tasks = [t for t in tasks if not self.split.tasks or t in self.split.tasks]
+        tasks = tasks_of_split(tasks, self.split.tasks)
         results: dict[tuple[str, str], Any] = {}
         for setting in settings:
-            images = self.image_predictions(predict(setting), tasks)
+            images = self.image_predictions(predict(setting), predicted_tasks(tasks))
             results.update(self._score(images, tasks, setting, out_dir, keep, empty_classes))
         return results
 
     def image_predictions(self, predictions: Predictions, tasks: Sequence[str]
                           ) -> Iterator[ImagePrediction]:
-        """``predictions`` per evaluation image, as inference would have produced them."""
+        """``predictions`` per evaluation image, as inference would have produced them
+        (``tasks``: the predicted ones, :func:`predicted_tasks`)."""
         by_image: dict[int, list[dict[str, Any]]] = {}
         for entry in predictions.instances:
             by_image.setdefault(int(entry["image_id"]), []).append(entry)
@@ -343,8 +346,8 @@ class CachedEvaluation:
         sink = _Scores(self, tasks, setting, empty_classes)
         target = out_dir / setting if out_dir is not None else None
         if keep == "all" and target is not None:
-            write_predictions(sink.feed(predictions), self.split, self.listing, tasks,
-                              _targets(target))
+            write_predictions(sink.feed(predictions), self.split, self.listing,
+                              predicted_tasks(tasks), _targets(target))
         elif keep == "sample" and target is not None and "semantic" in tasks:
             sample = self.unseen_image_ids(SAMPLE_IMAGES)
             kept = [p for p in sink.feed(predictions) if p.info.id in sample]
@@ -431,7 +434,7 @@ class _Scores:
             check_histogram(self.semantic.histogram, self.semantic._rows, self.semantic._cols,
                             f"{self.data.layout.semantic_pngs} (in-memory evaluation)")
             out["semantic"] = self.semantic.evaluate(options=options)
-        if "instance" in self.tasks:
+        if "instance" in self.tasks or "detection" in self.tasks:
             parts = self.instances
             detections = Detections(
                 np.concatenate([np.full(len(p), p.image_id, np.int64) for p in parts]
@@ -440,8 +443,11 @@ class _Scores:
                 np.concatenate([p.boxes for p in parts] or [np.zeros((0, 4))]),
                 np.concatenate([p.scores for p in parts] or [np.zeros(0)]),
                 [rle for p in parts for rle in p.rles])
-            out["instance"] = evaluate_instance_coco(self.data.instances_json(), detections,
-                                                     self.data.split, self.setting)
+            for task, iou_type in (("instance", "segm"), ("detection", "bbox")):
+                if task in self.tasks:
+                    out[task] = evaluate_instance_coco(self.data.instances_json(), detections,
+                                                       self.data.split, self.setting,
+                                                       iou_type=iou_type)
         if self.panoptic is not None:
             out["panoptic"] = self.panoptic.evaluate(options=options)
         return out

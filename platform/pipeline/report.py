@@ -19,6 +19,8 @@ TABLE_METRICS: tuple[tuple[str, str, str], ...] = (
     ("semantic", "iou", "ZSS mIoU"),
     ("instance", "ap50", "ZSI mAP@0.5"),
     ("instance", "recall50", "ZSI Recall@100"),
+    ("detection", "ap50", "ZSD mAP@0.5"),
+    ("detection", "recall50", "ZSD Recall@100"),
     ("panoptic", "pq", "ZSP PQ"),
     ("panoptic", "sq", "ZSP SQ"),
     ("panoptic", "rq", "ZSP RQ"),

@@ -44,6 +44,7 @@ from zeroseg.platform.data.classes import IGNORE_LABEL
 from zeroseg.platform.data.leakage import filter_training, unseen_png_lut
 from zeroseg.platform.data.sources import benchmark_sources, list_images
 from zeroseg.platform.errors import LeakageError, ZerosegError
+from zeroseg.platform.evaluation.summary import predicted_task
 from zeroseg.platform.io import atomic_write_bytes
 from zeroseg.platform.pipeline.config import EVAL_SPLIT, run_config_hash, run_identity
 from zeroseg.platform.pipeline.stages import TEXT_ENCODER_PRETRAINING, Pipeline, ProtocolContext
@@ -258,7 +259,10 @@ def run_protocols(spec: MethodSpec, protocols: Sequence[str]) -> list[str]:
 
 def run_context(pipeline: Pipeline, spec: MethodSpec, protocol: str) -> ProtocolContext:
     """The shared stages (segmenter, feature caches, class embeddings) a run of ``spec`` reads
-    on ``protocol``, built on first use and found by their inputs' hash after."""
+    on ``protocol``, built on first use and found by their inputs' hash after. A model method
+    reads no segmenter or cache: its context has the label space and evaluation data only."""
+    if spec.kind == "model":
+        return pipeline.model_context(protocol)
     return pipeline.context(protocol, "oracle" if spec.segmenter == "oracle" else "zero-shot",
                             train_features=bool(spec.features))
 
@@ -332,11 +336,13 @@ def _train_and_evaluate_model(pipeline: Pipeline, spec: MethodSpec, method_confi
     predictions = run_dir / "predictions" / ctx.protocol
     results = ctx.evaluation().evaluate_predictions(
         lambda setting: spec.model.predict(method_config, context, state, setting),
-        [t for t in evaluation.tasks if t in spec.model.tasks], evaluation.settings,
+        [t for t in evaluation.tasks if predicted_task(t) in spec.model.tasks],
+        evaluation.settings,
         out_dir=predictions, keep=evaluation.keep_predictions,
         empty_classes=evaluation.empty_classes)
     output = MethodOutput(classifier=None, artifacts={"model": str(path)},
                           info={"training_images": len(data.train_images),
+                                "training_filter": data.leakage,
                                 **({"audit": audit} if audit else {})})
     return ProtocolResult(ctx.protocol, results, output, predictions,
                           time.perf_counter() - started)
@@ -351,6 +357,8 @@ def model_data(pipeline: Pipeline, spec: MethodSpec, method_config: Any, ctx: Pr
     validation = ctx.protocol == "validation"
     layout = pipeline.layout(pipeline.config.data.train_split)
     filtered = filter_training(layout, split, validation=validation)
+    leakage = filtered.to_dict()
+    leakage.pop("kept_image_ids", None)
     kept = set(filtered.kept_image_ids)
     images = list_images(layout, benchmark_sources(split))
     kept_ids = [image_id for image_id in sorted(images) if image_id in kept]
@@ -375,7 +383,7 @@ def model_data(pipeline: Pipeline, spec: MethodSpec, method_config: Any, ctx: Pr
                      eval_images=evaluation, stages=stages,
                      train_instances=_instances_per_image(filtered.instances, label_split,
                                                           kept_ids),
-                     benchmark=split.name)
+                     benchmark=split.name, leakage=leakage)
 
 
 def _instances_per_image(instances: dict[str, Any] | None, label_split: Any,
@@ -434,14 +442,18 @@ def leakage_audit(pipeline: Pipeline, spec: MethodSpec, outcome: RunOutcome) -> 
     passed = not oracle
     images = {}
     for protocol in outcome.protocols:
-        ctx = pipeline.context(protocol, "oracle" if oracle else "zero-shot",
-                               train_features=bool(spec.features))
-        seg = ctx.segmenter.results or {}
-        leak = seg.get("leakage") or {}
+        ctx = run_context(pipeline, spec, protocol)
+        info = outcome.protocols[protocol].output.info or {}
+        if ctx.segmenter is not None:
+            seg = ctx.segmenter.results or {}
+            leak = seg.get("leakage") or {}
+            entry = {"segmenter": str(ctx.segmenter.checkpoint),
+                     "segmenter_classes": seg.get("classes_trained")}
+        else:  # a model method: its own model, trained on the filter's output
+            leak = info.get("training_filter") or {}
+            entry = {"model": spec.name}
         scanned = leak.get("audit") or {}
-        entry = {
-            "segmenter": str(ctx.segmenter.checkpoint),
-            "segmenter_classes": seg.get("classes_trained"),
+        entry.update({
             "excluded_from_training": leak.get("excluded_classes", []),
             "images_total": leak.get("images_total"),
             "images_kept": leak.get("images_kept"),
@@ -449,8 +461,7 @@ def leakage_audit(pipeline: Pipeline, spec: MethodSpec, outcome: RunOutcome) -> 
             "annotations_scanned": scanned.get("annotations"),
             "segments_scanned": scanned.get("segments"),
             "unseen_pixels_ignored": leak.get("unseen_pixels_ignored"),
-        }
-        info = outcome.protocols[protocol].output.info or {}
+        })
         if info.get("audit"):  # a model method's own record (what its check found)
             entry["method"] = info["audit"]
         if ctx.train_cache is not None:
@@ -510,12 +521,13 @@ def build_record(pipeline: Pipeline, spec: MethodSpec, method_config: Any, outco
         artifacts["class_groups"] = {group: [split.by_id(i).name for i in ids]
                                      for group, ids in split.groups.items()}
     for protocol, pr in outcome.protocols.items():
-        ctx = pipeline.context(protocol, "oracle" if spec.segmenter == "oracle" else
-                               "zero-shot", train_features=bool(spec.features))
+        ctx = run_context(pipeline, spec, protocol)
         split_key = EVAL_SPLIT[protocol]
         artifacts["predictions"][split_key] = str(pr.predictions / "gzsl")
-        artifacts["segmenter"][split_key] = str(ctx.segmenter.checkpoint)
-        artifacts["features"][f"eval:{split_key}"] = str(ctx.eval_cache.path)
+        if ctx.segmenter is not None:
+            artifacts["segmenter"][split_key] = str(ctx.segmenter.checkpoint)
+        if ctx.eval_cache is not None:
+            artifacts["features"][f"eval:{split_key}"] = str(ctx.eval_cache.path)
         if ctx.train_cache is not None:
             artifacts["features"]["train" if protocol == "test" else
                                   f"train:{split_key}"] = str(ctx.train_cache.path)
@@ -584,6 +596,21 @@ class RunJob:
     source_run_id: int | None = None
 
 
+#: The Ray CPUs of a run's own process when Ray Train workers do its training (STACK.md: a
+#: zero share is refused; a small one lets the workers, who hold the CPUs, be placed).
+DRIVER_CPUS = 0.01
+
+
+def driver_cpus(method: str, training_workers: int, threads: float) -> float:
+    """The Ray CPUs the process of one run (a sweep trial, a side-by-side run) asks for:
+    ``threads`` when it trains in that process; :data:`DRIVER_CPUS` when a Ray Train job does
+    (a model method; ``method_training.workers > 1``), whose workers ask for their own: were
+    the driver to hold a CPU as well, two drivers on two CPUs would leave their workers none."""
+    if get_method(method).kind == "model" or training_workers > 1:
+        return DRIVER_CPUS
+    return threads
+
+
 def _run_job(job: RunJob, run_key: str | None) -> RunOutcome:
     """A Ray task: one run on the stages already built (see :func:`run_many`), not stored;
     ``run_key``: its identity as the driver computed it."""
@@ -639,8 +666,9 @@ def run_many(pipeline: Pipeline, jobs: Sequence[RunJob], *,
             run_context(pipelines[i], spec, protocol)
     ensure_ray(pipeline.ray_address)
     task = ray.remote(_run_job)
-    pending = {task.options(num_cpus=jobs[i].config.threads).remote(jobs[i], keys[i]): i
-               for i in todo}
+    pending = {task.options(num_cpus=driver_cpus(
+        jobs[i].method, jobs[i].config.method_training.workers, jobs[i].config.threads)
+    ).remote(jobs[i], keys[i]): i for i in todo}
     try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)

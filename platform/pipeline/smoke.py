@@ -9,7 +9,10 @@ segmenter              4 steps of 2 images per worker, at most 1 worker, 1 CPU e
                        at most 128 px (crop) and shortest edge 128 / longest 224 at inference
 data                   the first 8 training images (after the leakage filter) and 8
                        evaluation images
-methods                every ``steps`` knob (generator, classifier, projection) at most 5
+methods                every ``steps`` / ``epochs`` knob (generator, classifier, projection, a
+                       model method's epochs) at most 5; a model method's image size knobs
+                       (``min_size`` / ``max_size``, ZSI's) at most 128 / 224; its Ray Train
+                       job (``method_training``) at most 1 worker of 1 CPU
 seeds                  the first one only
 devices                a GPU config on a machine without CUDA runs on the CPU (fp32)
 work_dir / store       ``WORK_DIR/smoke`` and its own ``results.db``: nothing real is touched
@@ -36,10 +39,13 @@ SMOKE_CROP = 128
 SMOKE_TEST_SIZE = 128
 SMOKE_MAX_SIZE = 224
 STEP_KNOBS = ("steps", "epochs")
+#: image-size knobs of a method config (a model method's own resize) -> their smoke bound
+SIZE_KNOBS = {"min_size": SMOKE_TEST_SIZE, "max_size": SMOKE_MAX_SIZE}
 
 
 def _shrunk_knobs(config: Any, prefix: str = "") -> dict[str, int]:
-    """Dotted paths of the step-count knobs of a method config above the smoke size."""
+    """Dotted paths of the step-count and image-size knobs of a method config above their
+    smoke size, with that size (a size left to a recipe, ``None``, is read from it)."""
     out: dict[str, int] = {}
     if not dataclasses.is_dataclass(config):
         return out
@@ -49,6 +55,11 @@ def _shrunk_knobs(config: Any, prefix: str = "") -> dict[str, int]:
             out.update(_shrunk_knobs(value, f"{prefix}{f.name}."))
         elif f.name in STEP_KNOBS and isinstance(value, int) and value > SMOKE_METHOD_STEPS:
             out[f"{prefix}{f.name}"] = SMOKE_METHOD_STEPS
+        elif f.name in SIZE_KNOBS:
+            if value is None and callable(getattr(config, "resolved", None)):
+                value = config.resolved(f.name)  # left to the method's recipe
+            if isinstance(value, int) and value > SIZE_KNOBS[f.name]:
+                out[f"{prefix}{f.name}"] = SIZE_KNOBS[f.name]
     return out
 
 
@@ -67,9 +78,15 @@ def smoke_config(config: PipelineConfig) -> PipelineConfig:
                                       cpus_per_worker=1)
     features = dataclasses.replace(config.features, batch_size=min(config.features.batch_size, 4),
                                    shard_size=min(config.features.shard_size, SMOKE_IMAGES))
+    method_training = dataclasses.replace(
+        config.method_training, workers=min(config.method_training.workers, 1),
+        cpus_per_worker=1)
     if not torch.cuda.is_available():  # a GPU config smoked on a CPU machine: on the CPU
         if distributed.use_gpu:
             distributed = dataclasses.replace(distributed, use_gpu=False, precision="fp32")
+        if method_training.use_gpu:
+            method_training = dataclasses.replace(method_training, use_gpu=False,
+                                                  precision="fp32")
         features = dataclasses.replace(features, device="cpu")
     segmenter = dataclasses.replace(
         seg, model=model,
@@ -93,7 +110,7 @@ def smoke_config(config: PipelineConfig) -> PipelineConfig:
     smoke = dataclasses.replace(
         config, name=f"{config.name or 'run'}-smoke", seeds=config.seeds[:1],
         data=dataclasses.replace(config.data, max_images=images), segmenter=segmenter,
-        features=features,
+        features=features, method_training=method_training,
         params=params, work_dir=work, store=str(work / "results.db"), smoke=True)
     return from_dict(PipelineConfig, to_dict(smoke), where="--smoke")  # validated throughout
 

@@ -89,12 +89,12 @@ class ProtocolContext:
     """Everything a method run needs on one protocol, resolved once per pipeline."""
 
     protocol: str
-    kind: str
+    kind: str  # "zero-shot" | "oracle" (the segmenter's) | "model" (a model method's own)
     label_split: Split  # the test split, or its validation view
     class_embeddings: np.ndarray  # [C, d] rows of label_split
-    segmenter: SegmenterArtifact
+    segmenter: SegmenterArtifact | None  # None for a model method: it trains its own model
     eval_layout: CocoLayout  # what predictions are scored against
-    eval_cache: Any  # FeatureCache (kind eval)
+    eval_cache: Any | None  # FeatureCache (kind eval); None for a model method
     train_cache: Any | None  # FeatureCache (kind train_all), when a method needs it
     _features: dict[str, Any] = field(default_factory=dict)
     _head: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -350,6 +350,20 @@ class Pipeline:
         key = config_hash({"dataset": self.dataset_fingerprint, "split": self.split.name})
         return validation_eval_dataset(layout, self.split,
                                        self.work / "data" / f"validation-view-{key}")
+
+    def model_context(self, protocol: str) -> ProtocolContext:
+        """The memoised context of a model method on one protocol: the label space, its class
+        embeddings and the evaluation data; no segmenter and no feature cache (the method
+        trains and runs its own model, so none is built for it)."""
+        ctx = self._contexts.get((protocol, "model"))
+        if ctx is None:
+            label_split = self.label_split(protocol)
+            ctx = ProtocolContext(protocol=protocol, kind="model", label_split=label_split,
+                                  class_embeddings=self.embeddings_for(label_split),
+                                  segmenter=None, eval_layout=self.eval_layout(protocol),
+                                  eval_cache=None, train_cache=None)
+            self._contexts[(protocol, "model")] = ctx
+        return ctx
 
     def context(self, protocol: str, kind: str, *, train_features: bool = True
                 ) -> ProtocolContext:

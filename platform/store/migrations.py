@@ -15,6 +15,10 @@ upgrades a store written by the previous version (``tests/fixtures/results_store
   where a re-run had stored the same run several times, the newest keeps the key and the older
   copies are marked ``superseded_by`` it (kept, but left out by readers); then the partial
   unique index on finished runs' keys is created.
+- v2 -> v3: the ``detection`` task (ZSD: the instance protocol on boxes). Only the CHECK
+  constraint on ``metrics.task`` changes: PostgreSQL swaps it in place; SQLite, which cannot
+  alter a constraint, rebuilds ``metrics`` from this code's table definition (rows, ids and
+  indexes kept) in the same transaction.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Any
 from sqlalchemy import Column, Connection, Integer, String, text
 
 from zeroseg.platform.store.records import run_key
-from zeroseg.platform.store.schema import RUN_KEY_INDEX
+from zeroseg.platform.store.schema import RUN_KEY_INDEX, TASKS, Metric, task_check
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +67,18 @@ def _v1_to_v2(op: Any, conn: Connection) -> None:
                     postgresql_where=text("status = 'finished'"))
 
 
+def _v2_to_v3(op: Any, conn: Connection) -> None:
+    if conn.dialect.name == "sqlite":
+        # copy_from: the v3 table (its CHECK included); batch copies the rows into it by column.
+        with op.batch_alter_table("metrics", copy_from=Metric.__table__, recreate="always"):
+            pass
+    else:
+        op.drop_constraint("ck_metrics_task", "metrics", type_="check")
+        op.create_check_constraint("ck_metrics_task", "metrics", task_check(TASKS))
+
+
 #: from_version -> step upgrading to from_version + 1
-MIGRATIONS: dict[int, MigrationStep] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, MigrationStep] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def missing_steps(current: int, target: int) -> list[int]:

@@ -37,7 +37,7 @@ from zeroseg.platform.store.schema import (
 log = logging.getLogger(__name__)
 
 #: The metric a task is ranked by (``zeroseg results list`` shows its seen / unseen / HM).
-PRIMARY_METRIC = {"semantic": "iou", "panoptic": "pq", "instance": "ap50"}
+PRIMARY_METRIC = {"semantic": "iou", "panoptic": "pq", "instance": "ap50", "detection": "ap50"}
 
 
 class StoreError(ZerosegError):

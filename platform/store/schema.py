@@ -12,6 +12,7 @@ Vocabulary (checked in Python before anything is written, and again by CHECK con
 - ``runs.kind``: ``train`` | ``trial`` | ``reproduction`` | ``eval``;
 - ``runs.status``: ``running`` | ``finished`` | ``failed`` | ``stopped`` (stopped early by a
   scheduler, or interrupted);
+- ``metrics.task``: ``semantic`` | ``instance`` | ``panoptic`` | ``detection`` (ZSD, schema v3);
 - ``metrics.eval_split``: ``val`` (the validation protocol: held-out *seen* classes play the
   unseen role; what sweeps select on) | ``test`` (the split's real unseen classes);
 - ``metrics.subset``: ``seen`` | ``unseen`` | ``hm`` (class means and their harmonic mean) |
@@ -51,11 +52,11 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 #: The schema this code reads and writes. Bump it with a step in :mod:`.migrations`.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 KINDS = ("train", "trial", "reproduction", "eval")
 STATUSES = ("running", "finished", "failed", "stopped")
-TASKS = ("semantic", "instance", "panoptic")
+TASKS = ("semantic", "instance", "panoptic", "detection")  # detection: schema v3
 SETTINGS = ("gzsl", "zsl")
 EVAL_SPLITS = ("val", "test")
 SUBSETS = ("seen", "unseen", "hm", "class")
@@ -65,6 +66,11 @@ RUN_KEY_INDEX = "uq_runs_run_key_finished"
 
 def _in(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+def task_check(tasks: tuple[str, ...]) -> str:
+    """The CHECK on ``metrics.task`` (v3 widened it: :mod:`.migrations`)."""
+    return _in("task", tasks)
 
 
 class Base(DeclarativeBase):
@@ -165,7 +171,7 @@ class Run(Base):
 class Metric(Base):
     __tablename__ = "metrics"
     __table_args__ = (
-        CheckConstraint(_in("task", TASKS), name="ck_metrics_task"),
+        CheckConstraint(task_check(TASKS), name="ck_metrics_task"),
         CheckConstraint(_in("setting", SETTINGS), name="ck_metrics_setting"),
         CheckConstraint(_in("eval_split", EVAL_SPLITS), name="ck_metrics_eval_split"),
         CheckConstraint(_in("subset", SUBSETS), name="ck_metrics_subset"),

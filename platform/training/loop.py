@@ -36,7 +36,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -197,8 +197,9 @@ def _find_resume(loop_config: dict[str, Any], config: SegmenterTrainConfig
     return local, checkpoint
 
 
-def _maybe_fail(fault: dict[str, Any] | None, rank: int, step: int) -> None:
-    """Fault injection for tests: at ``fault['step']`` the worker of ``fault['rank']`` kills its
+def maybe_fail(fault: Mapping[str, Any] | None, rank: int, step: int) -> None:
+    """Fault injection for tests: at ``fault['step']`` (a segmenter's step, a model method's
+    epoch) the worker of ``fault['rank']`` kills its
     own process once (the marker file makes the retry pass). It first waits long enough for
     Ray Train's controller to register the checkpoints already reported."""
     if not fault or rank != int(fault.get("rank", 0)) or step != int(fault["step"]):
@@ -402,7 +403,7 @@ def _train(loop_config: dict[str, Any], config: SegmenterTrainConfig, rank: int,
             save_and_report(done, metrics, final=done == t.steps)
             window_start = time.perf_counter()  # throughput excludes checkpoint writing
             window_cpu = time.process_time()
-        _maybe_fail(loop_config.get("fault"), rank, done)
+        maybe_fail(loop_config.get("fault"), rank, done)
     if start >= t.steps:  # resumed a finished run: export again from the loaded state
         save_and_report(t.steps, {**metrics, "step": t.steps}, final=True)
     seconds = time.perf_counter() - run_start

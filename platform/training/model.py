@@ -46,7 +46,7 @@ from zeroseg.platform.training.channel import (
     serve,
 )
 from zeroseg.platform.training.config import MethodTrainingConfig
-from zeroseg.platform.training.loop import seed_everything
+from zeroseg.platform.training.loop import maybe_fail, seed_everything
 from zeroseg.platform.training.ray_runner import ensure_ray
 
 STATE_FILE = "state.pt"
@@ -72,6 +72,9 @@ class ModelData:
     # label space's contiguous index; None when the benchmark has no instance annotations.
     train_instances: list[list[dict[str, Any]]] | None = None
     benchmark: str = ""  # the split's name, for messages
+    # The leakage filter's record of the training set (FilterResult.to_dict without the kept
+    # ids), as a segmenter run records its own: the run's audit.
+    leakage: dict[str, Any] | None = None
 
 
 class ModelContext:
@@ -80,11 +83,13 @@ class ModelContext:
 
     def __init__(self, method: str, config: Any, seed: int, data: ModelData, *, rank: int = 0,
                  world_size: int = 1, channel: Any = None, training: MethodTrainingConfig
-                 | None = None, state: Mapping[str, Any] | None = None, start_epoch: int = 0):
+                 | None = None, state: Mapping[str, Any] | None = None, start_epoch: int = 0,
+                 fault: Mapping[str, Any] | None = None):
         self.method, self.config, self.seed, self.data = method, config, seed, data
         self.rank, self.world_size = rank, world_size
         self.state, self.start_epoch = state, start_epoch
         self._channel, self._training = channel, training or MethodTrainingConfig()
+        self._fault = fault  # tests: a worker that kills itself after an epoch's report
         self._started = time.perf_counter()
 
     # -- the label space and the data ----------------------------------------------------------
@@ -181,6 +186,7 @@ class ModelContext:
             shutil.rmtree(directory, ignore_errors=True)
         if epoch_verdict(self._channel, self.rank, record):
             raise StopTrial()
+        maybe_fail(self._fault, self.rank, int(epoch))
 
 
 def _to_bytes(state: Mapping[str, Any]) -> bytes:
@@ -216,7 +222,7 @@ def model_train_func(loop: dict[str, Any]) -> None:
     seed_everything(int(loop["seed"]), rank)
     context = ModelContext(loop["method"], config, int(loop["seed"]), loop["data"], rank=rank,
                            world_size=world, channel=loop["channel"], training=training,
-                           state=state, start_epoch=start)
+                           state=state, start_epoch=start, fault=loop.get("fault"))
     try:
         spec.model.train(context)
     except StopTrial:
@@ -229,12 +235,15 @@ def model_train_func(loop: dict[str, Any]) -> None:
 def train_model(method: str, config: Any, seed: int, data: ModelData,
                 training: MethodTrainingConfig, storage: Path, *,
                 on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
-                on_metrics: Callable[[int, dict[str, float]], None] | None = None
-                ) -> dict[str, Any]:
+                on_metrics: Callable[[int, dict[str, float]], None] | None = None,
+                fault: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run ``method``'s ``train`` on ``training.workers`` Ray Train workers; returns the last
     reported state. ``on_epoch(epoch, state)`` sees each epoch's state in this thread (it may
     raise StopTrial: the job stops there and StopTrial is raised here); ``on_metrics(epoch,
-    metrics)`` each epoch's metrics."""
+    metrics)`` each epoch's metrics. A worker that dies is restarted (up to
+    ``training.max_failures`` times) from the last checkpoint: ``state`` and ``start_epoch``
+    of its context. ``fault`` (tests): ``{"rank", "step" (an epoch), "marker"}``, that worker
+    kills its process once after reporting that epoch."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -245,7 +254,8 @@ def train_model(method: str, config: Any, seed: int, data: ModelData,
     ensure_ray(None)
     channel = open_channel()
     loop = {"method": method, "config": to_dict(config) if config is not None else None,
-            "seed": int(seed), "data": data, "training": training, "channel": channel}
+            "seed": int(seed), "data": data, "training": training, "channel": channel,
+            "fault": fault}
     resources = {"CPU": training.cpus_per_worker}
     if training.use_gpu:
         resources["GPU"] = 1

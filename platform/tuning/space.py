@@ -41,7 +41,7 @@ from typing import Any
 from zeroseg.methods.registry import get_method
 from zeroseg.platform.config import load_yaml, set_dotted, to_dict
 from zeroseg.platform.errors import ConfigError
-from zeroseg.platform.evaluation.summary import INSTANCE_METRICS, PANOPTIC_METRICS, SEMANTIC_METRICS
+from zeroseg.platform.evaluation.summary import TASK_METRICS
 from zeroseg.platform.pipeline.config import load_pipeline_config, pipeline_config_from_dict
 from zeroseg.platform.tuning.objective import Objective
 
@@ -297,8 +297,7 @@ def load_space(path: str | Path, *, config: str | Path | None = None) -> SearchS
 
 
 def _check_objective(objective: Objective, where: str) -> None:
-    metrics = {"semantic": SEMANTIC_METRICS, "instance": INSTANCE_METRICS,
-               "panoptic": PANOPTIC_METRICS}
+    metrics = TASK_METRICS
     if objective.task not in metrics:
         raise ConfigError(f"{where}: objective.task: expected one of {list(metrics)}, got "
                           f"{objective.task!r}")

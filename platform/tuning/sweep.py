@@ -51,7 +51,7 @@ from zeroseg.platform.config import config_hash
 from zeroseg.platform.errors import ConfigError, ZerosegError
 from zeroseg.platform.pipeline import Pipeline, pipeline_config_from_dict, run_identity
 from zeroseg.platform.pipeline.config import run_config_hash
-from zeroseg.platform.pipeline.runner import OBJECTIVE_CURVE, run_one
+from zeroseg.platform.pipeline.runner import OBJECTIVE_CURVE, driver_cpus, run_context, run_one
 from zeroseg.platform.store import RunRecord, open_store, trial_uid
 from zeroseg.platform.training.ray_runner import ensure_ray
 from zeroseg.platform.tuning.objective import optuna_storage_url
@@ -311,11 +311,9 @@ def prepare_job(space_path: str | Path, name: str, *, config: str | Path | None 
     store_url = store or base.get("store") or os.environ.get("ZEROSEG_STORE") or str(
         work / "results.db")
     base["store"] = store_url
-    if (base.get("method_training") or {}).get("workers", 1) > 1 or \
-            get_method(space.method).kind == "model":
-        # The trial only drives a Ray Train job whose workers hold the CPUs (STACK.md: a
-        # zero share is refused, a small one lets the workers be placed).
-        cpus_per_trial = 0.01
+    cpus_per_trial = driver_cpus(space.method,
+                                 int((base.get("method_training") or {}).get("workers", 1)),
+                                 cpus_per_trial)
     return SweepJob(name=name, space=space, base=base, store_url=store_url,
                     cpus_per_trial=cpus_per_trial)
 
@@ -363,9 +361,11 @@ def run_sweep(job: SweepJob, *, trials: int, concurrency: int, address: str | No
                                      "config": str(job.space.config_path)},
                            status="running")
     started = time.perf_counter()
-    # The shared stages, once, before any trial: segmenters and feature caches.
+    # The shared stages, once, before any trial: segmenters and feature caches (none for a
+    # model method, which trains its own model in each trial).
+    spec = get_method(job.space.method)
     for protocol in config.evaluation.protocols:
-        pipeline.context(protocol, "zero-shot")
+        run_context(pipeline, spec, protocol)
 
     remaining = trials - len(past.ended)
     if resume:
