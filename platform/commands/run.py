@@ -12,6 +12,7 @@ from typing import Any
 from zeroseg.methods.fidelity import summary_line
 from zeroseg.platform.config import parse_overrides
 from zeroseg.platform.errors import ConfigError
+from zeroseg.platform.evaluation.summary import tasks_of_split
 from zeroseg.platform.pipeline.config import load_pipeline_config
 from zeroseg.platform.pipeline.report import fidelity_table, format_outcomes
 from zeroseg.platform.pipeline.runner import run_pipeline
@@ -57,7 +58,7 @@ def run_command(config_path: str | Path, overrides: dict[str, Any], *, json_outp
     total = len(config.methods) * len(config.seeds)
     done = {"n": 0}
 
-    task, metric, label = headline(pipeline.split.tasks)
+    task, metric, label = headline(tasks_of_split(config.evaluation.tasks, pipeline.split.tasks))
 
     def on_run(outcome: Any) -> None:
         done["n"] += 1
@@ -101,7 +102,7 @@ HEADLINES = (("semantic", "iou", "ZSS HM mIoU"), ("panoptic", "pq", "ZSP HM PQ")
 
 
 def headline(tasks: Any) -> tuple[str, str, str]:
-    """The first of semantic / panoptic / instance the split has (all three: semantic)."""
+    """The first of semantic / panoptic / instance / detection among the scored ``tasks``."""
     return next((h for h in HEADLINES if not tasks or h[0] in tasks), HEADLINES[0])
 
 

@@ -155,13 +155,15 @@ class CachedEvaluation:
         return self._instances_json
 
     def unseen_image_ids(self, limit: int) -> set[int]:
-        """The first ``limit`` images (in cache order) whose semantic GT has an unseen class."""
+        """The first ``limit`` images (in cache order; without a cache, a model method's, in
+        image id order) whose semantic GT has an unseen class."""
         unseen = np.zeros(256, dtype=bool)
         for c in self.split.unseen:
             if c.png_label is not None:
                 unseen[c.png_label] = True
         out: set[int] = set()
-        for image_id in self.cache.image_ids:
+        order = self.cache.image_ids if self.cache is not None else sorted(self.listing.images)
+        for image_id in order:
             if len(out) >= limit:
                 break
             if unseen[self.semantic_gt(image_id)].any():

@@ -319,9 +319,15 @@ def _train_and_evaluate_model(pipeline: Pipeline, spec: MethodSpec, method_confi
         hooks.epoch(epoch, spec.model.predict(method_config, context, state, "gzsl")
                     if predicted else None)
 
+    epochs = getattr(method_config, "epochs", None)
+
     def on_metrics(epoch: int, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():
             hooks.curve(f"model/{name}", epoch, value)
+        headline = [k for k in ("loss", "images_per_second") if k in metrics] or list(metrics)[:3]
+        shown = ", ".join(f"{name.replace('_', ' ')} {metrics[name]:.4g}" for name in headline)
+        pipeline.progress(f"  {spec.name} ({ctx.protocol} protocol, seed {seed}) epoch "
+                          f"{epoch}{f'/{epochs}' if epochs else ''}: {shown}")
 
     with seeded(seed):
         state = train_model(spec.name, method_config, seed, data,
