@@ -37,6 +37,7 @@ import pytest
 import yaml
 
 from zeroseg.platform.cli import EXIT_USER_ERROR, main
+from zeroseg.platform.store import SCHEMA_VERSION
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "zeroseg.platform.cli"]
@@ -128,6 +129,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 GARBAGE_URL = "mysql+foo://::garbage"
+OLDER_SCHEMA = f"schema version 1, this zeroseg reads {SCHEMA_VERSION}"
 #: id -> (argv built from the workspace, what the one line must say, paths that must not exist)
 BAD_INPUTS: dict[str, tuple[Callable[[dict[str, Path]], list[str]], str,
                             Callable[[dict[str, Path]], list[Path]]]] = {
@@ -160,9 +162,9 @@ BAD_INPUTS: dict[str, tuple[Callable[[dict[str, Path]], list[str]], str,
     "dashboard-foreign-sqlite": (lambda w: ["dashboard", "--store", str(w["foreign"])],
                                  "not a zeroseg results store", lambda w: []),
     "results-older-schema": (lambda w: ["results", "list", "--store", str(w["old"])],
-                             "schema version 1, this zeroseg reads 2", lambda w: []),
+                             OLDER_SCHEMA, lambda w: []),
     "dashboard-older-schema": (lambda w: ["dashboard", "--store", str(w["old"])],
-                               "schema version 1, this zeroseg reads 2", lambda w: []),
+                               OLDER_SCHEMA, lambda w: []),
     "results-export-csv-under-a-file": (
         lambda w: ["results", "export", "--store", str(w["store"]), "--csv",
                    str(w["file"] / "x.csv")], "is a file, not a folder", lambda w: []),
@@ -174,7 +176,7 @@ BAD_INPUTS: dict[str, tuple[Callable[[dict[str, Path]], list[str]], str,
         "not a zeroseg results store", lambda w: [w["base"] / "work"]),
     "run-older-store": (
         lambda w: ["run", str(w["config"]), "--store", str(w["old"])],
-        "schema version 1, this zeroseg reads 2", lambda w: [w["base"] / "work"]),
+        OLDER_SCHEMA, lambda w: [w["base"] / "work"]),
     "run-store-under-a-file": (
         lambda w: ["run", str(w["config"]), "--store", str(w["file"] / "r.db")],
         "is a file, not a folder", lambda w: [w["base"] / "work"]),

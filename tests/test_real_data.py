@@ -315,7 +315,7 @@ def test_every_readme_real_data_command_runs_on_a_real_format_tree(trees, tmp_pa
         if argv[0] == "eval":  # the ground truth scores 100 on what it contains
             assert "100.0" in out, (command, out)
         checked += 1
-    assert checked == 5
+    assert checked == 6
 
 
 # -- bad input: one line, before any training ----------------------------------------------------
