@@ -253,6 +253,24 @@ def test_generator_epochs_reach_the_hooks_on_workers_and_a_stop_ends_them(tiny):
     assert stopped == [1, 2] and output is None
 
 
+def test_a_driver_and_its_ray_train_workers_fit_the_cpus_they_name():
+    """A trial (or a side-by-side run) that drives a Ray Train job holds DRIVER_CPUS; its
+    workers ask for that much less, so workers x cpus_per_worker CPUs fit beside it (2 workers
+    of 1 CPU in a trial on a 2-CPU machine: a Ray Train placement group of 2 x 1 CPU beside a
+    0.01-CPU trial would wait forever). Torch threads stay round(cpus_per_worker)."""
+    from zeroseg.platform.pipeline.runner import driver_cpus
+    from zeroseg.platform.training.config import DRIVER_CPUS, MethodTrainingConfig
+
+    for workers, cpus, gpu in ((2, 1.0, False), (1, 2.0, False), (2, 0.5, False), (8, 4.0, True)):
+        training = MethodTrainingConfig(workers=workers, cpus_per_worker=cpus, use_gpu=gpu)
+        per_worker = training.worker_resources()
+        assert DRIVER_CPUS + workers * per_worker["CPU"] <= workers * cpus + 1e-12
+        assert per_worker["CPU"] > cpus / 2 and per_worker.get("GPU", 0) == (1 if gpu else 0)
+    assert driver_cpus("example-pixels", 1, 1.0) == DRIVER_CPUS  # a model method
+    assert driver_cpus("example-nearest", 2, 1.0) == DRIVER_CPUS  # generator on workers
+    assert driver_cpus("example-nearest", 1, 1.0) == 1.0  # trains in the driver itself
+
+
 # -- model methods --------------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.ray

@@ -56,6 +56,7 @@ from zeroseg.platform.store import (
     open_store,
     run_key,
 )
+from zeroseg.platform.training.config import DRIVER_CPUS
 from zeroseg.platform.training.generator import GeneratorTrainer
 from zeroseg.platform.training.model import ModelContext, ModelData, train_model
 from zeroseg.platform.training.ray_runner import ensure_ray
@@ -602,16 +603,12 @@ class RunJob:
     source_run_id: int | None = None
 
 
-#: The Ray CPUs of a run's own process when Ray Train workers do its training (STACK.md: a
-#: zero share is refused; a small one lets the workers, who hold the CPUs, be placed).
-DRIVER_CPUS = 0.01
-
-
 def driver_cpus(method: str, training_workers: int, threads: float) -> float:
     """The Ray CPUs the process of one run (a sweep trial, a side-by-side run) asks for:
     ``threads`` when it trains in that process; :data:`DRIVER_CPUS` when a Ray Train job does
     (a model method; ``method_training.workers > 1``), whose workers ask for their own: were
-    the driver to hold a CPU as well, two drivers on two CPUs would leave their workers none."""
+    the driver to hold a CPU as well, two drivers on two CPUs would leave their workers none;
+    the workers ask for DRIVER_CPUS less in all (``MethodTrainingConfig.worker_resources``)."""
     if get_method(method).kind == "model" or training_workers > 1:
         return DRIVER_CPUS
     return threads

@@ -191,6 +191,13 @@ def train_config_from_dict(data: dict[str, Any], where: str = "config") -> Segme
     return from_dict(SegmenterTrainConfig, data, where=where)
 
 
+#: The Ray CPUs held by the process that starts a method's Ray Train job when that process is
+#: itself a Ray task or a Tune trial (platform/pipeline/runner.driver_cpus; STACK.md: a zero
+#: share is refused). The job's workers ask for that much less in all, so that ``workers x
+#: cpus_per_worker`` still fits beside it: 2 workers of 1 CPU in a trial on 2 CPUs.
+DRIVER_CPUS = 0.01
+
+
 @dataclass
 class MethodTrainingConfig:
     """Where the method stages train (``method_training`` of a pipeline config). ``workers: 1``
@@ -205,6 +212,13 @@ class MethodTrainingConfig:
     use_gpu: bool = False
     # Ray Train's FailureConfig: restarts of a failed job (from its last checkpoint)
     max_failures: int = added_field(0, since="issue 16")
+
+    def worker_resources(self) -> dict[str, float]:
+        """One Ray Train worker's resources: ``cpus_per_worker`` less its share of
+        :data:`DRIVER_CPUS` (its torch threads stay ``round(cpus_per_worker)``), a GPU when
+        ``use_gpu``."""
+        cpus = max(self.cpus_per_worker - DRIVER_CPUS / self.workers, self.cpus_per_worker / 2)
+        return {"CPU": cpus, **({"GPU": 1} if self.use_gpu else {})}
 
     def validate(self) -> None:
         if self.workers < 1:

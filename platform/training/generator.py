@@ -188,9 +188,7 @@ class GeneratorTrainer:
                 "cpus_per_worker": training.cpus_per_worker, "use_gpu": training.use_gpu,
                 "head_init": head_init, "snapshot_every": snapshot_every,
                 "channel": channel}
-        resources = {"CPU": training.cpus_per_worker}
-        if training.use_gpu:
-            resources["GPU"] = 1
+        resources = training.worker_resources()
         storage = Path(self.work_dir) / "ray"
         trainer = TorchTrainer(
             generator_train_func, train_loop_config=loop,

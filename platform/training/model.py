@@ -256,9 +256,7 @@ def train_model(method: str, config: Any, seed: int, data: ModelData,
     loop = {"method": method, "config": to_dict(config) if config is not None else None,
             "seed": int(seed), "data": data, "training": training, "channel": channel,
             "fault": fault}
-    resources = {"CPU": training.cpus_per_worker}
-    if training.use_gpu:
-        resources["GPU"] = 1
+    resources = training.worker_resources()
     trainer = TorchTrainer(
         model_train_func, train_loop_config=loop,
         scaling_config=ScalingConfig(num_workers=training.workers, use_gpu=training.use_gpu,
