@@ -258,7 +258,7 @@ def test_a_driver_and_its_ray_train_workers_fit_the_cpus_they_name():
     workers ask for that much less, so workers x cpus_per_worker CPUs fit beside it (2 workers
     of 1 CPU in a trial on a 2-CPU machine: a Ray Train placement group of 2 x 1 CPU beside a
     0.01-CPU trial would wait forever). Torch threads stay round(cpus_per_worker)."""
-    from zeroseg.platform.pipeline.runner import driver_cpus
+    from zeroseg.platform.pipeline.runner import driver_cpus, ray_train_slots
     from zeroseg.platform.training.config import DRIVER_CPUS, MethodTrainingConfig
 
     for workers, cpus, gpu in ((2, 1.0, False), (1, 2.0, False), (2, 0.5, False), (8, 4.0, True)):
@@ -269,6 +269,13 @@ def test_a_driver_and_its_ray_train_workers_fit_the_cpus_they_name():
     assert driver_cpus("example-pixels", 1, 1.0) == DRIVER_CPUS  # a model method
     assert driver_cpus("example-nearest", 2, 1.0) == DRIVER_CPUS  # generator on workers
     assert driver_cpus("example-nearest", 1, 1.0) == 1.0  # trains in the driver itself
+    # Side by side (run_many, a sweep's concurrency): only as many such jobs as their workers'
+    # CPUs fit; more would each hold a driver while waiting for workers none can place.
+    two = MethodTrainingConfig(workers=2, cpus_per_worker=1.0)
+    assert ray_train_slots("example-pixels", two, 2.0) == 1
+    assert ray_train_slots("example-pixels", MethodTrainingConfig(workers=1), 2.0) == 2
+    assert ray_train_slots("example-pixels", two, 1.0) == 1  # at least one, Ray queues it
+    assert ray_train_slots("example-nearest", MethodTrainingConfig(workers=1), 2.0) is None
 
 
 # -- model methods --------------------------------------------------------------------------------

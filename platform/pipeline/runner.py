@@ -614,6 +614,16 @@ def driver_cpus(method: str, training_workers: int, threads: float) -> float:
     return threads
 
 
+def ray_train_slots(method: str, training: Any, cluster_cpus: float) -> int | None:
+    """How many runs of ``method`` that each drive their own Ray Train job (``training``: its
+    MethodTrainingConfig) may run side by side on ``cluster_cpus``: as many as their workers'
+    CPUs fit, at least 1; ``None`` for a run that trains in its own process. More would each
+    hold a driver and wait for workers that cannot all be placed."""
+    if driver_cpus(method, training.workers, 1.0) != DRIVER_CPUS:
+        return None
+    return max(1, int((cluster_cpus + 1e-9) // (training.workers * training.cpus_per_worker)))
+
+
 def _run_job(job: RunJob, run_key: str | None) -> RunOutcome:
     """A Ray task: one run on the stages already built (see :func:`run_many`), not stored;
     ``run_key``: its identity as the driver computed it."""
@@ -669,10 +679,23 @@ def run_many(pipeline: Pipeline, jobs: Sequence[RunJob], *,
             run_context(pipelines[i], spec, protocol)
     ensure_ray(pipeline.ray_address)
     task = ray.remote(_run_job)
-    pending = {task.options(num_cpus=driver_cpus(
-        jobs[i].method, jobs[i].config.method_training.workers, jobs[i].config.threads)
-    ).remote(jobs[i], keys[i]): i for i in todo}
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    slots = {i: ray_train_slots(jobs[i].method, jobs[i].config.method_training, cpus)
+             for i in todo}
+    waiting, pending = list(todo), {}
+
+    def submit() -> None:  # every run that fits now; Ray Train drivers only as slots allow
+        for i in list(waiting):
+            busy = sum(1 for j in pending.values() if slots[j] is not None)
+            if slots[i] is not None and busy >= slots[i]:
+                continue
+            waiting.remove(i)
+            pending[task.options(num_cpus=driver_cpus(
+                jobs[i].method, jobs[i].config.method_training.workers,
+                jobs[i].config.threads)).remote(jobs[i], keys[i])] = i
+
     try:
+        submit()
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             index = pending.pop(ready[0])
@@ -681,6 +704,7 @@ def run_many(pipeline: Pipeline, jobs: Sequence[RunJob], *,
             outcomes[index] = outcome
             if on_run is not None:
                 on_run(outcome)
+            submit()
     finally:
         for ref in pending:  # stopped (Ctrl-C) or a task crashed: end the others
             ray.cancel(ref, force=True)

@@ -51,7 +51,13 @@ from zeroseg.platform.config import config_hash
 from zeroseg.platform.errors import ConfigError, ZerosegError
 from zeroseg.platform.pipeline import Pipeline, pipeline_config_from_dict, run_identity
 from zeroseg.platform.pipeline.config import run_config_hash
-from zeroseg.platform.pipeline.runner import OBJECTIVE_CURVE, driver_cpus, run_context, run_one
+from zeroseg.platform.pipeline.runner import (
+    OBJECTIVE_CURVE,
+    driver_cpus,
+    ray_train_slots,
+    run_context,
+    run_one,
+)
 from zeroseg.platform.store import RunRecord, open_store, trial_uid
 from zeroseg.platform.training.ray_runner import ensure_ray
 from zeroseg.platform.tuning.objective import optuna_storage_url
@@ -379,6 +385,15 @@ def run_sweep(job: SweepJob, *, trials: int, concurrency: int, address: str | No
             store.upsert_sweep(job.name, status="finished")
         return _summary(job, exp_dir, time.perf_counter() - started, resume)
     ensure_ray(address, verbose=verbose)
+    import ray
+
+    slots = ray_train_slots(job.space.method, config.method_training,
+                            float(ray.cluster_resources().get("CPU", 1.0)))
+    if slots is not None and concurrency > slots:
+        say(f"--concurrency {concurrency}: each trial's Ray Train job needs "
+            f"{config.method_training.workers} x {config.method_training.cpus_per_worker:g} CPUs; "
+            f"{slots} fit on this cluster at once, so {slots} trial(s) run at a time")
+        concurrency = slots
     tuner = _tuner(job, trials=remaining, concurrency=concurrency, exp_dir=exp_dir, past=past,
                    say=say, split=pipeline.split)
     # With the auto loggers off, Tune's result grid has no per-trial files to read and warns
