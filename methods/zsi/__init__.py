@@ -33,46 +33,48 @@ Table 1 row 1 (the zero-shot detector without a mask head; ZSD only) is not regi
 platform scores a model method's masks, and a detector without masks has none.
 
 Paper / authors' code (``zhengye1995/Zero-shot-Instance-Segmentation``, PROTOCOLS.md section 7)
-disagreements, each a switch of :class:`~.config.ZSIConfig`:
+disagreements, each a switch of :class:`~.config.ZSIConfig`. The published numbers came from the
+authors' code, so its choice is the default wherever it ran:
 
-============================  ===============================  ===============================
-switch (default)              paper                            authors' code
-============================  ===============================  ===============================
-sync_bg_gradient (``code``)   ``paper``: the detector's and    ``code``: ``vec[:, 0] = v_b``
-                              SMH's losses reach v_b (Alg. 1   under ``no_grad`` (.data copy):
-                              step 6)                          v_b learns from the RPN only
-scoring (``code``)            ``paper``: seen softmax(s W_s),  ``code``: ConSE-like,
-                              unseen softmax(s [v_b|W_u]);     softmax(s [v_b|W_s]) W_s^T
-                              SMH unseen logits E(o) W_u       [v_b|W_u] (GZSI seen scores
-                                                               projected alike; SMH: seen
-                                                               logits -> W_s^T -> [v_b|W_u])
-representation_size (1024)    T_d outputs 2048 dims            1024: T_d reconstructs the box
-                                                               head's 1024-d RoI feature
-smh_layout (``code``)         ``paper``: E, D single 1x1       ``code``: E = 3x3 conv + ReLU,
-                              convs                            3x3 conv; D = two 3x3 convs
-mask_conv_bug (True)          4 mask convs in sequence         each conv sees the RoI feature,
-                                                               so only the last one acts
-sync_bg_mask (True)           Sync-bg in the SMH               off in the 48/17 train config,
-                                                               on in 65/15 and GZSI test
-unseen_box_deltas (``code``)  not described                    unseen class j uses seen column
-                                                               j's deltas (mmdet indexing);
-                                                               ``proposal``: the proposal box
-(vocabulary: none)            s W directly                     T_e through a fixed 4,071-word
-                                                               matrix
-background (``file``)         the "background" word vector     column 0 of ``*_withbg`` files
-============================  ===============================  ===============================
+=================== ====================== ====================== ========= =====================
+switch              paper                  authors' code          default   why
+=================== ====================== ====================== ========= =====================
+sync_bg_gradient    ``paper``: detector    ``code``: v_b copied   code      the published numbers
+                    and SMH losses reach   under no_grad; learns            came from the code
+                    v_b (Alg. 1 step 6)    from the RPN only
+scoring             ``paper``: seen        ``code``: ConSE-like   code      idem
+                    softmax(s W_s),        softmax(s [v_b|W_s])
+                    unseen softmax(s       W_s^T [v_b|W_u]; SMH
+                    [v_b|W_u]); SMH        seen logits -> W_s^T
+                    unseen E(o) W_u        -> [v_b|W_u]
+representation_size T_d outputs 2048       1024: T_d rebuilds     1024      idem
+                                           the box head's RoI
+                                           feature
+smh_layout          ``paper``: E, D single ``code``: E 3x3 conv + code      idem
+                    1x1 convs              ReLU + 3x3; D two 3x3
+mask_conv_bug       4 mask convs in        each conv sees the RoI True      idem (only the last
+                    sequence               feature: last one acts           conv is computed)
+sync_bg_mask        Sync-bg in the SMH     off in the 48/17 train True      the paper, the 65/15
+                                           config, on in 65/15               and GZSI test configs
+unseen_box_deltas   not described          unseen j uses seen     code      idem
+                                           column j's deltas;
+                                           ``proposal``: none
+background          "background" word      column 0 of            file      the authors' vectors;
+                    vector                 ``*_withbg`` files               ``zeros`` /
+                                                                            ``mean-seen`` where
+                                                                            the embeddings have
+                                                                            none (audited)
+(vocabulary)        s W directly           T_e through a fixed    --        not a switch: the
+                                           4,071-word matrix                matrix is missing
+                                                                            from the mirror, and
+                                                                            T_e is linear anyway
+=================== ====================== ====================== ========= =====================
 
-Why each default: the published numbers were produced by the authors' code, so its choice is
-the default wherever it ran (sync-bg gradient, scoring, SMH layout and conv loop, box deltas,
-1024-d decoder target); ``sync_bg_mask`` follows the paper, the 65/15 and the GZSI test
-configs. The vocabulary matrix is not a switch: ``vocabulary_w2v.txt`` is missing from the
-authors' mirror, and without it T_e (a product of linear maps) is one linear map. Embeddings
-without a background vector (the attribute provider) take ``background: zeros`` or
-``mean-seen``; the choice and its source are recorded in the run's audit. Under ``scoring:
-code`` prefer ``zeros``: a proposal whose softmax sits on the background column scores
-``v_b . w_k`` for every seen class k, which the mean of the seen vectors makes large for all of
-them (measured: every background proposal of a short run on ``small`` scored 0.667 for one
-class), while the authors' "background" word vector is far from the class vectors.
+Under ``scoring: code`` prefer ``background: zeros`` to ``mean-seen``: a proposal whose softmax
+sits on the background column scores ``v_b . w_k`` for every seen class k, which the mean of the
+seen vectors makes large for all of them (measured: every background proposal of a short run on
+``small`` scored 0.667 for one class), while the authors' "background" word vector is far from
+the class vectors.
 
 Not switches (both agree): BA-RPN's W_bf is bias-free, 3 anchors per location (ratios 0.5/1/2),
 2-way softmax CE + SmoothL1 beta 1/9; the box head's SmoothL1 beta is 1.0 (mmdet v1,
